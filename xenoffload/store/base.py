@@ -1,0 +1,234 @@
+"""The XenStore interface every adapter implements, and the values it speaks in.
+
+Adapters (in-memory, pyxs over a socket or /dev/xen/xenbus) implement :class:`Store`.
+Everything above them (endpoints, agents, conformance) is written against this module only.
+
+Paths are ``str``; values are ``bytes`` (a hostile guest may write any bytes, so nothing here
+decodes values). Errors from the store are :class:`XenStoreError` carrying the errno *name*
+XenStore uses on the wire ("ENOENT", "EACCES", "EAGAIN", ...).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
+
+import attrs
+
+__all__ = [
+    "Access",
+    "Perm",
+    "WatchEvent",
+    "XenStoreError",
+    "StoreUnavailable",
+    "TransactionAborted",
+    "StoreOps",
+    "Transaction",
+    "Store",
+    "format_perms",
+    "parse_perm",
+    "run_transaction",
+]
+
+
+class Access(enum.Enum):
+    """One XenStore permission letter."""
+
+    NONE = "n"
+    READ = "r"
+    WRITE = "w"
+    BOTH = "b"
+
+    @property
+    def can_read(self) -> bool:
+        return self in (Access.READ, Access.BOTH)
+
+    @property
+    def can_write(self) -> bool:
+        return self in (Access.WRITE, Access.BOTH)
+
+
+_PERM_RE = re.compile(r"\A([nrwb])(\d{1,10})\Z")
+
+
+@attrs.frozen
+class Perm:
+    """One entry of a node's permission list, e.g. ``r1``.
+
+    The first entry of a list names the node's owner and the access every domain not listed
+    later gets; later entries grant per-domain access.
+    """
+
+    access: Access
+    domid: int = attrs.field(validator=attrs.validators.and_(attrs.validators.ge(0),
+                                                             attrs.validators.lt(2**32)))
+
+    def __str__(self) -> str:
+        return f"{self.access.value}{self.domid}"
+
+
+def parse_perm(text: str) -> Perm:
+    """Return the :class:`Perm` written as ``text`` (``n0``, ``r1``, ...).
+
+    Raises ValueError for anything else.
+    """
+    match = _PERM_RE.match(text)
+    if match is None:
+        raise ValueError(f"not a XenStore permission: {text!r}")
+    return Perm(Access(match.group(1)), int(match.group(2)))
+
+
+def format_perms(perms: Sequence[Perm]) -> str:
+    """Return the list as xenstore-ls prints it, e.g. ``n0 r1``."""
+    return " ".join(str(perm) for perm in perms)
+
+
+@attrs.frozen
+class WatchEvent:
+    """A watch fired: ``path`` changed (or the watch was just registered), ``token`` is the
+    watcher's. Carries no value: a client must re-read."""
+
+    path: str
+    token: str
+
+
+class XenStoreError(Exception):
+    """XenStore answered a request with an error.
+
+    ``errno_name`` is the name XenStore puts on the wire (``"ENOENT"``, ``"EAGAIN"`` ...);
+    ``path`` the path the request named, when there was one.
+    """
+
+    def __init__(self, errno_name: str, path: str | None = None, op: str | None = None) -> None:
+        self.errno_name = errno_name
+        self.path = path
+        self.op = op
+        where = f" {op}" if op else ""
+        at = f" {path}" if path is not None else ""
+        super().__init__(f"XenStore{where}{at}: {errno_name}")
+
+
+class StoreUnavailable(Exception):
+    """The connection to XenStore is lost or cannot be made (daemon gone, socket closed,
+    request timed out). The caller reconnects; nothing of the store's content is implied."""
+
+
+class TransactionAborted(Exception):
+    """:func:`run_transaction` gave up after too many EAGAIN conflicts in a row."""
+
+    def __init__(self, attempts: int) -> None:
+        self.attempts = attempts
+        super().__init__(f"transaction conflicted (EAGAIN) {attempts} times in a row")
+
+
+class StoreOps(Protocol):
+    """Node operations; available on a store and inside a transaction alike."""
+
+    def read(self, path: str) -> bytes:
+        """Return the node's value. Raises XenStoreError("ENOENT") if it does not exist."""
+        ...
+
+    def try_read(self, path: str) -> bytes | None:
+        """Return the node's value, or None if it does not exist."""
+        ...
+
+    def write(self, path: str, value: bytes) -> None:
+        """Set the node's value, creating it and missing parents."""
+        ...
+
+    def mkdir(self, path: str) -> None:
+        """Create the node (empty) and missing parents; an existing node is left as it is."""
+        ...
+
+    def rm(self, path: str) -> None:
+        """Remove the node and its subtree. A missing node whose parent exists is no error."""
+        ...
+
+    def directory(self, path: str) -> list[str]:
+        """Return the names of the node's children. Raises XenStoreError("ENOENT")."""
+        ...
+
+    def get_perms(self, path: str) -> tuple[Perm, ...]:
+        """Return the node's permission list (owner first)."""
+        ...
+
+    def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
+        """Replace the node's permission list (owner first)."""
+        ...
+
+
+class Transaction(StoreOps, Protocol):
+    """A XenStore transaction: reads see a snapshot, writes become visible at commit."""
+
+    def commit(self) -> bool:
+        """End the transaction, committing it. Return False on a conflict (EAGAIN): nothing
+        was written and the caller must redo the whole transaction."""
+        ...
+
+    def abort(self) -> None:
+        """End the transaction, discarding its writes."""
+        ...
+
+
+class Store(StoreOps, Protocol):
+    """One connection to XenStore, as one domain."""
+
+    def transaction(self) -> Transaction:
+        """Start a transaction on this connection."""
+        ...
+
+    def watch(self, path: str, token: str) -> None:
+        """Register a watch. An event for ``path`` fires at once, then on every change of the
+        node or a descendant (write, mkdir, rm, permission change)."""
+        ...
+
+    def unwatch(self, path: str, token: str) -> None:
+        """Remove a watch; events of it still queued may still be returned."""
+        ...
+
+    def next_event(self, timeout: float | None) -> WatchEvent | None:
+        """Return the next watch event, waiting at most ``timeout`` seconds (None: forever);
+        None on timeout. Raises StoreUnavailable when the connection is lost."""
+        ...
+
+    def get_domain_path(self, domid: int) -> str:
+        """Return ``/local/domain/<domid>`` as the store reports it."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection; further calls raise StoreUnavailable."""
+        ...
+
+
+T = TypeVar("T")
+
+#: Attempts :func:`run_transaction` makes before raising TransactionAborted.
+DEFAULT_TRANSACTION_ATTEMPTS = 64
+
+
+def run_transaction(
+    store: Store,
+    body: Callable[[Transaction], T],
+    attempts: int = DEFAULT_TRANSACTION_ATTEMPTS,
+) -> T:
+    """Run ``body`` inside a transaction, redoing it from scratch on EAGAIN.
+
+    Returns what ``body`` returned in the attempt that committed. An exception from ``body``
+    aborts the transaction and propagates. Raises TransactionAborted after ``attempts``
+    conflicts in a row.
+    """
+    for _ in range(attempts):
+        txn = store.transaction()
+        try:
+            result = body(txn)
+        except BaseException:
+            try:
+                txn.abort()
+            except (XenStoreError, StoreUnavailable):
+                pass
+            raise
+        if txn.commit():
+            return result
+    raise TransactionAborted(attempts)

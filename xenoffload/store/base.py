@@ -10,6 +10,7 @@ XenStore uses on the wire ("ENOENT", "EACCES", "EAGAIN", ...).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
 from collections.abc import Callable, Sequence
@@ -224,10 +225,8 @@ def run_transaction(
         try:
             result = body(txn)
         except BaseException:
-            try:
+            with contextlib.suppress(XenStoreError, StoreUnavailable):
                 txn.abort()
-            except (XenStoreError, StoreUnavailable):
-                pass
             raise
         if txn.commit():
             return result

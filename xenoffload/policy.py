@@ -1,0 +1,199 @@
+"""Policy: where configuration allows blank checksums, per vif, per direction, per family.
+
+The built-in default computes every checksum. Suppression is only what a rule allows. Rules
+come from a TOML file (docs/configuration.md) and from run-time overrides (``xenoffload set``);
+a vif is identified by what the toolstack knows of it (:class:`VifIdentity`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from xenoffload.negotiation import LinkPolicy
+from xenoffload.schema import FamilyFlags
+
+__all__ = [
+    "VifIdentity",
+    "Match",
+    "DirectionSetting",
+    "Rule",
+    "Policy",
+    "PolicyError",
+    "load_policy",
+    "parse_policy",
+]
+
+
+class PolicyError(ValueError):
+    """A policy file or override is malformed; the message names where."""
+
+
+@attrs.frozen
+class VifIdentity:
+    """What is known of a vif when choosing its policy. Fields unknown to the caller are None."""
+
+    domid: int
+    devid: int
+    domain: str | None = None
+    bridge: str | None = None
+    mac: str | None = None
+
+
+@attrs.frozen
+class Match:
+    """A rule's selector: every field given must match (names and bridges take shell globs,
+    MACs compare case-insensitively). An empty match selects every vif."""
+
+    domain: str | None = None
+    domid: int | None = None
+    devid: int | None = None
+    bridge: str | None = None
+    mac: str | None = None
+
+    def matches(self, vif: VifIdentity) -> bool:
+        if self.domid is not None and self.domid != vif.domid:
+            return False
+        if self.devid is not None and self.devid != vif.devid:
+            return False
+        if self.domain is not None and (
+                vif.domain is None or not fnmatch.fnmatchcase(vif.domain, self.domain)):
+            return False
+        if self.bridge is not None and (
+                vif.bridge is None or not fnmatch.fnmatchcase(vif.bridge, self.bridge)):
+            return False
+        return not (self.mac is not None and (
+            vif.mac is None or vif.mac.lower() != self.mac.lower()))
+
+    def describe(self) -> str:
+        parts = [f"{name}={value}" for name, value in attrs.asdict(self).items()
+                 if value is not None]
+        return ",".join(parts) if parts else "*"
+
+
+@attrs.frozen
+class DirectionSetting:
+    """What a rule says of one direction: per family True/False, or None = not set here."""
+
+    ipv4: bool | None = None
+    ipv6: bool | None = None
+
+    def over(self, base: FamilyFlags) -> FamilyFlags:
+        return FamilyFlags(base.ipv4 if self.ipv4 is None else self.ipv4,
+                           base.ipv6 if self.ipv6 is None else self.ipv6)
+
+
+@attrs.frozen
+class Rule:
+    """Selector plus what it sets. Later rules override earlier ones for what they set."""
+
+    match: Match
+    to_guest: DirectionSetting = DirectionSetting()
+    from_guest: DirectionSetting = DirectionSetting()
+    name: str = ""
+
+    def over(self, base: LinkPolicy) -> LinkPolicy:
+        return LinkPolicy(to_guest=self.to_guest.over(base.to_guest),
+                          from_guest=self.from_guest.over(base.from_guest))
+
+
+@attrs.frozen
+class Policy:
+    """A default plus ordered rules; :meth:`for_vif` resolves one vif's :class:`LinkPolicy`."""
+
+    default: LinkPolicy = LinkPolicy()
+    rules: tuple[Rule, ...] = ()
+
+    def for_vif(self, vif: VifIdentity) -> LinkPolicy:
+        """Return the policy of ``vif``: the default, then every matching rule in order."""
+        resolved = self.default
+        for rule in self.rules:
+            if rule.match.matches(vif):
+                resolved = rule.over(resolved)
+        return resolved
+
+    def with_rules(self, rules: Iterable[Rule]) -> Policy:
+        """Return this policy with ``rules`` appended (they take precedence)."""
+        return attrs.evolve(self, rules=(*self.rules, *rules))
+
+
+_MATCH_KEYS = {"domain": str, "domid": int, "devid": int, "bridge": str, "mac": str}
+_DIRECTIONS = {"to-guest": "to_guest", "from-guest": "from_guest"}
+
+
+def _direction(where: str, value: Any) -> DirectionSetting:
+    if isinstance(value, bool):
+        return DirectionSetting(value, value)
+    if isinstance(value, Mapping):
+        unknown = set(value) - {"ipv4", "ipv6"}
+        if unknown:
+            raise PolicyError(f"{where}: unknown family {sorted(unknown)}; use ipv4, ipv6")
+        for family, flag in value.items():
+            if not isinstance(flag, bool):
+                raise PolicyError(f"{where}.{family}: must be true or false, not {flag!r}")
+        return DirectionSetting(value.get("ipv4"), value.get("ipv6"))
+    raise PolicyError(f"{where}: must be true, false or {{ipv4 = ..., ipv6 = ...}}, "
+                      f"not {value!r}")
+
+
+def _settings(where: str, table: Mapping[str, Any]) -> dict[str, DirectionSetting]:
+    return {_DIRECTIONS[key]: _direction(f"{where}.{key}", table[key])
+            for key in _DIRECTIONS if key in table}
+
+
+def parse_policy(document: Mapping[str, Any], source: str = "<policy>") -> Policy:
+    """Return the Policy a parsed TOML document describes. Raises PolicyError naming the
+    offending table and key."""
+    unknown = set(document) - {"default", "rule"}
+    if unknown:
+        raise PolicyError(f"{source}: unknown top-level keys {sorted(unknown)}")
+    default_table = document.get("default", {})
+    if not isinstance(default_table, Mapping):
+        raise PolicyError(f"{source}: [default] must be a table")
+    extra = set(default_table) - set(_DIRECTIONS)
+    if extra:
+        raise PolicyError(f"{source}: [default] unknown keys {sorted(extra)}")
+    default_settings = _settings(f"{source}: default", default_table)
+    default = Rule(Match(), default_settings.get("to_guest", DirectionSetting()),
+                   default_settings.get("from_guest", DirectionSetting())).over(LinkPolicy())
+    rules = []
+    raw_rules = document.get("rule", [])
+    if not isinstance(raw_rules, list):
+        raise PolicyError(f"{source}: rule must be an array of tables ([[rule]])")
+    for index, table in enumerate(raw_rules):
+        where = f"{source}: rule[{index}]"
+        if not isinstance(table, Mapping):
+            raise PolicyError(f"{where}: must be a table")
+        extra = set(table) - set(_MATCH_KEYS) - set(_DIRECTIONS) - {"name"}
+        if extra:
+            raise PolicyError(f"{where}: unknown keys {sorted(extra)}")
+        match_args: dict[str, Any] = {}
+        for key, kind in _MATCH_KEYS.items():
+            if key in table:
+                value = table[key]
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    raise PolicyError(f"{where}.{key}: must be {kind.__name__}, not {value!r}")
+                match_args[key] = value
+        name = table.get("name", "")
+        if not isinstance(name, str):
+            raise PolicyError(f"{where}.name: must be a string")
+        settings = _settings(where, table)
+        rules.append(Rule(Match(**match_args), settings.get("to_guest", DirectionSetting()),
+                          settings.get("from_guest", DirectionSetting()), name))
+    return Policy(default, tuple(rules))
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Return the Policy in the TOML file at ``path``. Raises PolicyError (also for a file
+    that is not valid TOML) or OSError."""
+    with open(path, "rb") as handle:
+        try:
+            document = tomllib.load(handle)
+        except tomllib.TOMLDecodeError as error:
+            raise PolicyError(f"{path}: {error}") from error
+    return parse_policy(document, str(path))

@@ -34,7 +34,7 @@ from xenoffload.toggles.base import (
     TogglePermissionDenied,
     TogglesUnavailable,
 )
-from xenoffload.toggles.plan import judge_sent, plan_apply, side_effects
+from xenoffload.toggles.plan import judge_after, plan_apply, side_effects
 
 __all__ = ["NetlinkToggles", "NETNS_DIR"]
 
@@ -365,13 +365,10 @@ class NetlinkToggles:
                 return ApplyResult(device, plan.settled, set_issued=False)
             kernel_error = self._set_features(genl, device, before.ifindex, plan.to_send)
             after = self._get(genl, device, ifindex=before.ifindex)
-            outcomes = sorted(
-                plan.settled + judge_sent(plan.to_send, after.features, kernel_error),
-                key=lambda outcome: outcome.feature,
-            )
+            outcomes = judge_after(wanted, plan.to_send, after.features, kernel_error)
             return ApplyResult(
                 device,
-                tuple(outcomes),
+                outcomes,
                 set_issued=True,
                 side_effects=side_effects(before.features, after.features, wanted),
             )

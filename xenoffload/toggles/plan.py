@@ -20,11 +20,13 @@ __all__ = [
     "ApplyPlan",
     "plan_apply",
     "judge_sent",
+    "judge_after",
     "side_effects",
     "reason_fixed",
     "reason_kept",
     "reason_unknown",
     "reason_kernel_refused",
+    "reason_other_writer",
 ]
 
 
@@ -117,6 +119,41 @@ def judge_sent(
         else:
             outcomes.append(FeatureOutcome(feature, value, False, reason_kept(state.active)))
     return tuple(outcomes)
+
+
+def reason_other_writer(requested: bool) -> str:
+    """Return the refusal reason for a feature found in the wanted state when first read that
+    another writer changed before the apply ended (now requested ``requested``)."""
+    return f"changed by another writer during the apply (now requested {on_off(requested)})"
+
+
+def judge_after(
+    wanted: Mapping[str, bool],
+    sent: Mapping[str, bool],
+    after: Mapping[str, FeatureState],
+    kernel_error: str | None = None,
+) -> tuple[FeatureOutcome, ...]:
+    """Return the outcome of every wanted feature from the state read back after a request,
+    sorted by name: the sent ones by :func:`judge_sent`, the others (settled when first read)
+    re-checked, so that a change another writer made meanwhile is reported, not hidden."""
+    outcomes = list(judge_sent(sent, after, kernel_error))
+    for feature, value in wanted.items():
+        if feature in sent:
+            continue
+        state = after.get(feature)
+        if state is None:
+            outcomes.append(FeatureOutcome(feature, value, False, reason_unknown()))
+        elif state.active == value:
+            outcomes.append(FeatureOutcome(feature, value, True))
+        elif state.fixed:
+            outcomes.append(FeatureOutcome(feature, value, False, reason_fixed(state.active)))
+        elif state.requested == value:
+            outcomes.append(FeatureOutcome(feature, value, False, reason_kept(state.active)))
+        else:
+            outcomes.append(
+                FeatureOutcome(feature, value, False, reason_other_writer(state.requested))
+            )
+    return tuple(sorted(outcomes, key=lambda outcome: outcome.feature))
 
 
 def side_effects(

@@ -27,7 +27,7 @@ from xenoffload.toggles.base import (
     TogglePermissionDenied,
     TogglesUnavailable,
 )
-from xenoffload.toggles.plan import judge_sent, plan_apply, side_effects
+from xenoffload.toggles.plan import judge_after, plan_apply, side_effects
 
 __all__ = [
     "ProfileFeature",
@@ -326,13 +326,10 @@ class RecordingToggles:
                 )
             simulated.request(plan.to_send)
             after = simulated.state()
-            outcomes = sorted(
-                plan.settled + judge_sent(plan.to_send, after),
-                key=lambda outcome: outcome.feature,
-            )
+            outcomes = judge_after(wanted, plan.to_send, after)
             result = ApplyResult(
                 device,
-                tuple(outcomes),
+                outcomes,
                 set_issued=True,
                 side_effects=side_effects(before, after, wanted),
             )

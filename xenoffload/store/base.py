@@ -31,6 +31,7 @@ __all__ = [
     "format_perms",
     "parse_perm",
     "run_transaction",
+    "ensure_watch",
 ]
 
 
@@ -201,6 +202,15 @@ class Store(StoreOps, Protocol):
     def close(self) -> None:
         """Close the connection; further calls raise StoreUnavailable."""
         ...
+
+
+def ensure_watch(store: Store, path: str, token: str) -> None:
+    """Register a watch; one already registered on this connection (EEXIST) is kept."""
+    try:
+        store.watch(path, token)
+    except XenStoreError as error:
+        if error.errno_name != "EEXIST":
+            raise
 
 
 T = TypeVar("T")

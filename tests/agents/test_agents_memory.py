@@ -1,0 +1,99 @@
+"""Both agents over the in-memory store: discovery, negotiation, policy flips, reboots."""
+
+from __future__ import annotations
+
+from xenoffload.negotiation import LinkResult
+from xenoffload.policy import parse_policy
+from xenoffload.schema import FamilyFlags
+
+from .helpers import World
+
+PRIVATE = parse_policy({"rule": [{"bridge": "xenpriv0", "to-guest": True,
+                                  "from-guest": True}]})
+GUEST_ALLOWS = parse_policy({"default": {"to-guest": True, "from-guest": True}})
+ALL = FamilyFlags(True, True)
+
+
+def test_guest_appears_and_both_ends_connect_with_the_safe_default() -> None:
+    world = World()
+    paths = world.add_guest(1, "guest", ["xenbr0"])
+    world.start()
+    world.settle()
+    assert world.state(paths[0].backend_dir) == b"4"
+    assert world.state(paths[0].frontend_dir) == b"4"
+    assert world.backend.endpoints[(1, 0)].result == LinkResult()
+    vif = world.toggles.read(world.vif_device(1, 0))
+    assert not vif["tx-checksum-ipv4"].active and not vif["tx-checksum-ipv6"].active
+
+
+def test_private_bridge_suppresses_only_where_both_ends_allow() -> None:
+    world = World(backend_policy=PRIVATE, guest_policy=GUEST_ALLOWS)
+    world.add_guest(1, "nfs", ["xenbr0", "xenpriv0"])
+    world.start()
+    world.settle()
+    public, private = (world.backend.endpoints[(1, d)].result for d in (0, 1))
+    assert public == LinkResult()
+    assert private == LinkResult(ALL, ALL)
+    guest_view = world.guests[1][1].endpoints[1].result
+    assert guest_view == private
+    vif1 = world.toggles.read(world.vif_device(1, 1))
+    assert vif1["tx-checksum-ipv4"].active and vif1["tx-checksum-ipv6"].active
+
+
+def test_policy_flip_reapplies_exactly_the_affected_vif() -> None:
+    world = World(guest_policy=GUEST_ALLOWS)
+    world.add_guest(1, "a", ["xenbr0", "xenpriv0"])
+    world.add_guest(2, "b", ["xenbr0"])
+    world.start()
+    world.settle()
+    before = len(world.toggles.applies)
+    world.backend.set_policy(PRIVATE)
+    world.settle()
+    touched = {rec.device for rec in world.toggles.applies[before:] if rec.sent}
+    assert touched == {world.vif_device(1, 1), world.eth_device(1, 1)}
+    assert world.backend.endpoints[(1, 1)].result == LinkResult(ALL, ALL)
+    assert world.backend.endpoints[(2, 0)].result == LinkResult()
+
+
+def test_backend_agent_restart_changes_nothing() -> None:
+    world = World(backend_policy=PRIVATE, guest_policy=GUEST_ALLOWS)
+    paths = world.add_guest(1, "a", ["xenpriv0"])
+    world.start()
+    world.settle()
+    sets = world.toggles.sets_sent
+    tree = world.xs.model.dump(paths[0].backend_dir)
+    from xenoffload.agents.backend import BackendAgent
+    world.backend = BackendAgent(PRIVATE, 0, world.mode, world.backend.enforcer_factory)
+    world.dom0 = world.xs.connect(0)
+    world.backend.attach(world.dom0)
+    world.settle()
+    assert world.toggles.sets_sent == sets  # no kernel toggle flapped
+    assert world.xs.model.dump(paths[0].backend_dir) == tree  # nothing rewritten
+
+
+def test_guest_reboot_renegotiates() -> None:
+    world = World(guest_policy=GUEST_ALLOWS)
+    paths = world.add_guest(1, "a", ["xenbr0"])
+    world.start()
+    world.settle()
+    store, _ = world.guests[1]
+    store.write(f"{paths[0].frontend_dir}/state", b"6")  # guest shuts its frontend down
+    world.settle()
+    assert world.state(paths[0].backend_dir) == b"6"
+    store.write(f"{paths[0].frontend_dir}/state", b"1")  # and boots again
+    world.settle()
+    assert world.state(paths[0].backend_dir) == b"4"
+    assert world.state(paths[0].frontend_dir) == b"4"
+
+
+def test_device_removal_is_forgotten_cleanly() -> None:
+    world = World()
+    paths = world.add_guest(1, "a", ["xenbr0"])
+    world.start()
+    world.settle()
+    from xenoffload.toolstack import destroy_vif
+    destroy_vif(world.dom0, paths[0])
+    world.settle()
+    assert (1, 0) not in world.backend.endpoints
+    assert world.dom0.try_read(paths[0].backend_dir) is None  # never re-created
+    assert 0 not in world.guests[1][1].endpoints

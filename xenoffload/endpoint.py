@@ -1,0 +1,283 @@
+"""Endpoint drivers: one vif end = the state machine + a XenStore connection + an enforcer.
+
+:class:`VifEndpoint` reads a :class:`~xenoffload.machine.Snapshot` in one transaction, feeds it
+to its :class:`~xenoffload.machine.VifMachine`, and performs the actions: feature keys (and, in
+full mode, ``state``) written in one transaction; the negotiated result handed to an
+:class:`Enforcer` (kernel toggles, or a device model's own hook); refusals logged.
+:func:`backend_endpoint` and :func:`frontend_endpoint` build one for either end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+
+from xenoffload.machine import (
+    Action,
+    Enforce,
+    Forget,
+    Mode,
+    Snapshot,
+    VifMachine,
+    Violation,
+    WriteKeys,
+)
+from xenoffload.negotiation import LinkPolicy, LinkResult
+from xenoffload.paths import VifPaths, parse_backend_dir, parse_frontend_dir
+from xenoffload.schema import READ_KEYS, STATUS_KEY, Advertisement, FamilyFlags, Role
+from xenoffload.store.base import Store, Transaction, XenStoreError, run_transaction
+from xenoffload.xenbus import XenbusState
+
+__all__ = [
+    "Enforcement",
+    "Enforcer",
+    "NoEnforcer",
+    "VifEndpoint",
+    "PeerLinkError",
+    "backend_endpoint",
+    "frontend_endpoint",
+]
+
+log = logging.getLogger("xenoffload.endpoint")
+
+#: Keys of the own directory a snapshot reads (features, to rewrite only what differs).
+_OWN_KEYS = (*READ_KEYS, STATUS_KEY)
+
+
+@attrs.frozen
+class Enforcement:
+    """What an enforcer achieved for one result: ``status`` is written to the own directory
+    (``ok``, or what could not be enforced), ``unsafe`` is True when a direction that must
+    compute checksums still may not (reported loudly); ``retry`` is True when the device could
+    not be reached and the result must be applied again later."""
+
+    status: str
+    unsafe: bool = False
+    details: tuple[str, ...] = ()
+    retry: bool = False
+
+
+class Enforcer(Protocol):
+    """Makes a device behave as negotiated."""
+
+    def enforce(self, role: Role, result: LinkResult) -> Enforcement:
+        """Apply ``result`` for this end's device and say what was achieved."""
+        ...
+
+
+@attrs.frozen
+class NoEnforcer:
+    """For ends without a kernel device (test peers, conformance): records nothing, reports
+    ``ok`` — the caller's ``on_result`` hook is the device model's enforcement."""
+
+    def enforce(self, role: Role, result: LinkResult) -> Enforcement:
+        return Enforcement("ok")
+
+
+class PeerLinkError(Exception):
+    """The own directory names a peer directory that is not the vif's canonical peer."""
+
+
+def _read_optional(txn: Transaction, path: str) -> bytes | None:
+    try:
+        return txn.read(path)
+    except XenStoreError as error:
+        if error.errno_name in ("ENOENT", "EACCES"):
+            return None
+        raise
+
+
+@attrs.define
+class VifEndpoint:
+    """One end of one vif, driven by snapshots. Not thread-safe; one caller drives it."""
+
+    store: Store
+    paths: VifPaths
+    machine: VifMachine
+    enforcer: Enforcer
+    own_dir: str
+    peer_dir: str
+    on_result: Callable[[LinkResult], None] | None = None
+    result: LinkResult | None = None
+    enforcement: Enforcement | None = None
+    gone: bool = False
+    violations: list[Violation] = attrs.field(factory=list)
+
+    @property
+    def needs_retry(self) -> bool:
+        """True when the last enforcement could not reach the device."""
+        return self.enforcement is not None and self.enforcement.retry
+
+    @property
+    def role(self) -> Role:
+        return self.machine.role
+
+    @property
+    def label(self) -> str:
+        return f"domid={self.paths.guest_domid} devid={self.paths.devid} {self.role.value}"
+
+    def snapshot(self) -> Snapshot:
+        """Read both states and both feature sets in one transaction."""
+
+        def read_all(txn: Transaction) -> Snapshot:
+            own_state = _read_optional(txn, f"{self.own_dir}/state")
+            own_present = own_state is not None or _read_optional(txn, self.own_dir) is not None
+            own_keys = {name: _read_optional(txn, f"{self.own_dir}/{name}")
+                        for name in _OWN_KEYS}
+            peer_state = _read_optional(txn, f"{self.peer_dir}/state")
+            peer_keys = {name: _read_optional(txn, f"{self.peer_dir}/{name}")
+                         for name in READ_KEYS}
+            return Snapshot(own_state, peer_state, own_keys, peer_keys, self.peer_dir,
+                            own_present)
+
+        return run_transaction(self.store, read_all)
+
+    def step(self) -> list[Action]:
+        """Take a snapshot, run the machine on it, perform its actions; return them."""
+        if self.gone:
+            return []
+        actions = self.machine.observe(self.snapshot())
+        self.perform(actions)
+        return actions
+
+    def set_policy(self, policy: LinkPolicy) -> list[Action]:
+        """Change the policy; re-advertise and re-apply as the machine says. Returns actions."""
+        if policy == self.machine.policy:
+            return []
+        log.info("%s policy %s -> %s", self.label, self.machine.policy.describe(),
+                 policy.describe())
+        if self.machine.last_snapshot is None:
+            self.machine.policy = policy
+            return self.step()
+        actions = self.machine.set_policy(policy)
+        self.perform(actions)
+        return actions
+
+    def perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, WriteKeys):
+                self._write(action)
+            elif isinstance(action, Enforce):
+                self._enforce(action)
+            elif isinstance(action, Violation):
+                self.violations.append(action)
+                log.warning("%s refused: %s path=%s value=%r", self.label, action.message,
+                            action.path, (action.value or b"")[:64])
+            elif isinstance(action, Forget):
+                self.gone = True
+                log.info("%s device removed: %s gone", self.label, self.own_dir)
+
+    def _write(self, action: WriteKeys) -> None:
+        def write_all(txn: Transaction) -> bool:
+            # Never re-create a removed device: writes would create the parents.
+            if _read_optional(txn, self.own_dir) is None:
+                return False
+            for name, value in action.keys.items():
+                txn.write(f"{self.own_dir}/{name}", value)
+            if action.state is not None:
+                txn.write(f"{self.own_dir}/state", action.state.wire)
+            return True
+
+        if not run_transaction(self.store, write_all):
+            self.gone = True
+            log.info("%s device removed before write: %s gone", self.label, self.own_dir)
+            return
+        if action.keys:
+            log.info("%s wrote %s", self.label,
+                     " ".join(f"{k}={v.decode()}" for k, v in sorted(action.keys.items())))
+        if action.state is not None:
+            log.info("%s state -> %s", self.label, action.state)
+
+    def _enforce(self, action: Enforce) -> None:
+        old = self.result
+        self.result = action.result
+        log.info("%s negotiated %s (was %s; peer speaks %s)", self.label,
+                 action.result.describe(), old.describe() if old else "none",
+                 action.peer.source)
+        enforcement = self.enforcer.enforce(self.role, action.result)
+        if enforcement.unsafe:
+            log.error("%s NOT ENFORCED: %s", self.label, "; ".join(enforcement.details))
+        elif enforcement.retry:
+            log.warning("%s not applied yet (%s): %s", self.label, enforcement.status,
+                        "; ".join(enforcement.details))
+            self.machine.applied = None  # the next step applies again
+        self.enforcement = enforcement
+        if self.machine.last_snapshot is not None and \
+                self.machine.last_snapshot.own_keys.get(STATUS_KEY) != enforcement.status.encode():
+            self._write(WriteKeys({STATUS_KEY: enforcement.status.encode()}))
+        if self.on_result is not None:
+            self.on_result(action.result)
+
+
+#: What a Linux netback/netfront device can do: blank checksums both ways, both families.
+FULL_CAPABILITY = Advertisement(FamilyFlags.both(True), FamilyFlags.both(True))
+
+
+def backend_endpoint(
+    store: Store,
+    backend_domid: int,
+    guest_domid: int,
+    devid: int,
+    policy: LinkPolicy,
+    enforcer: Enforcer | None = None,
+    mode: Mode = Mode.COMPANION,
+    capability: Advertisement = FULL_CAPABILITY,
+) -> VifEndpoint:
+    """Return the backend end of vif ``guest_domid``/``devid`` served by ``backend_domid``.
+
+    The frontend directory is the one the toolstack recorded in the backend's ``frontend``
+    key; it must be the vif's canonical frontend directory, else PeerLinkError (a guest cannot
+    write that key, but a broken toolstack could, and following it would act on another
+    guest's device). A missing ``frontend`` key means the canonical directory.
+    """
+    paths = VifPaths(backend_domid, guest_domid, devid)
+    recorded = store.try_read(f"{paths.backend_dir}/frontend")
+    if recorded is not None:
+        parsed = parse_frontend_dir(recorded.decode("ascii", "replace"))
+        if parsed != (guest_domid, devid):
+            raise PeerLinkError(f"{paths.backend_dir}/frontend = {recorded[:200]!r} is not "
+                                f"{paths.frontend_dir}")
+    machine = VifMachine(Role.BACKEND, mode, policy, capability)
+    return VifEndpoint(store, paths, machine, enforcer or NoEnforcer(), paths.backend_dir,
+                       paths.frontend_dir)
+
+
+def frontend_endpoint(
+    store: Store,
+    guest_domid: int,
+    devid: int,
+    policy: LinkPolicy,
+    enforcer: Enforcer | None = None,
+    mode: Mode = Mode.COMPANION,
+    capability: Advertisement = FULL_CAPABILITY,
+    backend_domid: int | None = None,
+) -> VifEndpoint:
+    """Return the frontend end of vif ``devid`` in guest ``guest_domid``.
+
+    The backend directory is read from the frontend's ``backend`` key; it must be a canonical
+    backend directory for this guest and devid (PeerLinkError otherwise).
+    """
+    frontend_dir = VifPaths(0, guest_domid, devid).frontend_dir
+    recorded = store.try_read(f"{frontend_dir}/backend")
+    if recorded is None:
+        if backend_domid is None:
+            raise PeerLinkError(f"{frontend_dir}/backend is missing")
+        paths = VifPaths(backend_domid, guest_domid, devid)
+    else:
+        parsed = parse_backend_dir(recorded.decode("ascii", "replace"))
+        if parsed is None or parsed[1:] != (guest_domid, devid) or (
+                backend_domid is not None and parsed[0] != backend_domid):
+            raise PeerLinkError(f"{frontend_dir}/backend = {recorded[:200]!r} is not a "
+                                f"backend directory of this vif")
+        paths = VifPaths(parsed[0], guest_domid, devid)
+    machine = VifMachine(Role.FRONTEND, mode, policy, capability)
+    return VifEndpoint(store, paths, machine, enforcer or NoEnforcer(), paths.frontend_dir,
+                       paths.backend_dir)
+
+
+def negotiated_state(endpoint: VifEndpoint) -> tuple[XenbusState, XenbusState]:
+    """Return (own, peer) XenbusState as the endpoint last saw them."""
+    return endpoint.machine.own_state, endpoint.machine.peer_state

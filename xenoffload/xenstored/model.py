@@ -270,11 +270,17 @@ class XenStoreModel:
             conn = Connection(self._next_conn_id, domid, privileged)
             self._next_conn_id += 1
             self._connections[conn.conn_id] = conn
+            self.add_domain(domid)
+            return conn
+
+    def add_domain(self, domid: int) -> None:
+        """Introduce ``domid`` as the toolstack would (firing ``@introduceDomain``) unless it
+        is already introduced."""
+        with self.lock:
             domain = self._domain(domid)
             if not domain.introduced:
                 domain.introduced = True
                 self._fire_special("@introduceDomain")
-            return conn
 
     def disconnect(self, conn: Connection) -> None:
         """End a session: its watches and transactions vanish."""

@@ -27,7 +27,17 @@ __all__ = [
     "PolicyError",
     "load_policy",
     "parse_policy",
+    "node_text",
 ]
+
+
+def node_text(raw: bytes | None) -> str | None:
+    """Return a XenStore value usable for matching (printable ASCII, at most 256 bytes), or
+    None: a name, bridge or MAC that is not plain text matches no rule."""
+    if raw is None:
+        return None
+    text = raw.decode("ascii", "replace")
+    return text if text.isprintable() and len(text) <= 256 else None
 
 
 class PolicyError(ValueError):

@@ -28,7 +28,7 @@ from xenoffload.overrides import (
     write_override,
 )
 from xenoffload.paths import backend_vif_root, domain_path
-from xenoffload.policy import Policy, VifIdentity
+from xenoffload.policy import Policy, VifIdentity, node_text
 from xenoffload.schema import OWN_KEYS, STATUS_KEY
 from xenoffload.store.base import Store, WatchEvent, XenStoreError, ensure_watch
 
@@ -41,13 +41,6 @@ EnforcerFactory = Callable[[int, int], Enforcer | None]
 
 _WATCH_PATH = "/local/domain"
 _OWN_WRITES = frozenset((*OWN_KEYS.values(), STATUS_KEY))
-
-
-def _decode(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    text = raw.decode("ascii", "replace")
-    return text if text.isprintable() and len(text) <= 256 else None
 
 
 @attrs.define
@@ -190,9 +183,9 @@ class BackendAgent:
         backend_dir = f"{self._root}/{guest}/{devid}"
         return VifIdentity(
             domid=guest, devid=devid,
-            domain=_decode(self.store.try_read(f"{domain_path(guest)}/name")),
-            bridge=_decode(self.store.try_read(f"{backend_dir}/bridge")),
-            mac=_decode(self.store.try_read(f"{backend_dir}/mac")),
+            domain=node_text(self.store.try_read(f"{domain_path(guest)}/name")),
+            bridge=node_text(self.store.try_read(f"{backend_dir}/bridge")),
+            mac=node_text(self.store.try_read(f"{backend_dir}/mac")),
         )
 
     def _step(self, key: tuple[int, int]) -> None:

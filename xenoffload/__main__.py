@@ -1,0 +1,5 @@
+"""``python -m xenoffload``: the ``xenoffload`` command."""
+
+from xenoffload.cli import main
+
+raise SystemExit(main())

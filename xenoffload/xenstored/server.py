@@ -266,18 +266,18 @@ class XenstoredServer:
             self.faults.bogus_req_id_next = False
             req_id = (req_id + 0x5A5A5A5A) % 2**32
         reply_frame = Frame(reply_op, req_id, frame.tx_id, reply)
-        if frame.op != Op.WATCH:
-            self._send_events(client, events)
-        self._send(client, reply_frame)
-        if frame.op == Op.WATCH:
-            self._send_events(client, events)
-        if self.record:
+        if self.record:  # before the reply leaves: a client may look right after it
             record = RequestRecord(conn.conn_id, conn.domid, op_name(frame.op), frame.req_id,
                                    frame.tx_id, frame.payload, op_name(reply_op), reply,
                                    time.monotonic())
             self.request_log.append(record)
             if self.on_request is not None:
                 self.on_request(record)
+        if frame.op != Op.WATCH:
+            self._send_events(client, events)
+        self._send(client, reply_frame)
+        if frame.op == Op.WATCH:
+            self._send_events(client, events)
 
     def _send(self, client: _Client, frame: Frame) -> None:
         if client.closing or client.writer.transport.is_closing():
@@ -291,10 +291,10 @@ class XenstoredServer:
             payload = encode_event(path, token)
             if payload is None:
                 continue
-            self._send(client, Frame(Op.WATCH_EVENT, 0, 0, payload))
             if self.record:
                 self.event_log.append(EventRecord(client.conn.conn_id, client.conn.domid,
                                                   path, token, time.monotonic()))
+            self._send(client, Frame(Op.WATCH_EVENT, 0, 0, payload))
 
     def _on_events(self, client: _Client, conn: Connection) -> None:
         # Called with the model lock held, from whichever thread changed the model.

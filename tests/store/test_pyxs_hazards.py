@@ -1,0 +1,293 @@
+"""Each pyxs 0.4.1 hazard of docs/dependency-notes.md, reproduced against the embedded xenstored,
+and the PyxsStore guard that contains it."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from pyxs.client import Client
+from pyxs.connection import XenBusConnection, _UnixSocketTransport
+
+from xenoffload.store.base import StoreUnavailable, WatchEvent, XenStoreError
+from xenoffload.store.pyxs_store import (
+    PyxsStore,
+    _AnyOpReceiver,
+    _Router,
+    connect_store,
+    default_store_path,
+)
+from xenoffload.xenstored.server import EmbeddedXenstored
+from xenoffload.xenstored.wire import Op
+
+
+@pytest.fixture
+def xenstored() -> Iterator[EmbeddedXenstored]:
+    tmp = tempfile.mkdtemp(prefix="xs", dir="/tmp")
+    server = EmbeddedXenstored(f"{tmp}/socket", {1: f"{tmp}/dom1"})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def store(xenstored: EmbeddedXenstored) -> Iterator[PyxsStore]:
+    with PyxsStore(xenstored.socket_path, timeout=2.0) as opened:
+        yield opened
+
+
+# 1. connection loss / hung daemon: never block forever
+
+
+def test_a_hung_xenstored_makes_calls_time_out(xenstored: EmbeddedXenstored) -> None:
+    store = PyxsStore(xenstored.socket_path, timeout=0.5)
+    xenstored.faults.stall_replies = True
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="did not answer"):
+        store.read("/")
+    assert time.monotonic() - started < 3
+    xenstored.faults.stall_replies = False
+    with pytest.raises(StoreUnavailable):  # the connection is not trusted any more
+        store.read("/")
+
+
+def test_a_killed_xenstored_raises_store_unavailable(xenstored: EmbeddedXenstored,
+                                                     store: PyxsStore) -> None:
+    store.write("/test/a", b"1")
+    xenstored.kill()
+    with pytest.raises(StoreUnavailable):
+        store.read("/test/a")
+
+
+def test_next_event_wakes_up_when_the_connection_dies(xenstored: EmbeddedXenstored,
+                                                      store: PyxsStore) -> None:
+    store.watch("/test", "tok")
+    assert store.next_event(2) == WatchEvent("/test", "tok")
+    threading.Timer(0.3, xenstored.kill).start()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        store.next_event(None)
+    assert time.monotonic() - started < 3
+
+
+def test_reconnecting_means_a_new_store(xenstored: EmbeddedXenstored, store: PyxsStore) -> None:
+    xenstored.restart()
+    with pytest.raises(StoreUnavailable):
+        store.read("/")
+    fresh = connect_store(xenstored.socket_path, timeout=2.0)
+    fresh.write("/test/again", b"1")
+    assert fresh.read("/test/again") == b"1"
+    fresh.close()
+
+
+def test_connecting_without_xenstored_raises_store_unavailable(tmp_path: object) -> None:
+    with pytest.raises(StoreUnavailable):
+        PyxsStore("/tmp/no-such-xenstored-socket", timeout=1.0)
+
+
+# 2. a reply with an unexpected request id
+
+
+def test_a_reply_with_an_unknown_request_id_raises_store_unavailable(
+        xenstored: EmbeddedXenstored, store: PyxsStore) -> None:
+    xenstored.faults.bogus_req_id_next = True
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        store.read("/")
+    assert time.monotonic() - started < 2.5
+
+
+# 3. foreign or late events must not spin nor leak through
+
+
+def test_same_user_token_on_two_paths_is_told_apart(store: PyxsStore) -> None:
+    store.watch("/test/a", "tok")
+    store.watch("/test/b", "tok")
+    assert {store.next_event(2), store.next_event(2)} == {WatchEvent("/test/a", "tok"),
+                                                        WatchEvent("/test/b", "tok")}
+    store.unwatch("/test/a", "tok")
+    store.write("/test/a", b"1")
+    store.write("/test/b", b"1")
+    assert store.next_event(2) == WatchEvent("/test/b", "tok")
+    assert store.next_event(0.2) is None
+
+
+def test_waiting_for_events_does_not_spin(store: PyxsStore) -> None:
+    # A raw watch with a token the store never registered: its events reach the connection.
+    store.raw_request(Op.WATCH, b"/test\0foreign\0")
+    store.watch("/elsewhere", "mine")
+    assert store.next_event(2) == WatchEvent("/elsewhere", "mine")
+    store.write("/test/x", b"1")
+    cpu_before = time.process_time()
+    assert store.next_event(0.5) is None
+    assert time.process_time() - cpu_before < 0.25
+
+
+# 4. EEXIST must not leave a local registration behind
+
+
+def test_a_refused_duplicate_watch_does_not_double_events(store: PyxsStore) -> None:
+    store.watch("/test", "tok")
+    with pytest.raises(XenStoreError, match="EEXIST"):
+        store.watch("/test", "tok")
+    assert store.next_event(2) == WatchEvent("/test", "tok")
+    store.write("/test/x", b"1")
+    assert store.next_event(2) == WatchEvent("/test/x", "tok")
+    assert store.next_event(0.2) is None
+
+
+def test_a_watch_the_server_refuses_is_not_registered(store: PyxsStore) -> None:
+    with pytest.raises(XenStoreError, match="EINVAL"):
+        store.watch("/bad//path", "tok")
+    store.watch("/bad/path", "tok")  # same token again is fine: nothing leaked
+    assert store.next_event(2) == WatchEvent("/bad/path", "tok")
+
+
+# 5. printable-ASCII restriction and empty values
+
+
+def test_pyxs_itself_refuses_empty_and_binary_values(xenstored: EmbeddedXenstored) -> None:
+    with Client(unix_socket_path=xenstored.socket_path) as client:
+        for value in (b"", b"\xff", b"a\nb"):
+            with pytest.raises(ValueError):
+                client.write(b"/test/raw", value)
+
+
+def test_empty_and_binary_values_round_trip(store: PyxsStore) -> None:
+    for value in (b"", b"\x00\x01\xff", b"tab\tnewline\n"):
+        store.write("/test/raw", value)
+        assert store.read("/test/raw") == value
+
+
+def test_bytes_a_hostile_guest_wrote_are_read_unchanged(xenstored: EmbeddedXenstored,
+                                                        store: PyxsStore) -> None:
+    store.mkdir("/local/domain/1/data")
+    store.set_perms("/local/domain/1/data", [_perm("n1")])
+    hostile = b"\x1b[31m\xc3\x28\x00evil"
+    with PyxsStore(xenstored.domain_sockets[1], timeout=2.0) as guest:
+        guest.raw_request(Op.WRITE, b"data/x\0" + hostile)
+    assert store.read("/local/domain/1/data/x") == hostile
+
+
+# 6. Monitor over XenBus
+
+
+class _XenBusOverSocket(_AnyOpReceiver, XenBusConnection):  # type: ignore[misc]
+    """A XenBusConnection (as pyxs' isinstance check sees it) that talks to a socket."""
+
+    def create_transport(self) -> _UnixSocketTransport:
+        return _UnixSocketTransport(self.path)
+
+
+def test_pyxs_refuses_monitor_over_xenbus_but_the_store_watches(
+        xenstored: EmbeddedXenstored) -> None:
+    client = Client(router=_Router(_XenBusOverSocket(xenstored.socket_path)))
+    client.connect()
+    try:
+        with pytest.raises(Exception, match="XenBus"):
+            client.monitor()
+    finally:
+        client.close()
+    router = _Router(_XenBusOverSocket(xenstored.socket_path))
+    with PyxsStore(xenstored.socket_path, timeout=2.0, router=router) as store:
+        store.watch("/test", "tok")
+        assert store.next_event(2) == WatchEvent("/test", "tok")
+
+
+# 7. privileged calls refused locally by pyxs
+
+
+def test_pyxs_refuses_release_without_control_d_but_the_store_sends_it(
+        xenstored: EmbeddedXenstored, store: PyxsStore) -> None:
+    assert not Client.SU
+    with Client(unix_socket_path=xenstored.socket_path) as client, pytest.raises(Exception):
+        client.release_domain(5)
+    store.introduce_domain(5, 0, 1)
+    assert store.is_domain_introduced(5)
+    store.release_domain(5)
+    assert not store.is_domain_introduced(5)
+
+
+# 8. request ids wrap at 2**32
+
+
+def test_request_ids_wrap_at_2_to_the_32(xenstored: EmbeddedXenstored, store: PyxsStore) -> None:
+    store.set_request_id(2**32 - 2)
+    for _ in range(4):
+        store.write("/test/wrap", b"1")
+    ids = [record.req_id for record in xenstored.request_log[-4:]]
+    assert ids == [2**32 - 2, 2**32 - 1, 0, 1]
+
+
+def test_concurrent_requests_from_threads_get_their_own_replies(store: PyxsStore) -> None:
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            for round_ in range(50):
+                value = f"{index}-{round_}".encode()
+                store.write(f"/test/thread{index}", value)
+                assert store.read(f"/test/thread{index}") == value
+        except BaseException as err:  # noqa: BLE001 - collected for the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+# DIRECTORY_PART, unknown to pyxs
+
+
+def test_long_directories_are_read_with_directory_part(xenstored: EmbeddedXenstored,
+                                                       store: PyxsStore) -> None:
+    names = [f"n{index:03d}-{'x' * 40}" for index in range(120)]
+    for name in names:
+        store.write(f"/big/{name}", b"")
+    assert store.directory("/big") == names
+    ops = [record.op for record in xenstored.request_log]
+    assert "DIRECTORY_PART" in ops
+
+
+# default path lookup
+
+
+def test_default_path_prefers_xenstored_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XENSTORED_PATH", "/somewhere/socket")
+    assert default_store_path() == "/somewhere/socket"
+
+
+def test_connect_store_uses_xenstored_path(monkeypatch: pytest.MonkeyPatch,
+                                           xenstored: EmbeddedXenstored) -> None:
+    monkeypatch.setenv("XENSTORED_PATH", xenstored.socket_path)
+    with connect_store(timeout=2.0) as store:
+        assert store.get_domain_path(3) == "/local/domain/3"
+
+
+def test_guest_socket_store_is_unprivileged(xenstored: EmbeddedXenstored) -> None:
+    with PyxsStore(xenstored.domain_sockets[1], timeout=2.0) as guest, \
+            pytest.raises(XenStoreError, match="EACCES"):
+        guest.introduce_domain(9, 0, 1)
+
+
+def test_raw_socket_sanity_unknown_type_is_enosys(xenstored: EmbeddedXenstored) -> None:
+    with socket.socket(socket.AF_UNIX) as sock, PyxsStore(xenstored.socket_path) as store:
+        sock.connect(xenstored.socket_path)
+        with pytest.raises(XenStoreError, match="ENOSYS"):
+            store.raw_request(99, b"")
+
+
+def _perm(text: str) -> object:
+    from xenoffload.store.base import parse_perm
+    return parse_perm(text)

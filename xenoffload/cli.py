@@ -93,12 +93,6 @@ def _guest_ifname(devid: int) -> str:
 # ----------------------------------------------------------------------------- commands
 
 
-def cmd_xenstored(args: argparse.Namespace) -> int:
-    from xenoffload.xenstored.server import serve_main
-
-    return serve_main(args.rest)
-
-
 def _run_agent(args: argparse.Namespace, logic_factory: Callable[[Toggles | None], object],
                reload_policy: Callable[[object], None]) -> int:
     from xenoffload.agents.runner import AgentLogic, Runner
@@ -352,11 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="XenStore socket or /dev/xen/xenbus (default: $XENSTORED_PATH, "
                             "/var/run/xenstored/socket, /dev/xen/xenbus)")
 
-    p = sub.add_parser("xenstored", help="run the embedded XenStore server",
-                       description="Run the embedded XenStore server in the foreground; "
-                                   "see `xenoffload xenstored --help`.", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_xenstored)
+    # Dispatched in main() before parsing; listed here for --help.
+    sub.add_parser("xenstored", help="run the embedded XenStore server (see its --help)",
+                   add_help=False)
 
     for name, func, helptext in (
             ("backend-agent", cmd_backend_agent, "negotiate every vif of this driver domain"),
@@ -442,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["xenstored"]:
+        # Its own parser takes every option (argparse's REMAINDER would not take "--socket").
+        from xenoffload.xenstored.server import serve_main
+
+        return serve_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

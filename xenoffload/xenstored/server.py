@@ -160,6 +160,7 @@ class XenstoredServer:
         self.event_log: list[EventRecord] = []
         self.on_request: Callable[[RequestRecord], None] | None = None
         self._servers: list[asyncio.AbstractServer] = []
+        self._bound: list[str] = []
         self._clients: dict[int, _Client] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._trace: IO[str] | None = None
@@ -182,6 +183,7 @@ class XenstoredServer:
                                             privileged=privileged)
                 server = await asyncio.start_unix_server(handler, path=path)
                 self._servers.append(server)
+                self._bound.append(path)
                 log.info("listening on %s as dom%d (%s)", path, domid,
                          "privileged" if privileged else "guest")
         except BaseException:
@@ -203,10 +205,11 @@ class XenstoredServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
         self._servers.clear()
-        if remove_sockets:
-            for path in [self.socket_path, *self.domains.values()]:
+        if remove_sockets:  # only what this server bound: never a live daemon's socket
+            for path in self._bound:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
+        self._bound.clear()
         await asyncio.sleep(0)
         if self._trace is not None:
             self._trace.close()

@@ -29,7 +29,7 @@ def require_root() -> None:
 
 
 def require_tool(name: str, package: str) -> str:
-    """Return the path of ``name``; skip/fail if it is not installed (Debian package ``package``)."""
+    """Return the path of ``name``; skip/fail if it is missing (Debian package ``package``)."""
     path = shutil.which(name)
     require_system(path is not None, f"needs {name} (apt-get install {package})")
     assert path is not None

@@ -1,0 +1,63 @@
+"""Run-time overrides: node grammar, rule order, storage in XenStore."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xenoffload.overrides import (
+    OverrideSetting,
+    format_override,
+    parse_override,
+    read_overrides,
+    rules_from_overrides,
+    write_override,
+)
+from xenoffload.policy import DirectionSetting, Policy, PolicyError, VifIdentity
+from xenoffload.schema import FamilyFlags
+from xenoffload.store.memory import MemoryXenStore
+
+opt = st.one_of(st.none(), st.booleans())
+settings_st = st.builds(OverrideSetting, st.builds(DirectionSetting, opt, opt),
+                        st.builds(DirectionSetting, opt, opt)).filter(
+    lambda s: any(v is not None for v in (s.to_guest.ipv4, s.to_guest.ipv6,
+                                          s.from_guest.ipv4, s.from_guest.ipv6)))
+
+
+@given(settings_st)
+def test_override_values_round_trip(setting: OverrideSetting) -> None:
+    assert parse_override("/p", format_override(setting)) == setting
+
+
+def test_a_token_without_family_sets_both() -> None:
+    assert parse_override("/p", b"to-guest=on") == OverrideSetting(DirectionSetting(True, True))
+
+
+@pytest.mark.parametrize("raw", [b"", b"to-guest=yes", b"tx=on", b"to-guest=on\xff",
+                                 b"to-guest-ipv5=on", b"x" * 3000])
+def test_malformed_override_is_refused_with_its_path(raw: bytes) -> None:
+    with pytest.raises(PolicyError, match="/p"):
+        parse_override("/p", raw)
+
+
+def test_vif_override_wins_over_bridge_override() -> None:
+    rules = rules_from_overrides({
+        "vif/1/1": OverrideSetting(DirectionSetting(False, False)),
+        "bridge/xenpriv0": OverrideSetting(DirectionSetting(True, True)),
+    })
+    policy = Policy().with_rules(rules)
+    on_bridge = VifIdentity(1, 0, bridge="xenpriv0")
+    overridden = VifIdentity(1, 1, bridge="xenpriv0")
+    assert policy.for_vif(on_bridge).to_guest == FamilyFlags(True, True)
+    assert policy.for_vif(overridden).to_guest == FamilyFlags(False, False)
+
+
+def test_overrides_are_read_back_from_xenstore_and_junk_is_reported() -> None:
+    store = MemoryXenStore().connect(0)
+    setting = OverrideSetting(DirectionSetting(True, None))
+    write_override(store, "/local/domain/0", "vif/3/1", setting)
+    store.write("/local/domain/0/xenoffload/policy/bridge/br0", b"nonsense")
+    found, problems = read_overrides(store, "/local/domain/0")
+    assert found == {"vif/3/1": setting}
+    assert len(problems) == 1 and "bridge/br0" in problems[0]

@@ -97,3 +97,31 @@ def test_device_removal_is_forgotten_cleanly() -> None:
     assert (1, 0) not in world.backend.endpoints
     assert world.dom0.try_read(paths[0].backend_dir) is None  # never re-created
     assert 0 not in world.guests[1][1].endpoints
+
+
+def test_keys_each_end_writes_carry_libxls_permissions() -> None:
+    from xenoffload.store.base import Access, Perm
+
+    world = World()
+    paths = world.add_guest(1, "a", ["xenbr0"])
+    world.start()
+    world.settle()
+    vif = paths[0]
+    for directory, expected in (
+            (vif.backend_dir, (Perm(Access.NONE, 0), Perm(Access.READ, 1))),
+            (vif.frontend_dir, (Perm(Access.NONE, 1), Perm(Access.READ, 0)))):
+        for key in ("feature-csum-tx", "feature-csum-rx-ipv6", "xenoffload-csum-status"):
+            assert world.dom0.get_perms(f"{directory}/{key}") == expected, (directory, key)
+
+
+def test_each_end_writes_only_inside_its_own_directory() -> None:
+    world = World()
+    paths = world.add_guest(1, "a", ["xenbr0"])
+    before = world.xs.model.dump("/")
+    world.start()
+    world.settle()
+    after = world.xs.model.dump("/")
+    changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
+    assert changed, "nothing was written"
+    assert all(p.startswith((paths[0].backend_dir, paths[0].frontend_dir)) for p in changed), \
+        sorted(changed)

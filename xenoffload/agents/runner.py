@@ -59,9 +59,13 @@ class Runner:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def _connect(self) -> Store:
+    def _connect(self, attempts: int | None = None) -> Store:
+        """Return a new attached store, retrying with backoff (at most ``attempts`` times;
+        None: until stopped). Raises StoreUnavailable when out of attempts or stopped."""
         delay = self.backoff_initial
+        tries = 0
         while not self.stop_event.is_set():
+            tries += 1
             try:
                 store = self.factory()
                 self.logic.attach(store)
@@ -70,15 +74,19 @@ class Runner:
                 log.warning("XenStore unavailable (%s); retrying in %.2fs", error, delay)
             except TransactionAborted as error:
                 log.warning("rescan kept conflicting (%s); retrying in %.2fs", error, delay)
+            if attempts is not None and tries >= attempts:
+                raise StoreUnavailable(f"gave up after {tries} attempts")
             self.stop_event.wait(delay)
             delay = min(delay * 2, self.backoff_max)
         raise StoreUnavailable("stopped")
 
-    def run_once(self, settle_seconds: float = 0.2, max_seconds: float = 30.0) -> None:
-        """Connect, process events until none arrives for ``settle_seconds`` (or
-        ``max_seconds`` pass), then return: the CLI's ``--once``."""
+    def run_once(self, settle_seconds: float = 0.2, max_seconds: float = 30.0,
+                 attempts: int = 3) -> None:
+        """Connect (``attempts`` tries), process events until none arrives for
+        ``settle_seconds`` (or ``max_seconds`` pass), then return: the CLI's ``--once``.
+        Raises StoreUnavailable if no connection could be made."""
         deadline = time.monotonic() + max_seconds
-        self.store = self._connect()
+        self.store = self._connect(attempts)
         try:
             while time.monotonic() < deadline:
                 batch = self._take_batch(self.store, settle_seconds)

@@ -20,7 +20,9 @@ from xenoffload.store.base import (
     WatchEvent,
     XenStoreError,
 )
-from xenoffload.xenstored.model import PAYLOAD_MAX, Connection, Quotas, XenStoreModel
+
+# The module, not its names: xenstored.model imports store.base, whose package imports us.
+from xenoffload.xenstored import model as xs_model
 
 __all__ = ["MemoryStore", "MemoryTransaction", "MemoryXenStore", "check_payload"]
 
@@ -28,15 +30,16 @@ __all__ = ["MemoryStore", "MemoryTransaction", "MemoryXenStore", "check_payload"
 def check_payload(op: str, path: str, extra: int = 0) -> None:
     """Raise XenStoreError("E2BIG") if a request naming ``path`` plus ``extra`` payload bytes
     would not fit in one XenStore message (the wire would drop the connection instead)."""
-    if len(path.encode("latin-1", "replace")) + 1 + extra > PAYLOAD_MAX:
+    if len(path.encode("latin-1", "replace")) + 1 + extra > xs_model.PAYLOAD_MAX:
         raise XenStoreError("E2BIG", path, op)
 
 
 class MemoryXenStore:
     """A whole in-memory XenStore: one model, any number of sessions."""
 
-    def __init__(self, model: XenStoreModel | None = None, quotas: Quotas | None = None) -> None:
-        self.model = model if model is not None else XenStoreModel(quotas)
+    def __init__(self, model: xs_model.XenStoreModel | None = None,
+                 quotas: xs_model.Quotas | None = None) -> None:
+        self.model = model if model is not None else xs_model.XenStoreModel(quotas)
         self._stores: list[MemoryStore] = []
         self._lock = threading.Lock()
 
@@ -109,7 +112,7 @@ class MemoryTransaction:
 class MemoryStore:
     """One session of a :class:`MemoryXenStore`; implements the Store interface."""
 
-    def __init__(self, model: XenStoreModel, conn: Connection) -> None:
+    def __init__(self, model: xs_model.XenStoreModel, conn: xs_model.Connection) -> None:
         self.model = model
         self.conn = conn
         self._cond = threading.Condition()
@@ -229,12 +232,12 @@ class MemoryStore:
 
     # ------------------------------------------------------------ internals
 
-    def _live(self) -> Connection:
+    def _live(self) -> xs_model.Connection:
         if self._unavailable is not None:
             raise StoreUnavailable(self._unavailable)
         return self.conn
 
-    def _on_events(self, conn: Connection) -> None:
+    def _on_events(self, conn: xs_model.Connection) -> None:
         events = list(conn.pending)
         conn.pending.clear()
         with self._cond:
@@ -246,7 +249,7 @@ class MemoryStore:
                     self._events.append(WatchEvent(event.path, event.token))
             self._cond.notify_all()
 
-    def _on_closed_by_model(self, conn: Connection) -> None:
+    def _on_closed_by_model(self, conn: xs_model.Connection) -> None:
         with self._cond:
             if self._unavailable is None:
                 self._unavailable = "domain released by xenstored"

@@ -342,8 +342,12 @@ class VifMachine:
             own = observed_own
         else:
             # Full mode: the node is ours; what we last wrote is authoritative, but adopt what
-            # we find after a restart (nothing remembered yet).
-            if self.own_state is S.UNKNOWN and observed_own not in (None, S.UNKNOWN):
+            # we find after a restart (nothing remembered yet) or when it no longer holds what
+            # we wrote (the toolstack re-created the device, e.g. after xenstored lost its tree).
+            # A policy change re-reacts to the last snapshot, read before our last write.
+            fresh = judge_peer or self.own_state is S.UNKNOWN
+            if fresh and self.own_state is not observed_own and \
+                    observed_own not in (None, S.UNKNOWN):
                 assert observed_own is not None
                 self.own_state = observed_own
             own = self.own_state if self.own_state is not S.UNKNOWN else S.INITIALISING

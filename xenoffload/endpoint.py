@@ -157,18 +157,27 @@ class VifEndpoint:
         return actions
 
     def perform(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, WriteKeys):
-                self._write(action)
-            elif isinstance(action, Enforce):
-                self._enforce(action)
-            elif isinstance(action, Violation):
-                self.violations.append(action)
-                log.warning("%s refused: %s path=%s value=%r", self.label, action.message,
-                            action.path, (action.value or b"")[:64])
-            elif isinstance(action, Forget):
-                self.gone = True
-                log.info("%s device removed: %s gone", self.label, self.own_dir)
+        try:
+            for action in actions:
+                self._perform_one(action)
+        except BaseException:
+            # The machine counted the result as applied when it emitted the actions; a store
+            # fault cut them short (an Enforce may never have run): apply again next time.
+            self.machine.applied = None
+            raise
+
+    def _perform_one(self, action: Action) -> None:
+        if isinstance(action, WriteKeys):
+            self._write(action)
+        elif isinstance(action, Enforce):
+            self._enforce(action)
+        elif isinstance(action, Violation):
+            self.violations.append(action)
+            log.warning("%s refused: %s path=%s value=%r", self.label, action.message,
+                        action.path, (action.value or b"")[:64])
+        elif isinstance(action, Forget):
+            self.gone = True
+            log.info("%s device removed: %s gone", self.label, self.own_dir)
 
     def _write(self, action: WriteKeys) -> None:
         def write_all(txn: Transaction) -> bool:

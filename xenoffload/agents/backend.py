@@ -86,6 +86,8 @@ class BackendAgent:
             kind, key = self._route(event.path)
             if kind == "vif" and key is not None:
                 dirty.add(key)
+            elif kind == "guest" and key is not None:
+                dirty.update(known for known in self.endpoints if known[0] == key[0])
             elif kind == "rescan":
                 rescan = True
             elif kind == "overrides":
@@ -148,10 +150,16 @@ class BackendAgent:
                     return "ignore", None  # our own write echoing back
                 return "vif", (int(parts[0]), int(parts[1]))
             return "rescan", None
+        if (self._root + "/").startswith(path + "/"):
+            return "rescan", None  # backend/vif or above: changes reported as one event
         if path.startswith(self._policy_root):
             return "overrides", None
         if path.startswith("/local/domain/"):
             parts = path.split("/")
+            if len(parts) <= 6 and parts[3].isdigit() and \
+                    f"/local/domain/{parts[3]}/device/vif/".startswith(path + "/"):
+                # A guest's device/vif or above: every known vif of that guest may have moved.
+                return "guest", (int(parts[3]), -1)
             # /local/domain/<d>/device/vif/<n>[/...]
             if len(parts) >= 7 and parts[4] == "device" and parts[5] == "vif" and \
                     parts[3].isdigit() and parts[6].isdigit():

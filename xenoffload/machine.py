@@ -351,6 +351,8 @@ class VifMachine:
                 assert observed_own is not None
                 self.own_state = observed_own
             own = self.own_state if self.own_state is not S.UNKNOWN else S.INITIALISING
+            if own is not S.CONNECTED:
+                self.applied = None  # the link is down, even if this walk reconnects it
             path: list[XenbusState] = [own]
             for _ in range(_MAX_FIXED_POINT_STEPS):
                 step = next_state(self.role, own, peer)

@@ -1,0 +1,374 @@
+"""Fact collector and traffic tool that the Xen lab's scenario scripts run in dom0 and the guest.
+
+Every subcommand prints its findings as ``@@XO {json}`` lines on stdout (see lib.sh); the host
+side (tests/xenlab/xenlab.py) parses them. Only the standard library is used, and every network
+operation is bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+MARK = "@@XO "
+# ethtool -k lines worth reporting (checksum, scatter-gather and segmentation offloads).
+ETHTOOL_FEATURES = (
+    "rx-checksumming",
+    "tx-checksumming",
+    "tx-checksum-ipv4",
+    "tx-checksum-ip-generic",
+    "tx-checksum-ipv6",
+    "scatter-gather",
+    "tcp-segmentation-offload",
+    "tx-tcp-segmentation",
+    "tx-tcp6-segmentation",
+    "generic-segmentation-offload",
+    "generic-receive-offload",
+)
+# Standard-library modules the xenoffload agents rely on; pyinfo checks each imports.
+REQUIRED_STDLIB = (
+    "asyncio",
+    "argparse",
+    "logging",
+    "json",
+    "socket",
+    "ctypes",
+    "struct",
+    "tomllib",
+    "selectors",
+    "subprocess",
+    "hashlib",
+)
+
+
+def domain() -> str:
+    """Return ``dom0`` or ``guest`` (from XO_DOMAIN, set by the init scripts)."""
+    return os.environ.get("XO_DOMAIN", "unknown")
+
+
+def emit(scenario: str, fact: str, **fields: Any) -> None:
+    """Print one fact line."""
+    record = {"scenario": scenario, "domain": domain(), "fact": fact, **fields}
+    print(MARK + json.dumps(record, separators=(",", ":"), sort_keys=True), flush=True)
+
+
+def parse_ethtool_k(text: str) -> dict[str, str]:
+    """Return ``feature -> state`` (``on``, ``off [fixed]``, ...) for :data:`ETHTOOL_FEATURES`."""
+    features: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, state = line.strip().partition(":")
+        if sep and name in ETHTOOL_FEATURES:
+            features[name] = state.strip()
+    return features
+
+
+def cmd_ethtool(args: argparse.Namespace) -> int:
+    """Emit the offload features of each interface (``ethtool -k``)."""
+    rc = 0
+    for iface in args.ifaces:
+        proc = subprocess.run(
+            ["/usr/sbin/ethtool", "-k", iface], capture_output=True, text=True, timeout=30,
+            check=False,
+        )
+        if proc.returncode != 0:
+            rc = 1
+        emit(args.scenario, "ethtool", iface=iface, label=args.label, rc=proc.returncode,
+             features=parse_ethtool_k(proc.stdout), error=proc.stderr.strip()[:200])
+    return rc
+
+
+_XSLS_RE = re.compile(r'^(?P<path>\S+) = "(?P<value>.*)"(?:\s+\((?P<perms>[^)]*)\))?$')
+
+
+def cmd_xsdir(args: argparse.Namespace) -> int:
+    """Emit every key under a XenStore directory with its value and permissions."""
+    proc = subprocess.run(
+        ["xenstore-ls", "-f", "-p", args.path], capture_output=True, text=True, timeout=30,
+        check=False,
+    )
+    keys: dict[str, list[str]] = {}
+    prefix = args.path.rstrip("/") + "/"
+    for line in proc.stdout.splitlines():
+        match = _XSLS_RE.match(line.strip())
+        if match and match["path"].startswith(prefix):
+            keys[match["path"][len(prefix):]] = [match["value"], match["perms"] or ""]
+    emit(args.scenario, "xsdir", path=args.path, label=args.label, rc=proc.returncode, keys=keys)
+    return 0 if proc.returncode == 0 else 1
+
+
+def cmd_pyinfo(args: argparse.Namespace) -> int:
+    """Emit whether the required stdlib modules and the xenoffload package import here."""
+    failed: dict[str, str] = {}
+    started = time.monotonic()
+    for name in (*REQUIRED_STDLIB, "attrs", "pyxs", "xenoffload"):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # any failure is a finding to report, not to raise
+            failed[name] = f"{type(exc).__name__}: {exc}"[:200]
+    import_secs = round(time.monotonic() - started, 3)
+    versions: dict[str, str] = {}
+    for name in ("pyxs", "xenoffload"):  # attrs.__version__ would need importlib.metadata
+        module = sys.modules.get(name)
+        versions[name] = str(getattr(module, "__version__", "?")) if module else "missing"
+    xo_file = getattr(sys.modules.get("xenoffload"), "__file__", None)
+    emit(args.scenario, "python", version=sys.version.split()[0], executable=sys.executable,
+         failed=failed, versions=versions, import_secs=import_secs,
+         xenoffload_file=xo_file or "")
+    return 1 if failed else 0
+
+
+def payload(nbytes: int, seed: int) -> bytes:
+    """Return the deterministic test payload of ``nbytes`` bytes for ``seed``."""
+    return random.Random(seed).randbytes(nbytes)
+
+
+def cmd_tcp_send(args: argparse.Namespace) -> int:
+    """Connect (retrying until the deadline) and send the payload; emit what was sent."""
+    data = payload(args.bytes, args.seed)
+    deadline = time.monotonic() + args.timeout
+    error = ""
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((args.host, args.port), timeout=5) as conn:
+                conn.settimeout(max(1.0, deadline - time.monotonic()))
+                conn.sendall(data)
+                conn.shutdown(socket.SHUT_WR)
+                conn.recv(1)  # wait for the receiver to close: everything was delivered
+            error = ""
+            break
+        except OSError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.3)
+    emit(args.scenario, "tcp-send", label=args.label, host=args.host, port=args.port,
+         bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), ok=not error, error=error,
+         secs=round(time.monotonic() - started, 3))
+    return 0 if not error else 1
+
+
+def write_result(path: str, record: dict[str, Any]) -> None:
+    """Write a receiver's result atomically (the shell waits for the file)."""
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(record, sort_keys=True))
+    tmp.rename(path)
+
+
+def cmd_tcp_recv(args: argparse.Namespace) -> int:
+    """Accept one connection, read until EOF; write bytes and sha256 to --out."""
+    digest = hashlib.sha256()
+    total = 0
+    error = ""
+    started = time.monotonic()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as srv:
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.bind((args.bind, args.port))
+            srv.listen(1)
+            srv.settimeout(args.timeout)
+            Path(args.out + ".listening").touch()
+            conn, _peer = srv.accept()
+            with conn:
+                conn.settimeout(args.timeout)
+                while chunk := conn.recv(65536):
+                    digest.update(chunk)
+                    total += len(chunk)
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    write_result(args.out, {"bytes": total, "sha256": digest.hexdigest(), "error": error,
+                            "secs": round(time.monotonic() - started, 3), "port": args.port})
+    return 0 if not error else 1
+
+
+def cmd_udp_send(args: argparse.Namespace) -> int:
+    """Send --count datagrams of --size bytes; emit how many went out."""
+    sent = 0
+    error = ""
+    data = payload(args.size, args.seed)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(args.count):
+            try:
+                sock.sendto(data, (args.host, args.port))
+                sent += 1
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.02)
+    emit(args.scenario, "udp-send", label=args.label, host=args.host, port=args.port,
+         datagrams=sent, size=args.size, error=error)
+    return 0 if not error else 1
+
+
+def cmd_udp_recv(args: argparse.Namespace) -> int:
+    """Receive datagrams until --count arrived or --timeout passed; write the count to --out."""
+    received = 0
+    intact = 0
+    expected = payload(args.size, args.seed)
+    deadline = time.monotonic() + args.timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((args.bind, args.port))
+        Path(args.out + ".listening").touch()
+        while received < args.count and time.monotonic() < deadline:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
+            received += 1
+            intact += data == expected
+    write_result(args.out, {"datagrams": received, "intact": intact, "port": args.port})
+    return 0
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    """Wait (bounded) for a receiver's result file and emit it as a fact."""
+    deadline = time.monotonic() + args.timeout
+    path = Path(args.file)
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not path.exists():
+        emit(args.scenario, args.fact, label=args.label, ok=False, error="no result (timeout)")
+        return 1
+    record = json.loads(path.read_text())
+    emit(args.scenario, args.fact, label=args.label, ok=not record.get("error"), **record)
+    return 0
+
+
+_TS_RE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ ")
+_IP_RE = re.compile(r"proto (TCP|UDP) \(\d+\)")
+_FLOW_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+)\.\d+ > (\d+\.\d+\.\d+\.\d+)\.\d+:")
+
+
+def count_tcpdump(text: str) -> dict[str, dict[str, dict[str, int]]]:
+    """Count TCP/UDP packets per destination by tcpdump -vv's checksum verdict.
+
+    Returns ``{dst: {"tcp"|"udp": {"correct", "incorrect", "unverified", "ip_bad"}}}``.
+    A packet is a timestamp line plus its indented continuation lines.
+    """
+    packets: list[str] = []
+    for line in text.splitlines():
+        if _TS_RE.match(line):
+            packets.append(line)
+        elif packets and line[:1].isspace():
+            packets[-1] += " " + line.strip()
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for packet in packets:
+        proto_match = _IP_RE.search(packet)
+        flow = _FLOW_RE.search(packet)
+        if not proto_match or not flow:
+            continue
+        proto = proto_match.group(1).lower()
+        bucket = counts.setdefault(flow.group(2), {}).setdefault(
+            proto, {"correct": 0, "incorrect": 0, "unverified": 0, "ip_bad": 0})
+        if ", bad cksum " in packet.split(")", 1)[0]:
+            bucket["ip_bad"] += 1
+        if proto == "tcp":
+            verdict_ok = "(correct)" in packet
+            verdict_bad = "(incorrect" in packet
+        else:
+            verdict_ok = "udp sum ok" in packet
+            verdict_bad = "bad udp cksum" in packet
+        if verdict_bad:
+            bucket["incorrect"] += 1
+        elif verdict_ok:
+            bucket["correct"] += 1
+        else:
+            bucket["unverified"] += 1
+    return counts
+
+
+def cmd_tcpdump_count(args: argparse.Namespace) -> int:
+    """Emit the checksum verdict counts of one tcpdump -vv capture file."""
+    text = Path(args.file).read_text(errors="replace") if Path(args.file).exists() else ""
+    counts = count_tcpdump(text)
+    emit(args.scenario, "csum-capture", label=args.label, point=args.point, mode=args.mode,
+         counts=counts, lines=len(text.splitlines()))
+    return 0
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    """Emit a fact from KEY=VALUE pairs (VALUE parsed as JSON when it is valid JSON)."""
+    fields: dict[str, Any] = {}
+    for pair in args.pairs:
+        key, _, raw = pair.partition("=")
+        try:
+            fields[key] = json.loads(raw)
+        except ValueError:
+            fields[key] = raw
+    emit(args.scenario, args.fact, **fields)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name)
+        p.add_argument("--scenario", default="run")
+        p.add_argument("--label", default="")
+        p.set_defaults(func=func)
+        return p
+
+    add("ethtool", cmd_ethtool).add_argument("ifaces", nargs="+")
+    add("xsdir", cmd_xsdir).add_argument("path")
+    add("pyinfo", cmd_pyinfo)
+    p = add("tcp-send", cmd_tcp_send)
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--bytes", type=int, default=1 << 20)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--timeout", type=float, default=60)
+    p = add("tcp-recv", cmd_tcp_recv)
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--out", required=True)
+    p = add("udp-send", cmd_udp_send)
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=11)
+    p = add("udp-recv", cmd_udp_recv)
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--timeout", type=float, default=30)
+    p.add_argument("--out", required=True)
+    p = add("result", cmd_result)
+    p.add_argument("--fact", required=True)
+    p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("file")
+    p = add("tcpdump-count", cmd_tcpdump_count)
+    p.add_argument("--point", required=True)
+    p.add_argument("--mode", required=True)
+    p.add_argument("file")
+    p = add("emit", cmd_emit)
+    p.add_argument("fact")
+    p.add_argument("pairs", nargs="*")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; return its exit status."""
+    args = build_parser().parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

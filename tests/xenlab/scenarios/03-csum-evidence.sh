@@ -1,0 +1,101 @@
+# Scenario 3 — packet-level checksum evidence with plain ethtool -K in dom0 (no xenoffload).
+# The guest captures with tcpdump -vv what dom0 sends it (TCP + UDP from dom0's own stack over
+# xenbr0/vifD.0) and counts packets whose TCP/UDP checksum is correct vs incorrect ("blank",
+# to be completed), with vifD.0 tx checksum offload ON (stock: dom0 sends blank checksums the
+# guest must complete) and OFF (safe policy: dom0 computes them). The guest also routes to a
+# further network (10.9.0.0/24, a veth pair into a network namespace inside the guest); its
+# capture on the router's outgoing veth shows what leaves the guest.
+# Modes (vif tx : guest eth0 GRO): "on" (on:off), "off" (off:off), "off+gro" (off:on). GRO is off
+# in the first two so the capture shows the packets as dom0 sent them; "off+gro" shows that the
+# guest's own GRO turns merged TCP packets back into partial-checksum packets (CHECKSUM_PARTIAL),
+# which is what then leaves towards the namespace.
+
+S3_NS=xo-far
+
+s3_dom0() {
+    $IP route replace 10.9.0.0/24 via 10.0.0.2 dev xenbr0
+    gcall 60 g_s3_setup || return 1
+    ping -c 2 -W 2 10.9.0.2 >/tmp/ping.out 2>&1
+    xo_emit 3 ping label routed from dom0 to 10.9.0.2 rc "$?"
+    for _variant in on:on:off off:off:off off+gro:off:on; do
+        _mode=${_variant%%:*}; _tx=${_variant#*:}; _tx=${_tx%%:*}; _gro=${_variant##*:}
+        $ETHTOOL -K "vif$GDOM.0" tx "$_tx" >/tmp/ethtool-K.out 2>&1
+        xo_emit 3 ethtool-K iface "vif$GDOM.0" setting "tx $_tx" rc "$?" \
+            output "$(tr '\n' ' ' </tmp/ethtool-K.out)"
+        sleep 1
+        $XO_PY ethtool --scenario 3 --label "mode-$_mode" "vif$GDOM.0" xenbr0
+        gcall 90 g_s3_start "$_mode" "$_gro" || return 1
+        $XO_PY tcp-send --scenario 3 --label "$_mode-direct" --host 10.0.0.2 --port 5301 \
+            --bytes 262144 --timeout 60
+        $XO_PY udp-send --scenario 3 --label "$_mode-direct" --host 10.0.0.2 --port 5302 --count 20
+        $XO_PY tcp-send --scenario 3 --label "$_mode-routed" --host 10.9.0.2 --port 5303 \
+            --bytes 262144 --timeout 60
+        $XO_PY udp-send --scenario 3 --label "$_mode-routed" --host 10.9.0.2 --port 5304 --count 20
+        gcall 120 g_s3_stop "$_mode"
+    done
+    $ETHTOOL -K "vif$GDOM.0" tx on >/dev/null 2>&1
+    $IP route del 10.9.0.0/24 2>/dev/null
+    return 0
+}
+
+g_s3_setup() {
+    mkdir -p /run/netns
+    $IP netns add $S3_NS || return 1
+    $IP link add xo-r type veth peer name xo-n || return 1
+    $IP link set xo-n netns $S3_NS
+    $IP addr add 10.9.0.1/24 dev xo-r; $IP link set xo-r up
+    $IP -n $S3_NS link set lo up
+    $IP -n $S3_NS addr add 10.9.0.2/24 dev xo-n; $IP -n $S3_NS link set xo-n up
+    $IP -n $S3_NS route add default via 10.9.0.1
+    echo 1 >/proc/sys/net/ipv4/ip_forward
+    xo_emit 3 router ip_forward "$(cat /proc/sys/net/ipv4/ip_forward)" netns $S3_NS \
+        far_addr "$($IP -n $S3_NS -br addr show xo-n | tr -s ' ')"
+    $XO_PY ethtool --scenario 3 --label router xo-r
+}
+
+g_s3_start() {
+    _m=$1
+    $ETHTOOL -K eth0 gro "$2"
+    xo_emit 3 guest-gro mode "$_m" gro "$2" rc "$?"
+    rm -f /tmp/s3-*
+    for _p in eth0 xo-r; do
+        $TCPDUMP -Z root -i "$_p" -nn -vv -l -s 262144 'src host 10.0.0.1 and (tcp or udp)' \
+            >"/tmp/s3-cap-$_p" 2>"/tmp/s3-cap-$_p.err" &
+        echo $! >"/tmp/s3-cap-$_p.pid"
+    done
+    $XO_PY tcp-recv --bind 10.0.0.2 --port 5301 --timeout 60 --out /tmp/s3-r5301.json >/dev/null 2>&1 &
+    $XO_PY udp-recv --bind 10.0.0.2 --port 5302 --timeout 30 --out /tmp/s3-r5302.json >/dev/null 2>&1 &
+    $IP netns exec $S3_NS $XO_PY tcp-recv --bind 10.9.0.2 --port 5303 --timeout 60 \
+        --out /tmp/s3-r5303.json >/dev/null 2>&1 &
+    $IP netns exec $S3_NS $XO_PY udp-recv --bind 10.9.0.2 --port 5304 --timeout 30 \
+        --out /tmp/s3-r5304.json >/dev/null 2>&1 &
+    _ok=0
+    for _i in $(seq 1 150); do
+        _ok=1
+        for _f in /tmp/s3-r5301.json /tmp/s3-r5302.json /tmp/s3-r5303.json /tmp/s3-r5304.json; do
+            [ -e "$_f.listening" ] || _ok=0
+        done
+        for _p in eth0 xo-r; do grep -q listening "/tmp/s3-cap-$_p.err" || _ok=0; done
+        [ $_ok = 1 ] && break
+        sleep 0.2
+    done
+    xo_emit 3 capture-start mode "$_m" ready "$_ok"
+    [ $_ok = 1 ]
+}
+
+g_s3_stop() {
+    _m=$1
+    for _r in 5301:tcp-recv:direct 5302:udp-recv:direct 5303:tcp-recv:routed 5304:udp-recv:routed; do
+        _port=${_r%%:*}; _rest=${_r#*:}
+        $XO_PY result --scenario 3 --fact "${_rest%%:*}" --label "$_m-${_rest#*:}" --timeout 60 \
+            "/tmp/s3-r$_port.json"
+    done
+    sleep 1
+    for _p in eth0 xo-r; do
+        xo_kill_wait "$(cat /tmp/s3-cap-$_p.pid)" INT 10
+        $XO_PY tcpdump-count --scenario 3 --label "$_m-$_p" --point "$_p" --mode "$_m" \
+            "/tmp/s3-cap-$_p"
+        xo_log "tcpdump $_p ($_m): $(tail -n 3 /tmp/s3-cap-$_p.err | tr '\n' ' ')"
+        head -n 4 "/tmp/s3-cap-$_p" | sed 's/^/  sample: /'
+    done
+}

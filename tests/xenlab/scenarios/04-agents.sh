@@ -1,0 +1,66 @@
+# Scenario 4 — the xenoffload agents on real drivers. Runs only when the image's xenoffload has
+# its CLI (python3 -m xenoffload --help succeeds); otherwise reports "agent": "absent".
+# dom0: backend-agent --once against the real C xenstored with configs/dom0.toml (xenpriv0 may
+# carry blank checksums, xenbr0 may not); guest: guest-agent --once over /dev/xen/xenbus; then
+# `show --json`, and `set DOMID/0 --tx on|off` each followed by backend-agent --once (an override
+# is applied by an agent) and ethtool -k of the real vif: the effect is checked on the kernel
+# device, not on the CLI's word. Ends with `set --clear` and the agent restoring the policy.
+
+S4_CONF=$XO_LIB/scenarios/configs
+S4_XO="/usr/bin/python3 -m xenoffload"
+
+s4_run() {
+    # s4_run LABEL SECONDS CMD...: run a command, emit rc and the tail of its output.
+    local _label=$1 _secs=$2 _rc
+    shift 2
+    timeout "$_secs" "$@" >/tmp/s4-out 2>&1
+    _rc=$?
+    xo_emit 4 cli label "$_label" rc "$_rc" output "$(tail -c 1000 /tmp/s4-out | tr '\n' '|')"
+    return $_rc
+}
+
+s4_backend_once() {
+    s4_run "$1" 120 $S4_XO backend-agent --mode companion --xenstore /run/xenstored/socket \
+        --config "$S4_CONF/dom0.toml" --toggles netlink --once --timeout 90
+}
+
+s4_dom0() {
+    if ! xo_cli_present; then
+        xo_emit 4 agent agent absent detail "$(tail -n 1 /tmp/xo-cli-help.txt)"
+        gcall 90 g_s4_detect
+        return 0
+    fi
+    xo_emit 4 agent agent present
+    s4_backend_once backend-agent
+    gcall 180 g_s4_agent
+    $XO_PY ethtool --scenario 4 --label after-agents "vif$GDOM.0" "vif$GDOM.1"
+    $XO_PY xsdir --scenario 4 --label backend-0 "/local/domain/0/backend/vif/$GDOM/0"
+    $XO_PY xsdir --scenario 4 --label frontend-0 "/local/domain/$GDOM/device/vif/0"
+    timeout 60 $S4_XO show --xenstore /run/xenstored/socket --json >/tmp/s4-show 2>&1
+    _rc=$?
+    $XO_PY emit --scenario 4 show "rc=$_rc" "json=$(cat /tmp/s4-show)"
+    for _v in on off; do
+        s4_run "set-tx-$_v" 60 $S4_XO set --xenstore /run/xenstored/socket "$GDOM/0" --tx "$_v"
+        s4_backend_once "backend-agent-after-set-tx-$_v"
+        $XO_PY ethtool --scenario 4 --label "after-set-tx-$_v" "vif$GDOM.0"
+    done
+    s4_run set-clear 60 $S4_XO set --xenstore /run/xenstored/socket "$GDOM/0" --clear
+    s4_backend_once backend-agent-after-clear
+    $XO_PY ethtool --scenario 4 --label after-clear "vif$GDOM.0"
+}
+
+g_s4_detect() {
+    if xo_cli_present; then
+        xo_emit 4 agent agent present
+    else
+        xo_emit 4 agent agent absent detail "$(tail -n 1 /tmp/xo-cli-help.txt)"
+    fi
+}
+
+g_s4_agent() {
+    g_s4_detect
+    xo_cli_present || return 0
+    s4_run guest-agent 150 $S4_XO guest-agent --mode companion --xenstore /dev/xen/xenbus \
+        --config "$S4_CONF/guest.toml" --toggles netlink --once --timeout 90
+    $XO_PY ethtool --scenario 4 --label after-agents eth0 eth1
+}

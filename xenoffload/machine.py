@@ -372,6 +372,10 @@ class VifMachine:
             wanted = render_advertisement(self.role, self.advertisement)
             keys = {name: value for name, value in wanted.items()
                     if snapshot.own_keys.get(name) != value}
+        if state_change is not None:
+            # Each state of a walk is written on its own (as Linux does), so that a peer sees
+            # only legal transitions: Connected -> Closing -> Closed -> InitWait, not 4 -> 2.
+            actions.extend(WriteKeys({}, between) for between in self.last_path[1:-1])
         if keys or state_change is not None:
             actions.append(WriteKeys(keys, state_change))
 

@@ -1,0 +1,383 @@
+"""Deliberately broken implementations: xenoffload's agents with one bug each.
+
+Each mutant is one small change to a conforming implementation (a store that misbehaves, an
+enforcer that ignores the result, event handling that stops), so that a scenario failing for
+it shows that scenario catches exactly that bug. ``blank-always`` is the seed's original bug:
+it hard-codes "no checksum needed", advertising and allowing blank checksums whatever the
+peer or the policy says.
+
+Run one as a command (it is an implementation like any other)::
+
+    python tests/conformance/mutants.py backend state-before-features
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+
+from xenoffload.agents.runner import AgentLogic
+from xenoffload.conformance.peer import linux_u
+from xenoffload.conformance.subjects import AgentHooks, AgentSubject
+from xenoffload.endpoint import Enforcement, Enforcer, VifEndpoint
+from xenoffload.machine import TRANSITIONS, Mode, WriteKeys
+from xenoffload.negotiation import LinkResult
+from xenoffload.schema import READ_KEYS, FamilyFlags, Role
+from xenoffload.store.base import Store, WatchEvent, XenStoreError
+from xenoffload.xenbus import XenbusState
+
+S = XenbusState
+_LEGACY = ("feature-no-csum-offload", "feature-ipv6-csum-offload")
+_VIF_DIR = re.compile(r"\A/local/domain/\d+/(backend/vif/\d+/\d+|device/vif/\d+)\Z")
+
+
+class ProxyTransaction:
+    """A transaction passed through; mutants override what they break."""
+
+    def __init__(self, store: ProxyStore, inner: Any) -> None:
+        self.store = store
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def read(self, path: str) -> bytes:
+        value = self.try_read(path)
+        if value is None:
+            raise XenStoreError("ENOENT", path, "READ")
+        return value
+
+    def try_read(self, path: str) -> bytes | None:
+        return self.store.mutant.read(self.store, self.inner, path)
+
+    def write(self, path: str, value: bytes) -> None:
+        self.store.mutant.write(self.store, self.inner, path, value)
+
+
+class ProxyStore:
+    """A store passed through; its transactions are :class:`ProxyTransaction`."""
+
+    def __init__(self, inner: Store, mutant: StoreMutant) -> None:
+        self.inner = inner
+        self.mutant = mutant
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def transaction(self) -> ProxyTransaction:
+        return ProxyTransaction(self, self.inner.transaction())
+
+    def try_read(self, path: str) -> bytes | None:
+        return self.mutant.read(self, self.inner, path)
+
+    def write(self, path: str, value: bytes) -> None:
+        self.mutant.write(self, self.inner, path, value)
+
+
+class StoreMutant:
+    """How a mutant store reads and writes (``target`` is the store or the transaction)."""
+
+    def read(self, store: ProxyStore, target: Any, path: str) -> bytes | None:
+        return target.try_read(path)  # type: ignore[no-any-return]
+
+    def write(self, store: ProxyStore, target: Any, path: str, value: bytes) -> None:
+        target.write(path, value)
+
+    def hooks(self) -> AgentHooks:
+        return AgentHooks(store=lambda inner: ProxyStore(inner, self))  # type: ignore[arg-type,return-value]
+
+
+class OutsideDir(StoreMutant):
+    """R1: mirrors every write into ``data/xenoffload-mirror`` of its own domain."""
+
+    def write(self, store: ProxyStore, target: Any, path: str, value: bytes) -> None:
+        target.write(path, value)
+        target.write("data/xenoffload-mirror", value)
+
+
+class StateBeforeFeatures(StoreMutant):
+    """R9: writes ``state`` at once, outside the transaction that carries the feature keys."""
+
+    def write(self, store: ProxyStore, target: Any, path: str, value: bytes) -> None:
+        (store.inner if path.endswith("/state") else target).write(path, value)
+
+
+class ReadsOutsideTransaction(StoreMutant):
+    """R11: reads feature keys outside the snapshot transaction."""
+
+    def read(self, store: ProxyStore, target: Any, path: str) -> bytes | None:
+        if path.rsplit("/", 1)[-1] in READ_KEYS:
+            return store.inner.try_read(path)
+        return target.try_read(path)  # type: ignore[no-any-return]
+
+
+class LenientValues(StoreMutant):
+    """R2: reads feature keys as Linux's ``%u`` does (junk: absent, "1x": 1, "2": true)."""
+
+    def read(self, store: ProxyStore, target: Any, path: str) -> bytes | None:
+        raw = target.try_read(path)
+        if path.rsplit("/", 1)[-1] not in READ_KEYS or raw is None:
+            return raw  # type: ignore[no-any-return]
+        number = linux_u(raw, -1)
+        return None if number < 0 else (b"1" if number else b"0")
+
+
+class LenientState(StoreMutant):
+    """R13: reads ``state`` as Linux's ``%d`` does ("4\\n" and "04" are 4)."""
+
+    def read(self, store: ProxyStore, target: Any, path: str) -> bytes | None:
+        raw = target.try_read(path)
+        if not path.endswith("/state") or raw is None:
+            return raw  # type: ignore[no-any-return]
+        number = linux_u(raw, -1)
+        return raw if number < 0 else str(number).encode()
+
+
+class NoLegacyRead(StoreMutant):
+    """R4: ignores the legacy netif.h keys of the peer."""
+
+    def read(self, store: ProxyStore, target: Any, path: str) -> bytes | None:
+        if path.rsplit("/", 1)[-1] in _LEGACY:
+            return None
+        return target.try_read(path)  # type: ignore[no-any-return]
+
+
+class NoLegacyWrite(StoreMutant):
+    """R4: writes its own keys but not the legacy ones a stock driver reads."""
+
+    def write(self, store: ProxyStore, target: Any, path: str, value: bytes) -> None:
+        if path.rsplit("/", 1)[-1] not in _LEGACY:
+            target.write(path, value)
+
+
+class ResurrectsRemoved(StoreMutant):
+    """R14: believes its vif directory still exists after removal (and writes into it)."""
+
+    def read(self, store: ProxyStore, target: Any, path: str) -> bytes | None:
+        raw = target.try_read(path)
+        if raw is None and _VIF_DIR.match(path):
+            return b""
+        return raw  # type: ignore[no-any-return]
+
+
+class RefreshesState(StoreMutant):
+    """R10: a companion that "helpfully" rewrites the kernel's state beside its keys."""
+
+    def write(self, store: ProxyStore, target: Any, path: str, value: bytes) -> None:
+        target.write(path, value)
+        if path.endswith("/feature-csum-tx"):
+            state = path.rsplit("/", 1)[0] + "/state"
+            target.write(state, target.try_read(state) or b"1")
+
+
+class BlankAlwaysKeys(StoreMutant):
+    """Half of the seed's bug: always advertises everything, whatever the policy."""
+
+    def write(self, store: ProxyStore, target: Any, path: str, value: bytes) -> None:
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith("feature-csum-") or name == "feature-ipv6-csum-offload":
+            value = b"1"
+        elif name == "feature-no-csum-offload":
+            value = b"0"
+        target.write(path, value)
+
+
+@attrs.frozen
+class FixedResult:
+    """An enforcer that applies ``result`` whatever was negotiated."""
+
+    inner: Enforcer
+    result: LinkResult
+
+    def enforce(self, role: Role, result: LinkResult) -> Enforcement:
+        return self.inner.enforce(role, self.result)
+
+
+EVERYTHING = LinkResult(FamilyFlags.both(True), FamilyFlags.both(True))
+
+
+@attrs.define
+class Frozen:
+    """Stops handling events once it has applied a result (never renegotiates)."""
+
+    inner: AgentLogic
+    applied: list[bool]
+
+    def attach(self, store: Store) -> None:
+        self.inner.attach(store)
+
+    def handle(self, events: list[WatchEvent]) -> None:
+        if not self.applied:
+            self.inner.handle(events)
+
+    def tick(self) -> None:
+        self.inner.tick()
+
+
+@attrs.define
+class Reapplies:
+    """Forgets what it applied before every batch of events, so it applies again."""
+
+    inner: AgentLogic
+
+    def attach(self, store: Store) -> None:
+        self.inner.attach(store)
+
+    def handle(self, events: list[WatchEvent]) -> None:
+        for endpoint in getattr(self.inner, "endpoints", {}).values():
+            endpoint.machine.applied = None
+        self.inner.handle(events)
+
+    def tick(self) -> None:
+        self.inner.tick()
+
+
+@attrs.frozen
+class Recorder:
+    """An enforcer that notes it was called."""
+
+    inner: Enforcer
+    calls: list[bool]
+
+    def enforce(self, role: Role, result: LinkResult) -> Enforcement:
+        self.calls.append(True)
+        return self.inner.enforce(role, result)
+
+
+def _frozen() -> AgentHooks:
+    applied: list[bool] = []
+    return AgentHooks(enforcer=lambda inner: Recorder(inner, applied),
+                      logic=lambda inner: Frozen(inner, applied))
+
+
+def _blank_always() -> AgentHooks:
+    keys = BlankAlwaysKeys().hooks()
+    return attrs.evolve(keys, enforcer=lambda inner: FixedResult(inner, EVERYTHING))
+
+
+#: Mutants built only from hooks: name -> (what it breaks, hooks factory).
+HOOK_MUTANTS: dict[str, tuple[str, Callable[[], AgentHooks]]] = {
+    "outside-dir": ("writes a key outside its own directory", lambda: OutsideDir().hooks()),
+    "state-before-features": ("writes state before its feature keys",
+                              lambda: StateBeforeFeatures().hooks()),
+    "reads-outside-transaction": ("reads the peer's features outside a snapshot",
+                                  lambda: ReadsOutsideTransaction().hooks()),
+    "lenient-values": ("parses values as Linux %u", lambda: LenientValues().hooks()),
+    "lenient-state": ("parses state as Linux %d", lambda: LenientState().hooks()),
+    "no-legacy-read": ("ignores the peer's legacy keys", lambda: NoLegacyRead().hooks()),
+    "no-legacy-write": ("does not write legacy keys", lambda: NoLegacyWrite().hooks()),
+    "resurrects-removed": ("writes into a removed device", lambda: ResurrectsRemoved().hooks()),
+    "blank-always": ("hard-codes 'no checksum needed' (the seed's bug)", _blank_always),
+    "checksums-always": ("never allows blank checksums, whatever was negotiated",
+                         lambda: AgentHooks(enforcer=lambda inner: FixedResult(
+                             inner, LinkResult()))),
+    "frozen-after-connect": ("stops reacting once connected", _frozen),
+    "reapplies-every-event": ("re-applies its result on every event",
+                              lambda: AgentHooks(logic=Reapplies)),
+    "companion-writes-state": ("rewrites state although the kernel driver owns it",
+                               lambda: RefreshesState().hooks()),
+}
+
+
+@contextmanager
+def patched_tables(changes: dict[tuple[Role, S], dict[S, S | None]]) -> Iterator[None]:
+    """Temporarily change the full-mode transition table (``None`` removes an entry)."""
+    saved = {key: dict(TRANSITIONS[key[0]][key[1]]) for key in changes}
+    try:
+        for (role, own), row in changes.items():
+            table = TRANSITIONS[role][own]
+            assert isinstance(table, dict)
+            for peer, new in row.items():
+                if new is None:
+                    table.pop(peer, None)
+                else:
+                    table[peer] = new
+        yield
+    finally:
+        for (role, own), row in saved.items():
+            table = TRANSITIONS[role][own]
+            assert isinstance(table, dict)
+            table.clear()
+            table.update(row)
+
+
+#: Mutants that change the state tables: name -> (what it breaks, changes).
+TABLE_MUTANTS: dict[str, tuple[str, dict[tuple[Role, S], dict[S, S | None]]]] = {
+    "trusts-skipped-states": ("connects to a peer that skipped states", {
+        (Role.BACKEND, S.CLOSED): {S.CONNECTED: S.INIT_WAIT},
+        (Role.FRONTEND, S.INITIALISING): {S.CONNECTED: S.CONNECTED}}),
+    "ignores-peer-closing": ("does not follow a peer that closes", {
+        (Role.BACKEND, S.INIT_WAIT): {S.CLOSING: None, S.CLOSED: None},
+        (Role.FRONTEND, S.CONNECTED): {S.CLOSING: None, S.CLOSED: None}}),
+}
+
+
+@contextmanager
+def walk_end_only() -> Iterator[None]:
+    """The bug fixed in c96a2be: of a walk of several states only the last is written."""
+    original = VifEndpoint.perform
+
+    def perform(self: VifEndpoint, actions: list[Any]) -> None:
+        states = [a for a in actions if isinstance(a, WriteKeys) and a.state is not None]
+        kept = [a for a in actions if not (isinstance(a, WriteKeys) and not a.keys
+                                           and a.state is not None and a is not states[-1])]
+        original(self, kept)
+
+    VifEndpoint.perform = perform  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        VifEndpoint.perform = original  # type: ignore[method-assign]
+
+
+MUTANT_NAMES = (*HOOK_MUTANTS, *TABLE_MUTANTS, "walk-end-only")
+
+
+@contextmanager
+def mutant(name: str) -> Iterator[AgentSubject]:
+    """Yield the subject of mutant ``name`` (table and class patches last as long as the
+    context)."""
+    if name in HOOK_MUTANTS:
+        yield AgentSubject(f"mutant {name}", HOOK_MUTANTS[name][1]())
+    elif name in TABLE_MUTANTS:
+        with patched_tables(TABLE_MUTANTS[name][1]):
+            yield AgentSubject(f"mutant {name}")
+    elif name == "walk-end-only":
+        with walk_end_only():
+            yield AgentSubject(f"mutant {name}")
+    else:
+        raise KeyError(name)
+
+
+def main(argv: list[str]) -> int:
+    """Run mutant ``argv[1]`` as the ``argv[0]`` role's agent over $XENSTORED_PATH (full
+    mode, allowing everything, like the suite's default policy) until SIGTERM."""
+    import os
+    import signal
+    import threading
+    from pathlib import Path
+
+    from xenoffload.conformance.subjects import Setup
+    from xenoffload.negotiation import LinkPolicy
+
+    role, name = Role(argv[0]), argv[1]
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with mutant(name) as subject:
+        running = subject.start(Setup(
+            role, Mode.FULL, os.environ["XENSTORED_PATH"],
+            LinkPolicy(FamilyFlags.both(True), FamilyFlags.both(True)), Path("."), 1, 0))
+        while not done.wait(0.1):
+            if running.gone() is not None:
+                return 1
+        running.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,291 @@
+"""Implementations under test: how the suite starts one, stops it and sees its device.
+
+A :class:`Subject` is started once per scenario run with a :class:`Setup` (role, mode, where
+XenStore is, the policy the scenario wants) and returns a :class:`Running` handle. Two kinds:
+
+* :class:`AgentSubject`: xenoffload's own backend or guest agent, in this process, over a real
+  socket to the lab's xenstored, enforcing on a simulated device (RecordingToggles) that the
+  judges read. ``hooks`` let tests build deliberately broken variants from it.
+* :class:`CommandSubject`: any program, started as a shell command with ``XENSTORED_PATH``
+  pointing at the IUT's socket; ``{config}`` in the command is replaced by a policy file
+  (docs/configuration.md) and ``{xenstore}`` by the socket path. Its kernel device is not
+  visible, so the judges use what it wrote into XenStore.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import attrs
+
+from xenoffload.agents.backend import BackendAgent
+from xenoffload.agents.guest import GuestAgent
+from xenoffload.agents.runner import AgentLogic, Runner
+from xenoffload.endpoint import Enforcer
+from xenoffload.enforce import TogglesEnforcer
+from xenoffload.machine import Mode
+from xenoffload.negotiation import LinkPolicy
+from xenoffload.policy import Policy
+from xenoffload.schema import FamilyFlags, Role
+from xenoffload.store.base import Store
+from xenoffload.store.pyxs_store import connect_store
+from xenoffload.toggles.base import DeviceRef
+from xenoffload.toggles.recording import (
+    NETBACK_VIF,
+    NETFRONT_ETH,
+    FeatureProfile,
+    ProfileFeature,
+    RecordingToggles,
+)
+
+__all__ = [
+    "DEVICE_MODEL",
+    "AgentHooks",
+    "AgentSubject",
+    "CommandSubject",
+    "Running",
+    "Setup",
+    "Subject",
+    "device_for",
+    "policy_toml",
+]
+
+#: The device of a full-mode end (a userspace device model): both per-family transmit
+#: checksum features changeable, so every negotiated result can be enforced.
+DEVICE_MODEL = FeatureProfile("device-model", {
+    "rx-checksum": ProfileFeature(on=True, changeable=False),
+    "tx-checksum-ipv4": ProfileFeature(on=True, changeable=True),
+    "tx-checksum-ipv6": ProfileFeature(on=True, changeable=True),
+    "tx-scatter-gather": ProfileFeature(on=True, changeable=True),
+    "tx-tcp-segmentation": ProfileFeature(on=True, changeable=True),
+    "tx-tcp6-segmentation": ProfileFeature(on=True, changeable=True),
+})
+
+
+@attrs.frozen
+class Setup:
+    """What a subject is started with for one scenario run."""
+
+    role: Role
+    mode: Mode
+    xenstore: str
+    policy: LinkPolicy
+    workdir: Path
+    domid: int
+    devid: int
+
+    @property
+    def policy_file(self) -> Path:
+        return self.workdir / "policy.toml"
+
+
+class Running(Protocol):
+    """A started subject."""
+
+    @property
+    def toggles(self) -> RecordingToggles | None:
+        """The simulated kernel devices, when the suite can see them."""
+        ...
+
+    @property
+    def device(self) -> DeviceRef | None:
+        """The IUT's own device among :attr:`toggles`."""
+        ...
+
+    def gone(self) -> str | None:
+        """None while running; otherwise why it stopped (exit status, exception)."""
+        ...
+
+    def stop(self) -> str:
+        """Stop it; return the tail of its output (may be empty)."""
+        ...
+
+
+class Subject(Protocol):
+    """Something the suite can start against a lab."""
+
+    @property
+    def name(self) -> str: ...
+
+    def start(self, setup: Setup) -> Running:
+        """Start it; raise OSError (or return a Running whose gone() says why) on failure."""
+        ...
+
+
+def device_for(role: Role, mode: Mode, guest_domid: int, devid: int) -> tuple[DeviceRef,
+                                                                             FeatureProfile]:
+    """Return the IUT's kernel device and its profile: a device model in full mode, the stock
+    Linux device (netback ``vifD.N``, netfront ``ethN``) in companion mode."""
+    if role is Role.BACKEND:
+        ref = DeviceRef(f"vif{guest_domid}.{devid}", "dom0")
+        return ref, NETBACK_VIF if mode is Mode.COMPANION else DEVICE_MODEL
+    ref = DeviceRef(f"eth{devid}", f"dom{guest_domid}")
+    return ref, NETFRONT_ETH if mode is Mode.COMPANION else DEVICE_MODEL
+
+
+def policy_toml(policy: LinkPolicy) -> str:
+    """Return ``policy`` as a policy file's ``[default]`` table (docs/configuration.md)."""
+    def flags(value: FamilyFlags) -> str:
+        return f"{{ ipv4 = {str(value.ipv4).lower()}, ipv6 = {str(value.ipv6).lower()} }}"
+
+    return (f"[default]\nto-guest = {flags(policy.to_guest)}\n"
+            f"from-guest = {flags(policy.from_guest)}\n")
+
+
+@attrs.frozen
+class AgentHooks:
+    """Ways to break an :class:`AgentSubject` on purpose (mutation tests): wrap the store it
+    is given, the enforcer of its device or the agent logic itself, or run it in another
+    mode than the scenario's."""
+
+    store: Callable[[Store], Store] | None = None
+    mode: Mode | None = None
+    enforcer: Callable[[Enforcer], Enforcer] | None = None
+    logic: Callable[[AgentLogic], AgentLogic] | None = None
+
+
+@attrs.define
+class _RunningAgent:
+    runner: Runner
+    thread: threading.Thread
+    toggles: RecordingToggles | None
+    device: DeviceRef | None
+    failure: list[str]
+
+    def gone(self) -> str | None:
+        if self.failure:
+            return self.failure[0]
+        return None if self.thread.is_alive() else "agent thread ended"
+
+    def stop(self) -> str:
+        self.runner.stop()
+        self.thread.join(5)
+        return "; ".join(self.failure)
+
+
+@attrs.frozen
+class AgentSubject:
+    """xenoffload's backend agent (role backend) or guest agent (role frontend), in-process."""
+
+    label: str = "xenoffload agent"
+    hooks: AgentHooks = AgentHooks()
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def start(self, setup: Setup) -> Running:
+        toggles = RecordingToggles()
+        device, profile = device_for(setup.role, setup.mode, setup.domid, setup.devid)
+        toggles.add_device(device, profile)
+        hooks = self.hooks
+
+        def enforcer() -> Enforcer:
+            made: Enforcer = TogglesEnforcer(toggles, device)
+            return hooks.enforcer(made) if hooks.enforcer is not None else made
+
+        policy = Policy(setup.policy)
+        mode = hooks.mode or setup.mode
+        logic: AgentLogic
+        if setup.role is Role.BACKEND:
+            logic = BackendAgent(policy, 0, mode, lambda domid, devid: enforcer())
+        else:
+            logic = GuestAgent(policy, setup.domid, mode, lambda devid: enforcer())
+        if hooks.logic is not None:
+            logic = hooks.logic(logic)
+
+        def factory() -> Store:
+            store: Store = connect_store(setup.xenstore, timeout=5.0)
+            return hooks.store(store) if hooks.store is not None else store
+
+        runner = Runner(factory, logic, tick_seconds=0.05, backoff_initial=0.01,
+                        backoff_max=0.1)
+        failure: list[str] = []
+
+        def run() -> None:
+            try:
+                runner.run()
+            except Exception as error:  # reported as the subject's failure
+                failure.append(f"{type(error).__name__}: {error}")
+
+        thread = threading.Thread(target=run, name=f"conformance-{setup.role.value}",
+                                  daemon=True)
+        thread.start()
+        return _RunningAgent(runner, thread, toggles, device, failure)
+
+
+@attrs.define
+class _RunningCommand:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def toggles(self) -> RecordingToggles | None:
+        return None
+
+    @property
+    def device(self) -> DeviceRef | None:
+        return None
+
+    def gone(self) -> str | None:
+        code = self.process.poll()
+        return None if code is None else f"exited with status {code}"
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            # The command runs in its own session: end its process group, ours alone.
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-20:])
+
+
+@attrs.frozen
+class CommandSubject:
+    """An implementation run as a shell command (``/bin/sh -c``).
+
+    ``XENSTORED_PATH`` is set to the IUT's socket; ``{xenstore}``, ``{config}`` and ``{mode}``
+    in the command are replaced by that path, a policy file written for the scenario and
+    ``full`` or ``companion``. A command without ``{config}`` must be configured to allow
+    blank checksums both ways; scenarios needing another policy are skipped for it (see
+    :attr:`takes_policy`)."""
+
+    command: str
+
+    @property
+    def name(self) -> str:
+        return self.command
+
+    @property
+    def takes_policy(self) -> bool:
+        return "{config}" in self.command
+
+    @property
+    def takes_mode(self) -> bool:
+        return "{mode}" in self.command
+
+    def start(self, setup: Setup) -> Running:
+        setup.policy_file.write_text(policy_toml(setup.policy))
+        command = self.command.replace("{config}", str(setup.policy_file)).replace(
+            "{xenstore}", setup.xenstore).replace("{mode}", setup.mode.value)
+        env = dict(os.environ, XENSTORED_PATH=setup.xenstore)
+        log_path = setup.workdir / "subject.log"
+        with open(log_path, "wb") as log:
+            # The user's command line, run by the shell by design.
+            process = subprocess.Popen(
+                command, shell=True, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+        return _RunningCommand(process, log_path)

@@ -47,7 +47,7 @@ XEN = "4.17"
 PY = "3.11"
 MULTIARCH = "x86_64-linux-gnu"
 GUEST_NAME = "xenlab-guest"
-DEFAULT_TIMEOUT = 420.0
+DEFAULT_TIMEOUT = 540.0
 
 # Host packages the build uses directly, with the file each one must provide.
 HOST_PACKAGES = {

@@ -27,7 +27,15 @@ from xenoffload.machine import (
 )
 from xenoffload.negotiation import LinkPolicy, LinkResult
 from xenoffload.paths import VifPaths, parse_backend_dir, parse_frontend_dir
-from xenoffload.schema import READ_KEYS, STATUS_KEY, Advertisement, FamilyFlags, Role
+from xenoffload.schema import (
+    LEGACY_IPV6_CSUM_OFFLOAD,
+    LEGACY_NO_CSUM_OFFLOAD,
+    READ_KEYS,
+    STATUS_KEY,
+    Advertisement,
+    FamilyFlags,
+    Role,
+)
 from xenoffload.store.base import Store, Transaction, XenStoreError, run_transaction
 from xenoffload.xenbus import XenbusState
 
@@ -45,6 +53,9 @@ log = logging.getLogger("xenoffload.endpoint")
 
 #: Keys of the own directory a snapshot reads (features, to rewrite only what differs).
 _OWN_KEYS = (*READ_KEYS, STATUS_KEY)
+#: Own keys a stock driver of the same end may write too (netback and netfront write
+#: ``feature-ipv6-csum-offload``; some frontends ``feature-no-csum-offload``): always re-read.
+_SHARED_KEYS = (LEGACY_IPV6_CSUM_OFFLOAD, LEGACY_NO_CSUM_OFFLOAD)
 
 
 @attrs.frozen
@@ -105,6 +116,15 @@ class VifEndpoint:
     enforcement: Enforcement | None = None
     gone: bool = False
     violations: list[Violation] = attrs.field(factory=list)
+    #: What the own directory's feature and status keys hold, as last read or written by us.
+    #: Only this end writes its xenoffload keys, so after the first full read a snapshot
+    #: re-reads only the legacy keys a stock driver may also write (:data:`_SHARED_KEYS`).
+    own_cache: dict[str, bytes | None] | None = None
+
+    def rebind(self, store: Store) -> None:
+        """Use a new connection (after a reconnect): nothing cached is trusted any more."""
+        self.store = store
+        self.own_cache = None
 
     @property
     def needs_retry(self) -> bool:
@@ -120,20 +140,32 @@ class VifEndpoint:
         return f"domid={self.paths.guest_domid} devid={self.paths.devid} {self.role.value}"
 
     def snapshot(self) -> Snapshot:
-        """Read both states and both feature sets in one transaction."""
+        """Read both states and both feature sets in one transaction.
+
+        The peer's feature keys are read only when the peer is Connected (the only time the
+        machine uses them); the own keys come from :attr:`own_cache` but for the ones a stock
+        driver may write too.
+        """
+        cache = self.own_cache
 
         def read_all(txn: Transaction) -> Snapshot:
             own_state = _read_optional(txn, f"{self.own_dir}/state")
             own_present = own_state is not None or _read_optional(txn, self.own_dir) is not None
-            own_keys = {name: _read_optional(txn, f"{self.own_dir}/{name}")
-                        for name in _OWN_KEYS}
+            fresh = _OWN_KEYS if cache is None else _SHARED_KEYS
+            own_keys = dict(cache or {})
+            own_keys.update((name, _read_optional(txn, f"{self.own_dir}/{name}"))
+                            for name in fresh)
             peer_state = _read_optional(txn, f"{self.peer_dir}/state")
-            peer_keys = {name: _read_optional(txn, f"{self.peer_dir}/{name}")
-                         for name in READ_KEYS}
+            peer_keys: dict[str, bytes | None] = {}
+            if peer_state == XenbusState.CONNECTED.wire:
+                peer_keys = {name: _read_optional(txn, f"{self.peer_dir}/{name}")
+                             for name in READ_KEYS}
             return Snapshot(own_state, peer_state, own_keys, peer_keys, self.peer_dir,
                             own_present)
 
-        return run_transaction(self.store, read_all)
+        snapshot = run_transaction(self.store, read_all)
+        self.own_cache = dict(snapshot.own_keys)
+        return snapshot
 
     def step(self) -> list[Action]:
         """Take a snapshot, run the machine on it, perform its actions; return them."""
@@ -157,27 +189,39 @@ class VifEndpoint:
         return actions
 
     def perform(self, actions: list[Action]) -> None:
+        """Carry out the machine's actions. The kernel device is brought in line first, so
+        that the status it reached is written in the same transaction as the keys (and, in
+        full mode, the state) that announce the result; states a walk passes through are
+        written before, each on its own."""
         try:
+            status: bytes | None = None
             for action in actions:
-                self._perform_one(action)
+                if isinstance(action, Enforce):
+                    status = self._enforce(action).status.encode()
+                elif isinstance(action, Violation):
+                    self.violations.append(action)
+                    log.warning("%s refused: %s path=%s value=%r", self.label, action.message,
+                                action.path, (action.value or b"")[:64])
+                elif isinstance(action, Forget):
+                    self.gone = True
+                    self.own_cache = None
+                    log.info("%s device removed: %s gone", self.label, self.own_dir)
+            writes = [action for action in actions if isinstance(action, WriteKeys)]
+            cache = self.own_cache or {}
+            if status is not None and cache.get(STATUS_KEY) != status:
+                last = writes.pop() if writes else WriteKeys({})
+                writes.append(WriteKeys({**last.keys, STATUS_KEY: status}, last.state))
+            for write in writes:
+                if self.gone:
+                    break
+                self._write(write)
         except BaseException:
             # The machine counted the result as applied when it emitted the actions; a store
-            # fault cut them short (an Enforce may never have run): apply again next time.
+            # fault cut them short (an Enforce may not have been announced): apply again next
+            # time, and re-read the own keys.
             self.machine.applied = None
+            self.own_cache = None
             raise
-
-    def _perform_one(self, action: Action) -> None:
-        if isinstance(action, WriteKeys):
-            self._write(action)
-        elif isinstance(action, Enforce):
-            self._enforce(action)
-        elif isinstance(action, Violation):
-            self.violations.append(action)
-            log.warning("%s refused: %s path=%s value=%r", self.label, action.message,
-                        action.path, (action.value or b"")[:64])
-        elif isinstance(action, Forget):
-            self.gone = True
-            log.info("%s device removed: %s gone", self.label, self.own_dir)
 
     def _write(self, action: WriteKeys) -> None:
         def write_all(txn: Transaction) -> bool:
@@ -192,15 +236,18 @@ class VifEndpoint:
 
         if not run_transaction(self.store, write_all):
             self.gone = True
+            self.own_cache = None
             log.info("%s device removed before write: %s gone", self.label, self.own_dir)
             return
+        if self.own_cache is not None:
+            self.own_cache.update(action.keys)
         if action.keys:
             log.info("%s wrote %s", self.label,
                      " ".join(f"{k}={v.decode()}" for k, v in sorted(action.keys.items())))
         if action.state is not None:
             log.info("%s state -> %s", self.label, action.state)
 
-    def _enforce(self, action: Enforce) -> None:
+    def _enforce(self, action: Enforce) -> Enforcement:
         old = self.result
         self.result = action.result
         log.info("%s negotiated %s (was %s; peer speaks %s)", self.label,
@@ -214,11 +261,9 @@ class VifEndpoint:
                         "; ".join(enforcement.details))
             self.machine.applied = None  # the next step applies again
         self.enforcement = enforcement
-        if self.machine.last_snapshot is not None and \
-                self.machine.last_snapshot.own_keys.get(STATUS_KEY) != enforcement.status.encode():
-            self._write(WriteKeys({STATUS_KEY: enforcement.status.encode()}))
         if self.on_result is not None:
             self.on_result(action.result)
+        return enforcement
 
 
 #: What a Linux netback/netfront device can do: blank checksums both ways, both families.

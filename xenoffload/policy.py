@@ -127,6 +127,11 @@ class Policy:
                 resolved = rule.over(resolved)
         return resolved
 
+    def selectors(self) -> frozenset[str]:
+        """Return the names of the :class:`Match` fields any rule uses."""
+        return frozenset(name for rule in self.rules
+                         for name, value in attrs.asdict(rule.match).items() if value is not None)
+
     def with_rules(self, rules: Iterable[Rule]) -> Policy:
         """Return this policy with ``rules`` appended (they take precedence)."""
         return attrs.evolve(self, rules=(*self.rules, *rules))

@@ -72,7 +72,7 @@ class BackendAgent:
         """New connection: watch, restore overrides lost with a restarted daemon, rescan."""
         self.store = store
         for endpoint in self.endpoints.values():
-            endpoint.store = store
+            endpoint.rebind(store)
         ensure_watch(store, _WATCH_PATH, self.token)
         self._reload_overrides(restore=True)
         self._rescan()
@@ -108,7 +108,11 @@ class BackendAgent:
 
     def set_policy(self, policy: Policy) -> None:
         """Replace the configured policy (SIGHUP reload); re-apply where it changes a vif."""
+        reread = not policy.selectors() <= self.policy.selectors()
         self.policy = policy
+        if reread and self.store is not None:
+            for key in list(self.identities):
+                self.identities[key] = self._identity(*key)
         self._apply_policy()
 
     def effective_policy(self) -> Policy:
@@ -187,24 +191,33 @@ class BackendAgent:
             self._step(key)
 
     def _identity(self, guest: int, devid: int) -> VifIdentity:
-        assert self.store is not None
+        """Read what the policy can match this vif on. The bridge always (run-time overrides
+        may name one at any time); the domain name and MAC only if a configured rule uses
+        them (a reload that starts using them re-reads every vif's)."""
+        store = self.store
+        assert store is not None
         backend_dir = f"{self._root}/{guest}/{devid}"
+        wanted = self.policy.selectors()
+
+        def text(field: str, path: str) -> str | None:
+            return node_text(store.try_read(path)) if field in wanted else None
+
         return VifIdentity(
             domid=guest, devid=devid,
-            domain=node_text(self.store.try_read(f"{domain_path(guest)}/name")),
-            bridge=node_text(self.store.try_read(f"{backend_dir}/bridge")),
-            mac=node_text(self.store.try_read(f"{backend_dir}/mac")),
+            domain=text("domain", f"{domain_path(guest)}/name"),
+            bridge=node_text(store.try_read(f"{backend_dir}/bridge")),
+            mac=text("mac", f"{backend_dir}/mac"),
         )
 
     def _step(self, key: tuple[int, int]) -> None:
         assert self.store is not None
         endpoint = self.endpoints.get(key)
         if endpoint is None:
-            if self.store.try_read(f"{self._root}/{key[0]}/{key[1]}") is None:
-                self.refused.pop(key, None)
-                return
             if key in self.refused:
+                if self.store.try_read(f"{self._root}/{key[0]}/{key[1]}") is None:
+                    self.refused.pop(key, None)  # the refused vif is gone
                 return
+            # A vif that does not exist (any more) is forgotten by its first step.
             identity = self._identity(*key)
             try:
                 endpoint = backend_endpoint(

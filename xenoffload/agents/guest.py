@@ -59,7 +59,7 @@ class GuestAgent:
         self.store = store
         self.peer_watches.clear()
         for endpoint in self.endpoints.values():
-            endpoint.store = store
+            endpoint.rebind(store)
         ensure_watch(store, self._root, self.token)
         ensure_watch(store, self._policy_root, self.token)
         self._reload_overrides()

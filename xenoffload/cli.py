@@ -327,6 +327,18 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
                        args.wait, args.device_pattern, args.netns)
 
 
+def cmd_conformance(args: argparse.Namespace) -> int:
+    from xenoffload.conformance.command import run_command_suite
+    from xenoffload.schema import Role
+
+    try:
+        return run_command_suite(Role(args.role), args.impl, args.junit, args.mode,
+                                 tuple(args.scenario), args.timeout)
+    except KeyError as error:
+        print(f"xenoffload conformance: unknown scenario {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -429,6 +441,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-pattern", default="vif{domid}.{devid}")
     p.add_argument("--netns", metavar="NAME")
     p.set_defaults(func=cmd_hotplug)
+
+    p = sub.add_parser("conformance", help="run the protocol conformance suite against a "
+                                           "frontend or backend implementation",
+                       description="Start COMMAND once per scenario with XENSTORED_PATH set "
+                                   "to an embedded xenstored, play the other end, judge it; "
+                                   "print a pass/fail table (docs/conformance.md).")
+    p.add_argument("--role", choices=("backend", "frontend"), required=True,
+                   help="the end COMMAND plays")
+    p.add_argument("--impl", required=True, metavar="COMMAND",
+                   help="shell command; {config}, {mode} and {xenstore} are replaced")
+    p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
+    p.add_argument("--mode", choices=("full", "companion", "all"),
+                   help="which scenarios (default: all if COMMAND has {mode}, else full)")
+    p.add_argument("--scenario", action="append", default=[], metavar="ID",
+                   help="only this scenario (repeatable)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="how long to wait for the implementation at each step")
+    p.set_defaults(func=cmd_conformance)
 
     return parser
 

@@ -65,6 +65,7 @@ class Lab:
         self.server = EmbeddedXenstored(self.workdir / "xenstored.sock",
                                         {GUEST_DOMID: self.workdir / "guest.sock"})
         self.harness_conns: set[int] = set()
+        self._conn_ids: dict[int, int] = {}
         self._stores: list[PyxsStore] = []
         self.toolstack: PyxsStore | None = None
 
@@ -118,11 +119,16 @@ class Lab:
         for record in reversed(self.server.request_log):
             if record.op == "READ" and record.payload == tag.encode() + b"\0":
                 self.harness_conns.add(record.conn_id)
+                self._conn_ids[id(store)] = record.conn_id
                 break
         else:  # pragma: no cover - the server logs before it replies
             raise RuntimeError("harness connection not found in the request log")
         self._stores.append(store)
         return store
+
+    def conn_id(self, store: PyxsStore) -> int:
+        """Return the server's connection id of a harness connection."""
+        return self._conn_ids[id(store)]
 
     def layout(self) -> None:
         """Create dom0, the guest and its vif as libxl does (both states Initialising)."""

@@ -175,47 +175,56 @@ _TRACE_LINE = re.compile(
     r"\A(IN|OUT) (0x[0-9a-f]+) \d{8} \d\d:\d\d:\d\d (\w+) \((.*)\)\Z")
 
 
-def parse_trace(lines: Iterable[str], domids: dict[str, int] | None = None) -> list[RequestRecord]:
-    """Return the requests of a ``xenstored -T`` trace as request records, each paired with
-    the reply the same connection got next (replies come in request order per connection;
-    watch events are skipped). ``domids`` maps a connection id to its domain (default 0),
-    used to resolve relative paths. NULs in payloads are shown as spaces by the trace, so a
-    payload ``path value`` is read back as ``path\\0value`` (values with spaces are rare in
-    the keys modelled here)."""
+@attrs.define
+class _Pending:
+    conn: int
+    op: str
+    tx_id: int
+    payload: bytes
+    reply_op: str = "NONE"
+    reply: bytes = b""
+
+
+def parse_trace(lines: Iterable[str], domids: dict[int, int] | None = None) -> list[RequestRecord]:
+    """Return the requests of a ``xenstored -T`` trace as request records (in the order they
+    arrived), each with the reply its connection got for it (replies come in request order
+    per connection; watch events are skipped). ``domids`` maps a connection id to its domain
+    (default 0), used for relative paths.
+
+    The trace shows neither transaction ids nor NULs (printed as spaces): a request is taken
+    to belong to the transaction its connection had open when it arrived (the reply to
+    TRANSACTION_START seen, TRANSACTION_END not yet sent), and ``path value`` is split at the
+    first space. Both hold for the xenbus clients of the traces this is used on."""
     domids = domids or {}
-    waiting: dict[str, list[tuple[str, bytes]]] = {}
-    done: list[tuple[int, str, str, bytes, str, bytes]] = []
-    order = 0
+    waiting: dict[int, list[int]] = {}
+    open_tx: dict[int, int] = {}
+    requests: list[_Pending] = []
     for line in lines:
         match = _TRACE_LINE.match(line.rstrip("\n"))
         if match is None:
             continue
-        direction, conn, op, payload = match.groups()
+        direction, conn_text, op, payload = match.groups()
+        conn = int(conn_text, 16)
         raw = payload.encode("latin-1")
+        body = raw[:-1] if raw.endswith(b" ") else raw
         if direction == "IN":
-            waiting.setdefault(conn, []).append((op, raw))
+            if op == "WRITE":
+                path, _, value = body.partition(b" ")
+                data = path + b"\0" + value
+            else:
+                data = body.replace(b" ", b"\0") + b"\0" if body else b""
+            tx_id = open_tx.get(conn, 0)
+            if op == "TRANSACTION_END":
+                open_tx.pop(conn, None)
+            waiting.setdefault(conn, []).append(len(requests))
+            requests.append(_Pending(conn, op, tx_id, data))
             continue
         if op == "WATCH_EVENT" or not waiting.get(conn):
             continue
-        request_op, request_raw = waiting[conn].pop(0)
-        done.append((order, conn, request_op, request_raw, op, raw))
-        order += 1
-    records = []
-    tx_of: dict[str, int] = {}
-    for order, conn, op, raw, reply_op, reply in done:
-        body = raw[:-1] if raw.endswith(b" ") else raw
-        if op == "WRITE":
-            path, _, value = body.partition(b" ")
-            payload = path + b"\0" + value
-        else:
-            payload = body.replace(b" ", b"\0") + b"\0" if body else b""
-        conn_id = int(conn, 16)
-        tx_id = tx_of.get(conn, 0)
-        if op == "TRANSACTION_START" and reply_op != "ERROR":
-            tx_of[conn] = int(reply.strip() or b"0")
-            tx_id = 0
-        elif op == "TRANSACTION_END":
-            tx_of.pop(conn, None)
-        records.append(RequestRecord(conn_id, domids.get(conn, 0), op, order, tx_id, payload,
-                                     reply_op, reply.replace(b" ", b"\0"), float(order)))
-    return records
+        request = requests[waiting[conn].pop(0)]
+        request.reply_op, request.reply = op, body.replace(b" ", b"\0") + b"\0"
+        if request.op == "TRANSACTION_START" and op != "ERROR":
+            open_tx[conn] = int(body.strip() or b"0")
+    return [RequestRecord(r.conn, domids.get(r.conn, 0), r.op, order, r.tx_id, r.payload,
+                          r.reply_op, r.reply, float(order))
+            for order, r in enumerate(requests)]

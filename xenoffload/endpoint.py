@@ -53,9 +53,10 @@ log = logging.getLogger("xenoffload.endpoint")
 
 #: Keys of the own directory a snapshot reads (features, to rewrite only what differs).
 _OWN_KEYS = (*READ_KEYS, STATUS_KEY)
-#: Own keys a stock driver of the same end may write too (netback and netfront write
-#: ``feature-ipv6-csum-offload``; some frontends ``feature-no-csum-offload``): always re-read.
-_SHARED_KEYS = (LEGACY_IPV6_CSUM_OFFLOAD, LEGACY_NO_CSUM_OFFLOAD)
+#: Own keys a stock driver of the same end may write too, always re-read: netback and netfront
+#: write ``feature-ipv6-csum-offload``; some frontends ``feature-no-csum-offload``.
+_SHARED_KEYS = {Role.BACKEND: (LEGACY_IPV6_CSUM_OFFLOAD,),
+                Role.FRONTEND: (LEGACY_IPV6_CSUM_OFFLOAD, LEGACY_NO_CSUM_OFFLOAD)}
 
 
 @attrs.frozen
@@ -147,14 +148,31 @@ class VifEndpoint:
         driver may write too.
         """
         cache = self.own_cache
+        shared = _SHARED_KEYS[self.role]
 
         def read_all(txn: Transaction) -> Snapshot:
-            own_state = _read_optional(txn, f"{self.own_dir}/state")
-            own_present = own_state is not None or _read_optional(txn, self.own_dir) is not None
-            fresh = _OWN_KEYS if cache is None else _SHARED_KEYS
-            own_keys = dict(cache or {})
-            own_keys.update((name, _read_optional(txn, f"{self.own_dir}/{name}"))
-                            for name in fresh)
+            if cache is None:
+                # First look: which of our keys exist at all (one DIRECTORY, which also says
+                # whether the device does), then read just those.
+                try:
+                    present = set(txn.directory(self.own_dir))
+                except XenStoreError as error:
+                    if error.errno_name not in ("ENOENT", "EACCES"):
+                        raise
+                    present, own_present = set(), False
+                else:
+                    own_present = True
+                own_state = _read_optional(txn, f"{self.own_dir}/state") \
+                    if "state" in present else None
+                own_keys = {name: _read_optional(txn, f"{self.own_dir}/{name}")
+                            if name in present else None for name in _OWN_KEYS}
+            else:
+                own_state = _read_optional(txn, f"{self.own_dir}/state")
+                own_present = own_state is not None or \
+                    _read_optional(txn, self.own_dir) is not None
+                own_keys = dict(cache)
+                own_keys.update((name, _read_optional(txn, f"{self.own_dir}/{name}"))
+                                for name in shared)
             peer_state = _read_optional(txn, f"{self.peer_dir}/state")
             peer_keys: dict[str, bytes | None] = {}
             if peer_state == XenbusState.CONNECTED.wire:

@@ -67,8 +67,9 @@ def _make_toggles(kind: str) -> Toggles | None:
     return make_toggles("netlink" if kind == "netlink" else "dry-run")
 
 
-def _load_policy(path: str | None, default: Policy) -> Policy:
-    return load_policy(path) if path else default
+def _load_policy(path: str | None, builtin: Policy) -> Policy:
+    """Return the policy in ``path`` (its [default] over ``builtin``'s), or ``builtin``."""
+    return load_policy(path, builtin.default) if path else builtin
 
 
 def _device_locator(pattern: str, netns: str | None) -> Callable[..., DeviceRef]:

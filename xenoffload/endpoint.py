@@ -53,6 +53,8 @@ log = logging.getLogger("xenoffload.endpoint")
 
 #: Keys of the own directory a snapshot reads (features, to rewrite only what differs).
 _OWN_KEYS = (*READ_KEYS, STATUS_KEY)
+#: Refusals remembered per endpoint (to log each once, and bound what a hostile peer costs).
+_VIOLATIONS_KEPT = 32
 #: Own keys a stock driver of the same end may write too, always re-read: netback and netfront
 #: write ``feature-ipv6-csum-offload``; some frontends ``feature-no-csum-offload``.
 _SHARED_KEYS = {Role.BACKEND: (LEGACY_IPV6_CSUM_OFFLOAD,),
@@ -217,9 +219,12 @@ class VifEndpoint:
                 if isinstance(action, Enforce):
                     status = self._enforce(action).status.encode()
                 elif isinstance(action, Violation):
+                    # One log line per refusal, not one per snapshot that still shows it.
+                    if action not in self.violations[-_VIOLATIONS_KEPT:]:
+                        log.warning("%s refused: %s path=%s value=%r", self.label,
+                                    action.message, action.path, (action.value or b"")[:64])
                     self.violations.append(action)
-                    log.warning("%s refused: %s path=%s value=%r", self.label, action.message,
-                                action.path, (action.value or b"")[:64])
+                    del self.violations[:-_VIOLATIONS_KEPT]
                 elif isinstance(action, Forget):
                     self.gone = True
                     self.own_cache = None

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from xenoffload.negotiation import LinkPolicy
+from xenoffload.negotiation import SAFE_POLICY, LinkPolicy
 from xenoffload.schema import FamilyFlags
 
 __all__ = [
@@ -161,9 +161,11 @@ def _settings(where: str, table: Mapping[str, Any]) -> dict[str, DirectionSettin
             for key in _DIRECTIONS if key in table}
 
 
-def parse_policy(document: Mapping[str, Any], source: str = "<policy>") -> Policy:
-    """Return the Policy a parsed TOML document describes. Raises PolicyError naming the
-    offending table and key."""
+def parse_policy(document: Mapping[str, Any], source: str = "<policy>",
+                 builtin: LinkPolicy = SAFE_POLICY) -> Policy:
+    """Return the Policy a parsed TOML document describes; ``[default]`` is applied over
+    ``builtin`` (the built-in default: nothing allowed, unless the caller's differs). Raises
+    PolicyError naming the offending table and key."""
     unknown = set(document) - {"default", "rule"}
     if unknown:
         raise PolicyError(f"{source}: unknown top-level keys {sorted(unknown)}")
@@ -175,7 +177,7 @@ def parse_policy(document: Mapping[str, Any], source: str = "<policy>") -> Polic
         raise PolicyError(f"{source}: [default] unknown keys {sorted(extra)}")
     default_settings = _settings(f"{source}: default", default_table)
     default = Rule(Match(), default_settings.get("to_guest", DirectionSetting()),
-                   default_settings.get("from_guest", DirectionSetting())).over(LinkPolicy())
+                   default_settings.get("from_guest", DirectionSetting())).over(builtin)
     rules = []
     raw_rules = document.get("rule", [])
     if not isinstance(raw_rules, list):
@@ -203,7 +205,7 @@ def parse_policy(document: Mapping[str, Any], source: str = "<policy>") -> Polic
     return Policy(default, tuple(rules))
 
 
-def load_policy(path: str | Path) -> Policy:
+def load_policy(path: str | Path, builtin: LinkPolicy = SAFE_POLICY) -> Policy:
     """Return the Policy in the TOML file at ``path``. Raises PolicyError (also for a file
     that is not valid TOML) or OSError."""
     with open(path, "rb") as handle:
@@ -211,4 +213,4 @@ def load_policy(path: str | Path) -> Policy:
             document = tomllib.load(handle)
         except tomllib.TOMLDecodeError as error:
             raise PolicyError(f"{path}: {error}") from error
-    return parse_policy(document, str(path))
+    return parse_policy(document, str(path), builtin)

@@ -75,3 +75,14 @@ def test_invalid_toml_is_a_policy_error(tmp_path: Path) -> None:
     path.write_text("[[rule]\n")
     with pytest.raises(PolicyError, match=r"bad\.toml"):
         load_policy(path)
+
+
+def test_a_file_default_applies_over_the_callers_builtin(tmp_path: Path) -> None:
+    # The guest agent's built-in default allows both directions; a guest file that only
+    # restricts to-guest leaves from-guest as built in.
+    path = tmp_path / "guest.toml"
+    path.write_text("[default]\nto-guest = false\n")
+    allow = LinkPolicy(FamilyFlags(True, True), FamilyFlags(True, True))
+    policy = load_policy(path, builtin=allow)
+    assert policy.for_vif(VifIdentity(1, 0)) == LinkPolicy(FamilyFlags(False, False),
+                                                           FamilyFlags(True, True))

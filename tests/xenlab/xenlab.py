@@ -27,6 +27,7 @@ import json
 import lzma
 import os
 import re
+import resource
 import shutil
 import signal
 import stat
@@ -586,7 +587,9 @@ def boot(workdir: Path, xen_elf: Path, vmlinux: Path, dom0_cpio: Path, scenarios
             offset, pending = _scan_stages(serial, offset, pending, marks, started)
         _scan_stages(serial, offset, pending, marks, started)
     total = time.monotonic() - started
+    maxrss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024  # largest child
     return {"rc": proc.returncode, "timed_out": timed_out, "secs": round(total, 2),
+            "maxrss_mb": maxrss_mb,
             "marks": {k: round(v, 2) for k, v in marks.items()}, "cmd": cmd}
 
 
@@ -764,6 +767,8 @@ def summary(report: dict[str, Any]) -> str:
     """Return the human summary of a report: stage wall times and scenario 3's table."""
     w = report.get("wall", {})
     lines = ["xenlab wall times (s): " + ", ".join(f"{k} {v}" for k, v in w.items())]
+    if "qemu" in report:
+        lines.append(f"QEMU peak RSS: {report['qemu'].get('maxrss_mb', '?')} MiB")
     if report.get("csum_table"):
         lines += ["scenario 3 packet evidence (TCP/UDP checksums seen by the guest's tcpdump):",
                   format_table(report["csum_table"])]

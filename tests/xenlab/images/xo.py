@@ -231,17 +231,25 @@ def cmd_udp_recv(args: argparse.Namespace) -> int:
 
 
 def cmd_result(args: argparse.Namespace) -> int:
-    """Wait (bounded) for a receiver's result file and emit it as a fact."""
+    """Wait (bounded, one deadline for all) for receivers' result files; emit each as a fact.
+
+    Items are ``FACT:LABEL:FILE`` (or just FILE, with --fact and --label).
+    """
     deadline = time.monotonic() + args.timeout
-    path = Path(args.file)
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if not path.exists():
-        emit(args.scenario, args.fact, label=args.label, ok=False, error="no result (timeout)")
-        return 1
-    record = json.loads(path.read_text())
-    emit(args.scenario, args.fact, label=args.label, ok=not record.get("error"), **record)
-    return 0
+    status = 0
+    for item in args.items:
+        fact, label, file = item.split(":", 2) if item.count(":") >= 2 else (
+            args.fact, args.label, item)
+        path = Path(file)
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not path.exists():
+            emit(args.scenario, fact, label=label, ok=False, error="no result (timeout)")
+            status = 1
+            continue
+        record = json.loads(path.read_text())
+        emit(args.scenario, fact, label=label, ok=not record.get("error"), **record)
+    return status
 
 
 _TS_RE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ ")
@@ -288,11 +296,13 @@ def count_tcpdump(text: str) -> dict[str, dict[str, dict[str, int]]]:
 
 
 def cmd_tcpdump_count(args: argparse.Namespace) -> int:
-    """Emit the checksum verdict counts of one tcpdump -vv capture file."""
-    text = Path(args.file).read_text(errors="replace") if Path(args.file).exists() else ""
-    counts = count_tcpdump(text)
-    emit(args.scenario, "csum-capture", label=args.label, point=args.point, mode=args.mode,
-         counts=counts, lines=len(text.splitlines()))
+    """Emit the checksum verdict counts of tcpdump -vv capture files (items POINT:FILE)."""
+    for item in args.items:
+        point, _, file = item.partition(":")
+        path = Path(file)
+        text = path.read_text(errors="replace") if path.exists() else ""
+        emit(args.scenario, "csum-capture", label=f"{args.mode}-{point}", point=point,
+             mode=args.mode, counts=count_tcpdump(text), lines=len(text.splitlines()))
     return 0
 
 
@@ -350,13 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30)
     p.add_argument("--out", required=True)
     p = add("result", cmd_result)
-    p.add_argument("--fact", required=True)
+    p.add_argument("--fact", default="result")
     p.add_argument("--timeout", type=float, default=60)
-    p.add_argument("file")
+    p.add_argument("items", nargs="+", metavar="[FACT:LABEL:]FILE")
     p = add("tcpdump-count", cmd_tcpdump_count)
-    p.add_argument("--point", required=True)
     p.add_argument("--mode", required=True)
-    p.add_argument("file")
+    p.add_argument("items", nargs="+", metavar="POINT:FILE")
     p = add("emit", cmd_emit)
     p.add_argument("fact")
     p.add_argument("pairs", nargs="*")

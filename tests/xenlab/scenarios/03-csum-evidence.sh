@@ -85,17 +85,14 @@ g_s3_start() {
 
 g_s3_stop() {
     _m=$1
-    for _r in 5301:tcp-recv:direct 5302:udp-recv:direct 5303:tcp-recv:routed 5304:udp-recv:routed; do
-        _port=${_r%%:*}; _rest=${_r#*:}
-        $XO_PY result --scenario 3 --fact "${_rest%%:*}" --label "$_m-${_rest#*:}" --timeout 60 \
-            "/tmp/s3-r$_port.json"
-    done
+    $XO_PY result --scenario 3 --timeout 60 "tcp-recv:$_m-direct:/tmp/s3-r5301.json" \
+        "udp-recv:$_m-direct:/tmp/s3-r5302.json" "tcp-recv:$_m-routed:/tmp/s3-r5303.json" \
+        "udp-recv:$_m-routed:/tmp/s3-r5304.json"
     sleep 1
     for _p in eth0 xo-r; do
         xo_kill_wait "$(cat /tmp/s3-cap-$_p.pid)" INT 10
-        $XO_PY tcpdump-count --scenario 3 --label "$_m-$_p" --point "$_p" --mode "$_m" \
-            "/tmp/s3-cap-$_p"
         xo_log "tcpdump $_p ($_m): $(tail -n 3 /tmp/s3-cap-$_p.err | tr '\n' ' ')"
         head -n 4 "/tmp/s3-cap-$_p" | sed 's/^/  sample: /'
     done
+    $XO_PY tcpdump-count --scenario 3 --mode "$_m" eth0:/tmp/s3-cap-eth0 xo-r:/tmp/s3-cap-xo-r
 }

@@ -78,9 +78,9 @@ class CountingStore(PyxsStore):
         super().__init__(path, timeout=30.0)
         self.ops: collections.Counter[str] = collections.Counter()
 
-    def _request(self, op: int, payload: bytes, tx_id: int, path: str | None = None) -> bytes:
+    def _send(self, op: int, payload: bytes, tx_id: int, path: str | None = None) -> Any:
         self.ops[op_name(op)] += 1
-        return super()._request(op, payload, tx_id, path)
+        return super()._send(op, payload, tx_id, path)
 
 
 def rss_kib() -> int:

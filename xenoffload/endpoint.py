@@ -164,22 +164,25 @@ class VifEndpoint:
                     present, own_present = set(), False
                 else:
                     own_present = True
-                own_state = _read_optional(txn, f"{self.own_dir}/state") \
-                    if "state" in present else None
-                own_keys = {name: _read_optional(txn, f"{self.own_dir}/{name}")
-                            if name in present else None for name in _OWN_KEYS}
+                wanted = [name for name in ("state", *_OWN_KEYS) if name in present]
+                *values, peer_state = txn.read_many(
+                    [*(f"{self.own_dir}/{name}" for name in wanted), f"{self.peer_dir}/state"])
+                found = dict(zip(wanted, values, strict=True))
+                own_state = found.pop("state", None)
+                own_keys = {name: found.get(name) for name in _OWN_KEYS}
             else:
-                own_state = _read_optional(txn, f"{self.own_dir}/state")
+                # Own state, the shared keys and the peer's state: one round trip.
+                own_state, *values, peer_state = txn.read_many(
+                    [f"{self.own_dir}/state", *(f"{self.own_dir}/{name}" for name in shared),
+                     f"{self.peer_dir}/state"])
                 own_present = own_state is not None or \
                     _read_optional(txn, self.own_dir) is not None
                 own_keys = dict(cache)
-                own_keys.update((name, _read_optional(txn, f"{self.own_dir}/{name}"))
-                                for name in shared)
-            peer_state = _read_optional(txn, f"{self.peer_dir}/state")
+                own_keys.update(zip(shared, values, strict=True))
             peer_keys: dict[str, bytes | None] = {}
             if peer_state == XenbusState.CONNECTED.wire:
-                peer_keys = {name: _read_optional(txn, f"{self.peer_dir}/{name}")
-                             for name in READ_KEYS}
+                peer_keys = dict(zip(READ_KEYS, txn.read_many(
+                    [f"{self.peer_dir}/{name}" for name in READ_KEYS]), strict=True))
             return Snapshot(own_state, peer_state, own_keys, peer_keys, self.peer_dir,
                             own_present)
 
@@ -251,10 +254,10 @@ class VifEndpoint:
             # Never re-create a removed device: writes would create the parents.
             if _read_optional(txn, self.own_dir) is None:
                 return False
-            for name, value in action.keys.items():
-                txn.write(f"{self.own_dir}/{name}", value)
+            values = [(f"{self.own_dir}/{name}", value) for name, value in action.keys.items()]
             if action.state is not None:
-                txn.write(f"{self.own_dir}/state", action.state.wire)
+                values.append((f"{self.own_dir}/state", action.state.wire))
+            txn.write_many(values)
             return True
 
         if not run_transaction(self.store, write_all):

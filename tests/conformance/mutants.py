@@ -58,6 +58,13 @@ class ProxyTransaction:
     def write(self, path: str, value: bytes) -> None:
         self.store.mutant.write(self.store, self.inner, path, value)
 
+    def read_many(self, paths: list[str]) -> list[bytes | None]:
+        return [self.try_read(path) for path in paths]
+
+    def write_many(self, values: list[tuple[str, bytes]]) -> None:
+        for path, value in values:
+            self.write(path, value)
+
 
 class ProxyStore:
     """A store passed through; its transactions are :class:`ProxyTransaction`."""
@@ -77,6 +84,13 @@ class ProxyStore:
 
     def write(self, path: str, value: bytes) -> None:
         self.mutant.write(self, self.inner, path, value)
+
+    def read_many(self, paths: list[str]) -> list[bytes | None]:
+        return [self.try_read(path) for path in paths]
+
+    def write_many(self, values: list[tuple[str, bytes]]) -> None:
+        for path, value in values:
+            self.write(path, value)
 
 
 class StoreMutant:

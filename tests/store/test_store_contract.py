@@ -14,6 +14,7 @@ from xenoffload.store.base import (
     Transaction,
     WatchEvent,
     XenStoreError,
+    parse_perm,
     run_transaction,
 )
 
@@ -57,6 +58,45 @@ def test_write_creates_missing_parents_with_empty_values(backend: Backend) -> No
     assert dom0.read("/a") == b""
     assert dom0.read("/a/b") == b""
     assert dom0.directory("/a") == ["b"]
+
+
+def test_read_many_returns_values_in_order_and_none_for_missing(backend: Backend) -> None:
+    dom0 = backend.connect()
+    dom0.write("/test/a", b"1")
+    dom0.write("/test/c", b"3")
+    assert dom0.read_many(["/test/a", "/test/b", "/test/c"]) == [b"1", None, b"3"]
+
+
+def test_write_many_writes_every_node_and_read_many_sees_it_in_a_transaction(
+    backend: Backend,
+) -> None:
+    dom0 = backend.connect()
+    txn = dom0.transaction()
+    txn.write_many([("/test/x", b"x"), ("/test/y", b"")])
+    assert txn.read_many(["/test/x", "/test/y"]) == [b"x", b""]
+    assert dom0.try_read("/test/x") is None  # not visible before commit
+    assert txn.commit()
+    assert dom0.read_many(["/test/x", "/test/y"]) == [b"x", b""]
+
+
+def test_read_many_gives_none_for_what_a_guest_may_not_read(backend: Backend) -> None:
+    dom0 = backend.connect()
+    dom0.write("/local/domain/0/secret", b"s")
+    dom0.write("/local/domain/1/mine", b"m")
+    dom0.set_perms("/local/domain/1/mine", [parse_perm("n1")])
+    guest = backend.connect(1)
+    assert guest.read_many(["/local/domain/0/secret", "/local/domain/1/mine"]) == [None, b"m"]
+
+
+def test_write_many_raises_the_first_error_after_the_rest(backend: Backend) -> None:
+    dom0 = backend.connect()
+    dom0.write("/local/domain/1/ok", b"")
+    dom0.set_perms("/local/domain/1/ok", [parse_perm("n1")])
+    guest = backend.connect(1)
+    with pytest.raises(XenStoreError) as excinfo:
+        guest.write_many([("/local/domain/0/nope", b"x"), ("/local/domain/1/ok", b"y")])
+    assert errno_of(excinfo) == "EACCES"
+    assert dom0.read("/local/domain/1/ok") == b"y"
 
 
 def test_values_are_any_bytes_including_empty(backend: Backend) -> None:

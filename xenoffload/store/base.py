@@ -160,6 +160,17 @@ class StoreOps(Protocol):
         """Replace the node's permission list (owner first)."""
         ...
 
+    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        """Return each node's value, in order; None where the node does not exist or may not
+        be read (ENOENT, EACCES). An adapter over a socket sends every request before waiting
+        for the first reply: one round trip. Other errors raise (after all replies came)."""
+        ...
+
+    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
+        """Write each ``(path, value)`` in order, pipelined like :meth:`read_many`. Raises
+        the first error (after all replies came)."""
+        ...
+
 
 class Transaction(StoreOps, Protocol):
     """A XenStore transaction: reads see a snapshot, writes become visible at commit."""

@@ -93,6 +93,12 @@ class MemoryTransaction:
     def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
         self._store._set_perms(path, perms, self.tx_id)
 
+    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        return self._store._read_many(paths, self.tx_id)
+
+    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
+        self._store._write_many(values, self.tx_id)
+
     def commit(self) -> bool:
         """Commit; return False on EAGAIN (nothing was written)."""
         conn = self._store._live()
@@ -155,6 +161,12 @@ class MemoryStore:
 
     def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
         self._set_perms(path, perms, 0)
+
+    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        return self._read_many(paths, 0)
+
+    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
+        self._write_many(values, 0)
 
     def transaction(self) -> MemoryTransaction:
         """Start a transaction (ENOSPC past the transaction quota)."""
@@ -266,6 +278,28 @@ class MemoryStore:
             if err.errno_name == "ENOENT":
                 return None
             raise
+
+    def _read_many(self, paths: Sequence[str], tx_id: int) -> list[bytes | None]:
+        values: list[bytes | None] = []
+        for path in paths:
+            try:
+                values.append(self._read(path, tx_id))
+            except XenStoreError as err:
+                if err.errno_name not in ("ENOENT", "EACCES"):
+                    raise
+                values.append(None)
+        return values
+
+    def _write_many(self, values: Sequence[tuple[str, bytes]], tx_id: int) -> None:
+        # Like the pipelined socket adapter: every write is attempted, the first error raised.
+        first_error: XenStoreError | None = None
+        for path, value in values:
+            try:
+                self._write(path, value, tx_id)
+            except XenStoreError as err:
+                first_error = first_error or err
+        if first_error is not None:
+            raise first_error
 
     def _write(self, path: str, value: bytes, tx_id: int) -> None:
         check_payload("WRITE", path, len(value))

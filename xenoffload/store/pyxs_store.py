@@ -36,7 +36,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from pyxs.client import Client, Monitor, Router
 from pyxs.connection import UnixSocketConnection, XenBusConnection
@@ -144,6 +144,16 @@ def _encode_path(path: str) -> bytes:
     return path.encode("ascii", "replace")
 
 
+class _Pending(NamedTuple):
+    """A request sent and not yet answered."""
+
+    rvar: Any
+    req_id: int
+    op: int
+    tx_id: int
+    path: str | None
+
+
 class PyxsTransaction:
     """A transaction of a :class:`PyxsStore` (its own tx id; several may be open at once)."""
 
@@ -174,6 +184,12 @@ class PyxsTransaction:
 
     def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
         self._store._set_perms(path, perms, self.tx_id)
+
+    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        return self._store._read_many(paths, self.tx_id)
+
+    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
+        self._store._write_many(values, self.tx_id)
 
     def commit(self) -> bool:
         """Commit; return False on EAGAIN (nothing was written)."""
@@ -257,6 +273,12 @@ class PyxsStore:
 
     def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
         self._set_perms(path, perms, 0)
+
+    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        return self._read_many(paths, 0)
+
+    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
+        self._write_many(values, 0)
 
     def transaction(self) -> PyxsTransaction:
         """Start a transaction."""
@@ -397,6 +419,11 @@ class PyxsStore:
             return req_id
 
     def _request(self, op: int, payload: bytes, tx_id: int, path: str | None = None) -> bytes:
+        return self._wait(self._send(op, payload, tx_id, path))
+
+    def _send(self, op: int, payload: bytes, tx_id: int, path: str | None = None) -> _Pending:
+        """Send one request; return what :meth:`_wait` needs to collect its reply. Several
+        may be outstanding at once (the router matches replies by request id)."""
         name = op_name(op)
         if len(payload) > PAYLOAD_MAX:
             raise XenStoreError("E2BIG", path, name)
@@ -408,6 +435,14 @@ class PyxsStore:
         except (PyXSError, OSError) as err:
             self._router.rvars.pop(req_id, None)
             self._fail(f"connection to XenStore lost: {err}")
+        return _Pending(rvar, req_id, op, tx_id, path)
+
+    def _wait(self, pending: _Pending) -> bytes:
+        """Wait (bounded by ``timeout``) for the reply to a sent request and return its
+        payload. Raises XenStoreError for an error reply, StoreUnavailable when the
+        connection is lost or the daemon does not answer in time."""
+        rvar, req_id, op, tx_id, path = pending
+        name = op_name(op)
         deadline = time.monotonic() + self.timeout
         with rvar.condition:
             while rvar.target is None:
@@ -425,6 +460,34 @@ class PyxsStore:
         if reply.op != op or reply.tx_id != tx_id:
             self._fail(f"unexpected reply {op_name(reply.op)} to {name}")
         return bytes(reply.payload)
+
+    def _read_many(self, paths: Sequence[str], tx_id: int) -> list[bytes | None]:
+        pendings = [self._send(Op.READ, _encode_path(path) + b"\0", tx_id, path=path)
+                    for path in paths]
+        values: list[bytes | None] = []
+        first_error: XenStoreError | None = None
+        for pending in pendings:
+            try:
+                values.append(self._wait(pending))
+            except XenStoreError as err:
+                values.append(None)
+                if err.errno_name not in ("ENOENT", "EACCES") and first_error is None:
+                    first_error = err
+        if first_error is not None:
+            raise first_error
+        return values
+
+    def _write_many(self, values: Sequence[tuple[str, bytes]], tx_id: int) -> None:
+        pendings = [self._send(Op.WRITE, _encode_path(path) + b"\0" + bytes(value), tx_id,
+                               path=path) for path, value in values]
+        first_error: XenStoreError | None = None
+        for pending in pendings:
+            try:
+                self._wait(pending)
+            except XenStoreError as err:
+                first_error = first_error or err
+        if first_error is not None:
+            raise first_error
 
     def _ack(self, op: int, path: str, tx_id: int) -> None:
         self._request(op, _encode_path(path) + b"\0", tx_id, path=path)

@@ -10,6 +10,7 @@ Overrides become policy rules appended after the configuration file's (they win)
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 
@@ -19,7 +20,10 @@ from xenoffload.policy import DirectionSetting, Match, PolicyError, Rule
 from xenoffload.store.base import Store, XenStoreError
 
 __all__ = ["OverrideSetting", "format_override", "parse_override", "override_root",
-           "read_overrides", "write_override", "clear_override", "rules_from_overrides"]
+           "read_overrides", "write_override", "clear_override", "rules_from_overrides",
+           "refresh_overrides"]
+
+log = logging.getLogger("xenoffload.overrides")
 
 _TOKEN = re.compile(r"\A(to-guest|from-guest)(?:-(ipv4|ipv6))?=(on|off)\Z")
 _NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
@@ -121,6 +125,23 @@ def rules_from_overrides(overrides: Mapping[str, OverrideSetting],
             target.append(Rule(match, setting.to_guest, setting.from_guest,
                                name=f"override {key}"))
     return bridge_rules + vif_rules
+
+
+def refresh_overrides(store: Store, home: str, known: Mapping[str, OverrideSetting],
+                      restore: bool) -> dict[str, OverrideSetting]:
+    """Return the overrides in force under ``home``: what XenStore holds (malformed nodes are
+    logged and skipped). With ``restore`` (a new connection), when XenStore holds none but
+    ``known`` is not empty, the daemon restarted without its tree: ``known`` is written back
+    and returned, so no policy is lost."""
+    found, problems = read_overrides(store, home)
+    for problem in problems:
+        log.warning("override refused: %s", problem)
+    if restore and not found and known:
+        for key, setting in known.items():
+            write_override(store, home, key, setting)
+        log.warning("restored %d policy override(s) lost by XenStore", len(known))
+        return dict(known)
+    return found
 
 
 def write_override(store: Store, home: str, key: str, setting: OverrideSetting) -> str:

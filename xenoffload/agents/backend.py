@@ -23,9 +23,8 @@ from xenoffload.endpoint import (
 from xenoffload.machine import Mode
 from xenoffload.overrides import (
     OverrideSetting,
-    read_overrides,
+    refresh_overrides,
     rules_from_overrides,
-    write_override,
 )
 from xenoffload.paths import backend_vif_root, domain_path
 from xenoffload.policy import Policy, VifIdentity, node_text
@@ -129,15 +128,7 @@ class BackendAgent:
 
     def _reload_overrides(self, restore: bool) -> None:
         assert self.store is not None
-        found, problems = read_overrides(self.store, self._home)
-        for problem in problems:
-            log.warning("override refused: %s", problem)
-        if restore and not found and self.overrides:
-            # The daemon restarted without its tree: put back what we knew.
-            for key, setting in self.overrides.items():
-                write_override(self.store, self._home, key, setting)
-            log.warning("restored %d policy override(s) lost by XenStore", len(self.overrides))
-            return
+        found = refresh_overrides(self.store, self._home, self.overrides, restore)
         if found != self.overrides:
             self.overrides = found
             self._apply_policy()

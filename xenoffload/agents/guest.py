@@ -16,7 +16,7 @@ import attrs
 
 from xenoffload.endpoint import Enforcer, PeerLinkError, VifEndpoint, frontend_endpoint
 from xenoffload.machine import Mode
-from xenoffload.overrides import OverrideSetting, read_overrides, rules_from_overrides
+from xenoffload.overrides import OverrideSetting, refresh_overrides, rules_from_overrides
 from xenoffload.paths import domain_path, frontend_vif_root
 from xenoffload.policy import Policy, VifIdentity
 from xenoffload.schema import OWN_KEYS, STATUS_KEY
@@ -62,7 +62,7 @@ class GuestAgent:
             endpoint.rebind(store)
         ensure_watch(store, self._root, self.token)
         ensure_watch(store, self._policy_root, self.token)
-        self._reload_overrides()
+        self._reload_overrides(restore=True)
         self._rescan()
 
     def handle(self, events: list[WatchEvent]) -> None:
@@ -88,7 +88,7 @@ class GuestAgent:
                     if path == watched or path.startswith(watched + "/"):
                         dirty.add(devid)
         if overrides:
-            self._reload_overrides()
+            self._reload_overrides(restore=False)
         if rescan:
             self._rescan()
         for devid in sorted(dirty):
@@ -115,11 +115,9 @@ class GuestAgent:
             if endpoint.gone:
                 self._forget(devid)
 
-    def _reload_overrides(self) -> None:
+    def _reload_overrides(self, restore: bool) -> None:
         assert self.store is not None
-        found, problems = read_overrides(self.store, self._home)
-        for problem in problems:
-            log.warning("override refused: %s", problem)
+        found = refresh_overrides(self.store, self._home, self.overrides, restore)
         if found != self.overrides:
             self.overrides = found
             self._apply_policy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from xenoffload.machine import LEGAL_TRANSITIONS, TRANSITIONS, advertise_window, apply_window
@@ -115,26 +116,33 @@ def generated_section() -> str:
     return "\n".join(parts)
 
 
-def rewrite(path: Path) -> bool:
-    """Replace the generated section of ``path``; return True if the file changed."""
+def replace_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> bool:
+    """Replace what stands between ``begin`` and ``end`` (markers included) in ``path`` with
+    ``section``; return True if the file changed."""
     text = path.read_text()
-    start, end = text.index(BEGIN), text.index(END) + len(END)
-    new = text[:start] + generated_section() + text[end:]
+    start, stop = text.index(begin), text.index(end) + len(end)
+    new = text[:start] + section + text[stop:]
     if new != text:
         path.write_text(new)
         return True
     return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def section_main(argv: list[str] | None, description: str | None,
+                 render: Callable[[], str], begin: str = BEGIN, end: str = END) -> int:
+    """The command line of a generated document section: print it, or ``--write FILE``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--write", type=Path, help="rewrite this file's generated section")
     args = parser.parse_args(argv)
     if args.write:
-        rewrite(args.write)
+        replace_section(args.write, render(), begin, end)
     else:
-        sys.stdout.write(generated_section() + "\n")
+        sys.stdout.write(render() + "\n")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return section_main(argv, __doc__, generated_section)
 
 
 if __name__ == "__main__":

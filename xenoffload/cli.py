@@ -325,7 +325,7 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
     from xenoffload.hotplug import run_hotplug
 
     return run_hotplug(args.action, args.config, args.toggles, resolve_xenstore(args.xenstore),
-                       args.wait, args.device_pattern, args.netns)
+                       args.wait, args.device_pattern, args.netns, args.log)
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
@@ -441,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long the background part waits for Connected")
     p.add_argument("--device-pattern", default="vif{domid}.{devid}")
     p.add_argument("--netns", metavar="NAME")
+    p.add_argument("--log", metavar="FILE",
+                   help="where the background part logs (default: nowhere)")
     p.set_defaults(func=cmd_hotplug)
 
     p = sub.add_parser("conformance", help="run the protocol conformance suite against a "

@@ -36,9 +36,22 @@ def parse_xenbus_path(value: str, own_domid: int = 0) -> tuple[int, int, int] | 
     return backend, int(match.group(2)), int(match.group(3))
 
 
+def _detach(log_path: str | None) -> None:
+    """Give up the caller's stdin/stdout/stderr (a hotplug runner waits for them to close):
+    read nothing, log to ``log_path`` (appended) or nowhere."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    target = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640) \
+        if log_path else devnull
+    os.dup2(devnull, 0)
+    os.dup2(target, 1)
+    os.dup2(target, 2)
+
+
 def run_hotplug(action: str, config: str | None, toggles_kind: str, xenstore: str,
-                wait: float, device_pattern: str, netns: str | None) -> int:
-    """Run the hook; return the exit code (0 also when there is nothing to do)."""
+                wait: float, device_pattern: str, netns: str | None,
+                log_path: str | None = None) -> int:
+    """Run the hook; return the exit code (0 also when there is nothing to do). The part that
+    waits for Connected runs detached, logging to ``log_path`` if given."""
     if action in ("offline", "remove"):
         vif = os.environ.get("vif", "?")  # noqa: SIM112 (the name xl's scripts use)
         log.info("hotplug %s %s: nothing to undo", action, vif)
@@ -77,6 +90,7 @@ def run_hotplug(action: str, config: str | None, toggles_kind: str, xenstore: st
     if os.fork() != 0:
         return 0  # the script goes on; the child finishes the job
     os.setsid()
+    _detach(log_path)
     enforcer: Enforcer | None = None
     if toggles_kind != "none":
         from xenoffload.enforce import TogglesEnforcer

@@ -1,0 +1,60 @@
+"""The vif hotplug hook: keys written at once, the result applied once both ends connect."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from .lab import Lab
+
+
+def hotplug(lab: Lab, action: str, xenbus_path: str, config: str | None = None,
+            wait: float = 20.0) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, XENBUS_PATH=xenbus_path, vif="vif1.1")
+    args = [sys.executable, "-m", "xenoffload", "hotplug", action, "--xenstore", lab.socket,
+            "--toggles", "dry-run", "--wait", str(wait)]
+    if config:
+        args += ["--config", config]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=30,
+                          check=False)
+
+
+def test_online_writes_the_backend_keys_before_returning_then_applies_on_connect(
+    lab: Lab,
+) -> None:
+    policy = lab.write_file("policy.toml", '[[rule]]\nbridge = "xenpriv0"\n'
+                            "to-guest = true\nfrom-guest = true\n")
+    vif = lab.add_guest(1, ["xenbr0", "xenpriv0"])[1]
+    store = lab.toolstack
+    store.write(f"{vif.backend_dir}/state", b"2")  # netback waits (InitWait) while hotplug runs
+    started = time.monotonic()
+    done = hotplug(lab, "online", "backend/vif/1/1", str(policy))
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started < 10  # the hook never holds up the device
+    assert store.read(f"{vif.backend_dir}/feature-csum-tx") == b"1"
+    assert store.read(f"{vif.backend_dir}/feature-ipv6-csum-offload") == b"1"
+    assert store.try_read(f"{vif.backend_dir}/xenoffload-csum-status") is None
+
+    # A stock netfront connects (legacy keys only), then netback does.
+    store.write(f"{vif.frontend_dir}/feature-ipv6-csum-offload", b"1")
+    store.write(f"{vif.frontend_dir}/state", b"4")
+    store.write(f"{vif.backend_dir}/state", b"4")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if store.try_read(f"{vif.backend_dir}/xenoffload-csum-status") is not None:
+            break
+        time.sleep(0.05)
+    assert store.read(f"{vif.backend_dir}/xenoffload-csum-status") == b"ok"
+    assert store.read(f"{vif.backend_dir}/state") == b"4"  # companion: never written by us
+
+
+def test_hook_refuses_a_path_that_is_not_a_vif_backend(lab: Lab) -> None:
+    done = hotplug(lab, "online", "backend/vbd/1/51712")
+    assert done.returncode == 2
+    assert "not a vif backend path" in done.stderr
+
+
+def test_offline_has_nothing_to_undo(lab: Lab) -> None:
+    assert hotplug(lab, "offline", "backend/vif/1/0").returncode == 0

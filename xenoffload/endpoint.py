@@ -10,7 +10,7 @@ full mode, ``state``) written in one transaction; the negotiated result handed t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import attrs
@@ -123,6 +123,8 @@ class VifEndpoint:
     #: Only this end writes its xenoffload keys, so after the first full read a snapshot
     #: re-reads only the legacy keys a stock driver may also write (:data:`_SHARED_KEYS`).
     own_cache: dict[str, bytes | None] | None = None
+    #: The ``state`` value this end last wrote (full mode), to recognise its echo.
+    last_written_state: bytes | None = None
 
     def rebind(self, store: Store) -> None:
         """Use a new connection (after a reconnect): nothing cached is trusted any more."""
@@ -190,13 +192,36 @@ class VifEndpoint:
         self.own_cache = dict(snapshot.own_keys)
         return snapshot
 
-    def step(self) -> list[Action]:
-        """Take a snapshot, run the machine on it, perform its actions; return them."""
+    def step(self, changed: Collection[str] | None = None) -> list[Action]:
+        """Take a snapshot, run the machine on it, perform its actions; return them.
+
+        ``changed``: the paths watch events named, when the caller knows them. If they are
+        all own nodes this end wrote itself (its ``state``, a legacy key) and still hold what
+        it wrote, they are the echo of its own writes: one read checks that, and nothing else
+        is done.
+        """
         if self.gone:
+            return []
+        if changed and self._only_own_echoes(changed):
             return []
         actions = self.machine.observe(self.snapshot())
         self.perform(actions)
         return actions
+
+    def _only_own_echoes(self, changed: Collection[str]) -> bool:
+        expected: dict[str, bytes | None] = {}
+        for path in changed:
+            directory, _, name = path.rpartition("/")
+            if directory != self.own_dir:
+                return False
+            if name == "state" and self.last_written_state is not None:
+                expected[path] = self.last_written_state
+            elif name in _SHARED_KEYS[self.role] and self.own_cache is not None:
+                expected[path] = self.own_cache.get(name)
+            else:
+                return False
+        paths = sorted(expected)
+        return self.store.read_many(paths) == [expected[path] for path in paths]
 
     def set_policy(self, policy: LinkPolicy) -> list[Action]:
         """Change the policy; re-advertise and re-apply as the machine says. Returns actions."""
@@ -267,6 +292,8 @@ class VifEndpoint:
             return
         if self.own_cache is not None:
             self.own_cache.update(action.keys)
+        if action.state is not None:
+            self.last_written_state = action.state.wire
         if action.keys:
             log.info("%s wrote %s", self.label,
                      " ".join(f"{k}={v.decode()}" for k, v in sorted(action.keys.items())))

@@ -125,3 +125,25 @@ def test_each_end_writes_only_inside_its_own_directory() -> None:
     assert changed, "nothing was written"
     assert all(p.startswith((paths[0].backend_dir, paths[0].frontend_dir)) for p in changed), \
         sorted(changed)
+
+
+def test_the_echo_of_an_own_write_costs_one_read_and_no_snapshot() -> None:
+    world = World()
+    paths = world.add_guest(1, "a", ["xenbr0"])
+    world.start()
+    world.settle()
+    endpoint = world.backend.endpoints[(1, 0)]
+    state = f"{paths[0].backend_dir}/state"
+    snapshots = []
+    original = endpoint.snapshot
+
+    def counting_snapshot() -> object:
+        snapshots.append(1)
+        return original()
+
+    endpoint.snapshot = counting_snapshot  # type: ignore[method-assign]
+    assert endpoint.step({state}) == []  # our own Connected, echoing back
+    assert snapshots == []
+    world.dom0.write(state, b"5")  # someone else moved our state: that is news
+    endpoint.step({state})
+    assert snapshots == [1]

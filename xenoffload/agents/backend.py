@@ -77,16 +77,19 @@ class BackendAgent:
         self._rescan()
 
     def handle(self, events: list[WatchEvent]) -> None:
-        dirty: set[tuple[int, int]] = set()
+        # Per dirty vif, the paths that changed (None: re-read everything).
+        dirty: dict[tuple[int, int], set[str] | None] = {}
         rescan = overrides = False
         for event in events:
             if event.token != self.token:
                 continue
             kind, key = self._route(event.path)
             if kind == "vif" and key is not None:
-                dirty.add(key)
+                changed = dirty.setdefault(key, set())
+                if changed is not None:
+                    changed.add(event.path)
             elif kind == "guest" and key is not None:
-                dirty.update(known for known in self.endpoints if known[0] == key[0])
+                dirty.update((known, None) for known in self.endpoints if known[0] == key[0])
             elif kind == "rescan":
                 rescan = True
             elif kind == "overrides":
@@ -95,8 +98,8 @@ class BackendAgent:
             self._reload_overrides(restore=False)
         if rescan:
             self._rescan()
-        for key in sorted(dirty):
-            self._step(key)
+        for key, changed in sorted(dirty.items()):
+            self._step(key, changed)
 
     def tick(self) -> None:
         for key, endpoint in list(self.endpoints.items()):
@@ -200,7 +203,7 @@ class BackendAgent:
             mac=text("mac", f"{backend_dir}/mac"),
         )
 
-    def _step(self, key: tuple[int, int]) -> None:
+    def _step(self, key: tuple[int, int], changed: set[str] | None = None) -> None:
         assert self.store is not None
         endpoint = self.endpoints.get(key)
         if endpoint is None:
@@ -224,7 +227,7 @@ class BackendAgent:
             log.info("domid=%d devid=%d found (%s)", key[0], key[1],
                      ", ".join(f"{k}={v}" for k, v in attrs.asdict(identity).items()
                                if v is not None and k not in ("domid", "devid")))
-        endpoint.step()
+        endpoint.step(changed)
         if endpoint.gone:
             self._forget(key)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conformance.conftest import FAST
-from tests.conformance.mutants import MUTANT_NAMES, mutant
 from xenoffload.conformance.runner import run_scenario
 from xenoffload.conformance.scenarios import CATALOGUE, Scenario
 from xenoffload.conformance.subjects import AgentSubject
 from xenoffload.schema import Role
+
+from .conftest import FAST
+from .mutants import MUTANT_NAMES, mutant
 
 INSTANCES = [(scenario, role) for scenario in CATALOGUE for role in scenario.roles]
 IDS = [f"{role.value}:{scenario.id}" for scenario, role in INSTANCES]

@@ -654,6 +654,22 @@ def parse_serial(text: str) -> dict[str, Any]:
             "trace": trace}
 
 
+def scenario_secs(facts: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Return each scenario's duration (dom0 uptime from scenario-begin to scenario-end)."""
+    begin: dict[str, float] = {}
+    secs: dict[str, float] = {}
+    for fact in facts:
+        try:
+            uptime = float(fact.get("uptime", ""))
+        except ValueError:
+            continue
+        if fact.get("fact") == "scenario-begin":
+            begin[fact["scenario"]] = uptime
+        elif fact.get("fact") == "scenario-end" and fact.get("scenario") in begin:
+            secs[fact["scenario"]] = round(uptime - begin[fact["scenario"]], 2)
+    return secs
+
+
 def csum_table(facts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Return scenario 3's packet counts as rows (mode, capture point, destination, proto)."""
     rows = []
@@ -756,6 +772,7 @@ def run_lab(workdir: Path, cache: Path = DEFAULT_CACHE, scenarios: str = "all",
         report["errors"].append("dom0's watchdog fired (a scenario hung)")
     if not parsed["trace"]:
         report["errors"].append("no xenstored trace in the console")
+    report["scenario_secs"] = scenario_secs(parsed["facts"])
     wall["total"] = time.monotonic() - t0
     report["wall"] = {k: round(v, 2) for k, v in wall.items()}
     report["ok"] = not report["errors"]
@@ -767,6 +784,10 @@ def summary(report: dict[str, Any]) -> str:
     """Return the human summary of a report: stage wall times and scenario 3's table."""
     w = report.get("wall", {})
     lines = ["xenlab wall times (s): " + ", ".join(f"{k} {v}" for k, v in w.items())]
+    if report.get("scenario_secs"):
+        lines.append("scenario times (s, dom0 uptime): " + ", ".join(
+            f"{k} {v}" for k, v in sorted(report["scenario_secs"].items(), key=lambda i: int(i[0])
+                                          if i[0].isdigit() else 0)))
     if "qemu" in report:
         lines.append(f"QEMU peak RSS: {report['qemu'].get('maxrss_mb', '?')} MiB")
     if report.get("csum_table"):

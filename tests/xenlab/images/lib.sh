@@ -63,9 +63,81 @@ xo_kill_wait() {
     return 0
 }
 
-# xo_cli_present: is the xenoffload CLI (python3 -m xenoffload) in this image?
+# xo_cli_present: does this image's xenoffload have its CLI (python3 -m xenoffload)? A file test,
+# not a `--help` run (2 s of Python start-up under TCG): a CLI that is there but broken shows in
+# the agents' exit status, which the host asserts on.
+XO_SITE=/usr/lib/python3/dist-packages
 xo_cli_present() {
-    timeout 60 /usr/bin/python3 -m xenoffload --help >/tmp/xo-cli-help.txt 2>&1
+    if [ -f "$XO_SITE/xenoffload/__main__.py" ] && [ -f "$XO_SITE/xenoffload/cli.py" ]; then
+        return 0
+    fi
+    echo "no $XO_SITE/xenoffload/__main__.py or cli.py" >/tmp/xo-cli-help.txt
+    return 1
+}
+
+# xo_results SCENARIO SECONDS FACT:LABEL:FILE...: print the fact each receiver (xo.py tcp-recv,
+# udp-recv, recv) wrote to FILE.fact, waiting for all within one bounded deadline; a missing one
+# becomes a fact with "ok": false. No Python start.
+xo_results() {
+    local _s=$1 _end _it _fact _label _file
+    _end=$(($(cut -d. -f1 /proc/uptime) + $2))
+    shift 2
+    for _it in "$@"; do
+        _fact=${_it%%:*}; _file=${_it#*:}; _label=${_file%%:*}; _file=${_file#*:}
+        while [ ! -e "$_file.fact" ] && [ "$(cut -d. -f1 /proc/uptime)" -lt "$_end" ]; do
+            sleep 0.2
+        done
+        if [ -e "$_file.fact" ]; then
+            cat "$_file.fact"
+        else
+            echo "@@XO {\"scenario\":$(xo_json_str "$_s"),\"domain\":\"$XO_DOMAIN\",\"fact\":$(xo_json_str "$_fact"),\"label\":$(xo_json_str "$_label"),\"ok\":false,\"error\":\"no result (timeout)\"}"
+        fi
+    done
+}
+
+# xo_ethtool_save DIR IFACE...: record `ethtool -k` of each interface now (DIR/IFACE.out, .rc);
+# `xo.py ethtool --saved DIR --label L IFACE...` reports them later, in one Python start.
+xo_ethtool_save() {
+    local _d=$1 _i
+    shift
+    mkdir -p "$_d"
+    for _i in "$@"; do
+        timeout 30 $ETHTOOL -k "$_i" >"$_d/$_i.out" 2>&1
+        echo $? >"$_d/$_i.rc"
+    done
+}
+
+# xo_xsdir_save FILE PATH: record `xenstore-ls -f -p PATH` now (FILE, FILE.rc), for
+# `xo.py xsdir --saved FILE PATH` later.
+xo_xsdir_save() {
+    mkdir -p "$(dirname "$1")"
+    timeout 30 xenstore-ls -f -p "$2" >"$1" 2>&1
+    echo $? >"$1.rc"
+}
+
+# xo_run SCENARIO LABEL SECONDS CMD...: run a command (bounded); emit a "cli" fact with its exit
+# status and the tail of its output; return its status.
+xo_run() {
+    local _s=$1 _label=$2 _secs=$3 _rc
+    shift 3
+    timeout "$_secs" "$@" >/tmp/xo-run-out 2>&1
+    _rc=$?
+    xo_emit "$_s" cli label "$_label" rc "$_rc" output "$(tail -c 1000 /tmp/xo-run-out | tr '\n' '|')"
+    return $_rc
+}
+
+# xo_wait_listening SECONDS FILE...: wait until every receiver FILE has its FILE.listening.
+xo_wait_listening() {
+    local _end _f _ok=0
+    _end=$(($(cut -d. -f1 /proc/uptime) + $1))
+    shift
+    while [ "$(cut -d. -f1 /proc/uptime)" -lt "$_end" ]; do
+        _ok=1
+        for _f in "$@"; do [ -e "$_f.listening" ] || _ok=0; done
+        [ $_ok = 1 ] && return 0
+        sleep 0.2
+    done
+    return 1
 }
 
 # xo_source_scenarios: define every scenario's functions (both domains source all of them).

@@ -8,19 +8,21 @@ operation is bounded by a timeout.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib
 import json
 import os
-import random
 import re
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+
+if TYPE_CHECKING:  # annotations only (strings at run time): typing costs an import under TCG
+    from collections.abc import Sequence
+    from typing import Any
+
+# Under TCG every module imported costs; hashlib, random, socket, subprocess, shlex and threading
+# are imported by the subcommands that need them, not at start-up.
 
 MARK = "@@XO "
 # ethtool -k lines worth reporting (checksum, scatter-gather and segmentation offloads).
@@ -58,10 +60,15 @@ def domain() -> str:
     return os.environ.get("XO_DOMAIN", "unknown")
 
 
+def fact_line(scenario: str, fact: str, **fields: Any) -> str:
+    """Return one fact line (``@@XO {json}``)."""
+    record = {"scenario": scenario, "domain": domain(), "fact": fact, **fields}
+    return MARK + json.dumps(record, separators=(",", ":"), sort_keys=True)
+
+
 def emit(scenario: str, fact: str, **fields: Any) -> None:
     """Print one fact line."""
-    record = {"scenario": scenario, "domain": domain(), "fact": fact, **fields}
-    print(MARK + json.dumps(record, separators=(",", ":"), sort_keys=True), flush=True)
+    print(fact_line(scenario, fact, **fields), flush=True)
 
 
 def parse_ethtool_k(text: str) -> dict[str, str]:
@@ -75,17 +82,33 @@ def parse_ethtool_k(text: str) -> dict[str, str]:
 
 
 def cmd_ethtool(args: argparse.Namespace) -> int:
-    """Emit the offload features of each interface (``ethtool -k``)."""
+    """Emit the offload features of each interface (``ethtool -k``).
+
+    With --saved DIR, read what ``xo_ethtool_save`` stored there (DIR/IFACE.out, DIR/IFACE.rc)
+    instead of running ethtool now: the shell records the moment, one Python start reports many.
+    """
+    import subprocess
+
     rc = 0
     for iface in args.ifaces:
-        proc = subprocess.run(
-            ["/usr/sbin/ethtool", "-k", iface], capture_output=True, text=True, timeout=30,
-            check=False,
-        )
-        if proc.returncode != 0:
+        if args.saved:
+            base = Path(args.saved) / iface
+            try:
+                code = int(Path(f"{base}.rc").read_text().strip() or 1)
+                out = Path(f"{base}.out").read_text(errors="replace")
+            except (OSError, ValueError) as exc:
+                code, out = 1, f"not saved: {exc}"
+            stdout, stderr = (out, "") if code == 0 else ("", out)
+        else:
+            proc = subprocess.run(
+                ["/usr/sbin/ethtool", "-k", iface], capture_output=True, text=True, timeout=30,
+                check=False,
+            )
+            code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+        if code != 0:
             rc = 1
-        emit(args.scenario, "ethtool", iface=iface, label=args.label, rc=proc.returncode,
-             features=parse_ethtool_k(proc.stdout), error=proc.stderr.strip()[:200])
+        emit(args.scenario, "ethtool", iface=iface, label=args.label, rc=code,
+             features=parse_ethtool_k(stdout), error=stderr.strip()[:200])
     return rc
 
 
@@ -93,23 +116,39 @@ _XSLS_RE = re.compile(r'^(?P<path>\S+) = "(?P<value>.*)"(?:\s+\((?P<perms>[^)]*)
 
 
 def cmd_xsdir(args: argparse.Namespace) -> int:
-    """Emit every key under a XenStore directory with its value and permissions."""
-    proc = subprocess.run(
-        ["xenstore-ls", "-f", "-p", args.path], capture_output=True, text=True, timeout=30,
-        check=False,
-    )
+    """Emit every key under a XenStore directory with its value and permissions.
+
+    With --saved FILE, parse what ``xo_xsdir_save`` stored (FILE, FILE.rc) instead of running
+    ``xenstore-ls`` now.
+    """
+    if args.saved:
+        try:
+            code = int(Path(args.saved + ".rc").read_text().strip() or 1)
+            stdout = Path(args.saved).read_text(errors="replace")
+        except (OSError, ValueError):
+            code, stdout = 1, ""
+    else:
+        import subprocess
+
+        proc = subprocess.run(
+            ["xenstore-ls", "-f", "-p", args.path], capture_output=True, text=True, timeout=30,
+            check=False,
+        )
+        code, stdout = proc.returncode, proc.stdout
     keys: dict[str, list[str]] = {}
     prefix = args.path.rstrip("/") + "/"
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         match = _XSLS_RE.match(line.strip())
         if match and match["path"].startswith(prefix):
             keys[match["path"][len(prefix):]] = [match["value"], match["perms"] or ""]
-    emit(args.scenario, "xsdir", path=args.path, label=args.label, rc=proc.returncode, keys=keys)
-    return 0 if proc.returncode == 0 else 1
+    emit(args.scenario, "xsdir", path=args.path, label=args.label, rc=code, keys=keys)
+    return 0 if code == 0 else 1
 
 
 def cmd_pyinfo(args: argparse.Namespace) -> int:
     """Emit whether the required stdlib modules and the xenoffload package import here."""
+    import importlib
+
     failed: dict[str, str] = {}
     started = time.monotonic()
     for name in (*REQUIRED_STDLIB, "attrs", "pyxs", "xenoffload"):
@@ -131,11 +170,16 @@ def cmd_pyinfo(args: argparse.Namespace) -> int:
 
 def payload(nbytes: int, seed: int) -> bytes:
     """Return the deterministic test payload of ``nbytes`` bytes for ``seed``."""
+    import random
+
     return random.Random(seed).randbytes(nbytes)
 
 
 def cmd_tcp_send(args: argparse.Namespace) -> int:
     """Connect (retrying until the deadline) and send the payload; emit what was sent."""
+    import hashlib
+    import socket
+
     data = payload(args.bytes, args.seed)
     deadline = time.monotonic() + args.timeout
     error = ""
@@ -158,15 +202,23 @@ def cmd_tcp_send(args: argparse.Namespace) -> int:
     return 0 if not error else 1
 
 
-def write_result(path: str, record: dict[str, Any]) -> None:
-    """Write a receiver's result atomically (the shell waits for the file)."""
+def write_result(path: str, record: dict[str, Any], args: argparse.Namespace,
+                 fact: str) -> None:
+    """Write a receiver's result atomically: PATH (the record) and PATH.fact (the fact line the
+    shell prints with ``xo_results``, without starting Python again)."""
+    line = fact_line(args.scenario, fact, label=args.label, ok=not record.get("error"), **record)
     tmp = Path(path + ".tmp")
     tmp.write_text(json.dumps(record, sort_keys=True))
     tmp.rename(path)
+    tmp.write_text(line + "\n")
+    tmp.rename(path + ".fact")
 
 
 def cmd_tcp_recv(args: argparse.Namespace) -> int:
     """Accept one connection, read until EOF; write bytes and sha256 to --out."""
+    import hashlib
+    import socket
+
     digest = hashlib.sha256()
     total = 0
     error = ""
@@ -187,12 +239,15 @@ def cmd_tcp_recv(args: argparse.Namespace) -> int:
     except OSError as exc:
         error = f"{type(exc).__name__}: {exc}"
     write_result(args.out, {"bytes": total, "sha256": digest.hexdigest(), "error": error,
-                            "secs": round(time.monotonic() - started, 3), "port": args.port})
+                            "secs": round(time.monotonic() - started, 3), "port": args.port},
+                 args, "tcp-recv")
     return 0 if not error else 1
 
 
 def cmd_udp_send(args: argparse.Namespace) -> int:
     """Send --count datagrams of --size bytes; emit how many went out."""
+    import socket
+
     sent = 0
     error = ""
     data = payload(args.size, args.seed)
@@ -211,45 +266,53 @@ def cmd_udp_send(args: argparse.Namespace) -> int:
 
 def cmd_udp_recv(args: argparse.Namespace) -> int:
     """Receive datagrams until --count arrived or --timeout passed; write the count to --out."""
+    import socket
+
     received = 0
     intact = 0
     expected = payload(args.size, args.seed)
     deadline = time.monotonic() + args.timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((args.bind, args.port))
-        Path(args.out + ".listening").touch()
-        while received < args.count and time.monotonic() < deadline:
-            sock.settimeout(max(0.1, deadline - time.monotonic()))
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                break
-            received += 1
-            intact += data == expected
-    write_result(args.out, {"datagrams": received, "intact": intact, "port": args.port})
+    error = ""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((args.bind, args.port))
+            Path(args.out + ".listening").touch()
+            while received < args.count and time.monotonic() < deadline:
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    break
+                received += 1
+                intact += data == expected
+    except OSError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    write_result(args.out, {"datagrams": received, "intact": intact, "port": args.port,
+                            "error": error}, args, "udp-recv")
     return 0
 
 
-def cmd_result(args: argparse.Namespace) -> int:
-    """Wait (bounded, one deadline for all) for receivers' result files; emit each as a fact.
+def cmd_recv(args: argparse.Namespace) -> int:
+    """Run several receivers at once in one process (one thread each; one Python start).
 
-    Items are ``FACT:LABEL:FILE`` (or just FILE, with --fact and --label).
+    Items are ``tcp|udp:BIND:PORT:LABEL:OUT``; each behaves as tcp-recv / udp-recv with that
+    --bind, --port, --label and --out (and this command's --timeout, --count, --size, --seed).
     """
-    deadline = time.monotonic() + args.timeout
-    status = 0
+    import threading
+
+    threads = []
+    results: list[int] = []
     for item in args.items:
-        fact, label, file = item.split(":", 2) if item.count(":") >= 2 else (
-            args.fact, args.label, item)
-        path = Path(file)
-        while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not path.exists():
-            emit(args.scenario, fact, label=label, ok=False, error="no result (timeout)")
-            status = 1
-            continue
-        record = json.loads(path.read_text())
-        emit(args.scenario, fact, label=label, ok=not record.get("error"), **record)
-    return status
+        proto, bind, port, label, out = item.split(":", 4)
+        sub = argparse.Namespace(**{**vars(args), "bind": bind, "port": int(port),
+                                    "label": label, "out": out})
+        func = {"tcp": cmd_tcp_recv, "udp": cmd_udp_recv}[proto]
+        thread = threading.Thread(target=lambda f=func, a=sub: results.append(f(a)), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(args.timeout + 10)
+    return 0 if len(results) == len(threads) and not any(results) else 1
 
 
 _TS_RE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ ")
@@ -307,16 +370,90 @@ def cmd_tcpdump_count(args: argparse.Namespace) -> int:
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    """Emit a fact from KEY=VALUE pairs (VALUE parsed as JSON when it is valid JSON)."""
+    """Emit a fact from KEY=VALUE pairs (VALUE parsed as JSON when it is valid JSON); each
+    --file KEY=PATH adds PATH's content (parsed the same way; a missing file gives "")."""
     fields: dict[str, Any] = {}
-    for pair in args.pairs:
-        key, _, raw = pair.partition("=")
+    pairs = [(key, raw) for key, _, raw in (pair.partition("=") for pair in args.pairs)]
+    for spec in args.file:
+        key, _, name = spec.partition("=")
+        try:
+            pairs.append((key, Path(name).read_text(errors="replace")))
+        except OSError:
+            pairs.append((key, ""))
+    for key, raw in pairs:
         try:
             fields[key] = json.loads(raw)
         except ValueError:
             fields[key] = raw
     emit(args.scenario, args.fact, **fields)
     return 0
+
+
+_TRACE_WRITE_RE = re.compile(r"^IN \S+ \S+ \S+ WRITE \((\S+) (.*)\)\s*$")
+
+
+def trace_states(lines: Sequence[str], mark: str, paths: Sequence[str]) -> dict[str, list[int]]:
+    """Return the values written to each state node after the last line containing ``mark``.
+
+    ``paths`` are absolute; a kernel writes them relative to its domain's home
+    (``backend/vif/1/0/state``), so the part after ``/local/domain/N/`` matches too. Repeated
+    writes of the same value (a retried xenbus transaction) count once.
+    """
+    start = max((i for i, line in enumerate(lines) if mark in line), default=-1) + 1
+    wanted: dict[str, str] = {}
+    for path in paths:
+        wanted[path] = path
+        rel = re.sub(r"^/local/domain/\d+/", "", path)
+        wanted[rel] = path
+    states: dict[str, list[int]] = {path: [] for path in paths}
+    for line in lines[start:]:
+        match = _TRACE_WRITE_RE.match(line)
+        if not match or match[1] not in wanted:
+            continue
+        try:
+            value = int(match[2].strip())
+        except ValueError:
+            value = -1
+        seq = states[wanted[match[1]]]
+        if not seq or seq[-1] != value:
+            seq.append(value)
+    return states
+
+
+def cmd_trace_states(args: argparse.Namespace) -> int:
+    """Emit, per LABEL=PATH item, the XenbusState values written to PATH after --mark in the
+    xenstored trace (``xenstored -T``)."""
+    try:
+        lines = Path(args.trace).read_text(errors="replace").splitlines()
+    except OSError as exc:
+        emit(args.scenario, "xenbus-states", label="", error=str(exc))
+        return 1
+    found = any(args.mark in line for line in lines)
+    items = [item.partition("=")[::2] for item in args.items]
+    states = trace_states(lines, args.mark, [path for _, path in items])
+    for label, path in items:
+        emit(args.scenario, "xenbus-states", label=label, path=path, states=states[path],
+             mark_found=found)
+    return 0 if found else 1
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Run several subcommands in this one process (each argument is one command line, split
+    like a shell would); return the first non-zero status. Saves a Python start per command."""
+    import shlex
+    import traceback
+
+    status = 0
+    for line in args.commands:
+        try:
+            rc = main(shlex.split(line))
+        except SystemExit as exc:  # argparse error
+            rc = exc.code if isinstance(exc.code, int) else 2
+        except Exception:  # report, and go on with the next command
+            traceback.print_exc()
+            rc = 1
+        status = status or rc
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -331,8 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("ethtool", cmd_ethtool).add_argument("ifaces", nargs="+")
-    add("xsdir", cmd_xsdir).add_argument("path")
+    p = add("ethtool", cmd_ethtool)
+    p.add_argument("--saved", metavar="DIR", help="report what xo_ethtool_save stored in DIR")
+    p.add_argument("ifaces", nargs="+")
+    p = add("xsdir", cmd_xsdir)
+    p.add_argument("--saved", metavar="FILE", help="parse what xo_xsdir_save stored in FILE")
+    p.add_argument("path")
     add("pyinfo", cmd_pyinfo)
     p = add("tcp-send", cmd_tcp_send)
     p.add_argument("--host", required=True)
@@ -359,16 +500,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--timeout", type=float, default=30)
     p.add_argument("--out", required=True)
-    p = add("result", cmd_result)
-    p.add_argument("--fact", default="result")
+    p = add("recv", cmd_recv)
     p.add_argument("--timeout", type=float, default=60)
-    p.add_argument("items", nargs="+", metavar="[FACT:LABEL:]FILE")
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("items", nargs="+", metavar="tcp|udp:BIND:PORT:LABEL:OUT")
     p = add("tcpdump-count", cmd_tcpdump_count)
     p.add_argument("--mode", required=True)
     p.add_argument("items", nargs="+", metavar="POINT:FILE")
     p = add("emit", cmd_emit)
+    p.add_argument("--file", action="append", default=[], metavar="KEY=PATH")
     p.add_argument("fact")
     p.add_argument("pairs", nargs="*")
+    p = add("trace-states", cmd_trace_states)
+    p.add_argument("--trace", required=True)
+    p.add_argument("--mark", required=True)
+    p.add_argument("items", nargs="+", metavar="LABEL=PATH")
+    p = add("batch", cmd_batch)
+    p.add_argument("commands", nargs="+", metavar="'SUBCOMMAND ARGS...'")
     return parser
 
 

@@ -23,14 +23,15 @@ s3_dom0() {
         xo_emit 3 ethtool-K iface "vif$GDOM.0" setting "tx $_tx" rc "$?" \
             output "$(tr '\n' ' ' </tmp/ethtool-K.out)"
         sleep 1
-        $XO_PY ethtool --scenario 3 --label "mode-$_mode" "vif$GDOM.0" xenbr0
+        xo_ethtool_save "/tmp/s3-eth-$_mode" "vif$GDOM.0" xenbr0
         gcall 90 g_s3_start "$_mode" "$_gro" || return 1
-        $XO_PY tcp-send --scenario 3 --label "$_mode-direct" --host 10.0.0.2 --port 5301 \
-            --bytes 262144 --timeout 60
-        $XO_PY udp-send --scenario 3 --label "$_mode-direct" --host 10.0.0.2 --port 5302 --count 20
-        $XO_PY tcp-send --scenario 3 --label "$_mode-routed" --host 10.9.0.2 --port 5303 \
-            --bytes 262144 --timeout 60
-        $XO_PY udp-send --scenario 3 --label "$_mode-routed" --host 10.9.0.2 --port 5304 --count 20
+        # One Python start: the ethtool facts saved above, then the four senders in turn.
+        $XO_PY batch \
+            "ethtool --scenario 3 --label mode-$_mode --saved /tmp/s3-eth-$_mode vif$GDOM.0 xenbr0" \
+            "tcp-send --scenario 3 --label $_mode-direct --host 10.0.0.2 --port 5301 --bytes 262144 --timeout 60" \
+            "udp-send --scenario 3 --label $_mode-direct --host 10.0.0.2 --port 5302 --count 20" \
+            "tcp-send --scenario 3 --label $_mode-routed --host 10.9.0.2 --port 5303 --bytes 262144 --timeout 60" \
+            "udp-send --scenario 3 --label $_mode-routed --host 10.9.0.2 --port 5304 --count 20"
         gcall 120 g_s3_stop "$_mode"
     done
     $ETHTOOL -K "vif$GDOM.0" tx on >/dev/null 2>&1
@@ -63,12 +64,12 @@ g_s3_start() {
             >"/tmp/s3-cap-$_p" 2>"/tmp/s3-cap-$_p.err" &
         echo $! >"/tmp/s3-cap-$_p.pid"
     done
-    $XO_PY tcp-recv --bind 10.0.0.2 --port 5301 --timeout 60 --out /tmp/s3-r5301.json >/dev/null 2>&1 &
-    $XO_PY udp-recv --bind 10.0.0.2 --port 5302 --timeout 30 --out /tmp/s3-r5302.json >/dev/null 2>&1 &
-    $IP netns exec $S3_NS $XO_PY tcp-recv --bind 10.9.0.2 --port 5303 --timeout 60 \
-        --out /tmp/s3-r5303.json >/dev/null 2>&1 &
-    $IP netns exec $S3_NS $XO_PY udp-recv --bind 10.9.0.2 --port 5304 --timeout 30 \
-        --out /tmp/s3-r5304.json >/dev/null 2>&1 &
+    # One receiver process per network namespace (TCP and UDP threads in each).
+    $XO_PY recv --scenario 3 --timeout 60 "tcp:10.0.0.2:5301:$_m-direct:/tmp/s3-r5301.json" \
+        "udp:10.0.0.2:5302:$_m-direct:/tmp/s3-r5302.json" >/dev/null 2>&1 &
+    $IP netns exec $S3_NS $XO_PY recv --scenario 3 --timeout 60 \
+        "tcp:10.9.0.2:5303:$_m-routed:/tmp/s3-r5303.json" \
+        "udp:10.9.0.2:5304:$_m-routed:/tmp/s3-r5304.json" >/dev/null 2>&1 &
     _ok=0
     for _i in $(seq 1 150); do
         _ok=1
@@ -85,7 +86,7 @@ g_s3_start() {
 
 g_s3_stop() {
     _m=$1
-    $XO_PY result --scenario 3 --timeout 60 "tcp-recv:$_m-direct:/tmp/s3-r5301.json" \
+    xo_results 3 60 "tcp-recv:$_m-direct:/tmp/s3-r5301.json" \
         "udp-recv:$_m-direct:/tmp/s3-r5302.json" "tcp-recv:$_m-routed:/tmp/s3-r5303.json" \
         "udp-recv:$_m-routed:/tmp/s3-r5304.json"
     sleep 1

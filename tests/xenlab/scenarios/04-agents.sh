@@ -1,5 +1,6 @@
 # Scenario 4 — the xenoffload agents on real drivers. Runs only when the image's xenoffload has
-# its CLI (python3 -m xenoffload --help succeeds); otherwise reports "agent": "absent".
+# its CLI (xenoffload/__main__.py and cli.py, see xo_cli_present); otherwise reports
+# "agent": "absent".
 # dom0: backend-agent --once against the real C xenstored with configs/dom0.toml (xenpriv0 may
 # carry blank checksums, xenbr0 may not); guest: guest-agent --once over /dev/xen/xenbus; then
 # `show --json`, and `set DOMID/0 --tx on|off` each followed by backend-agent --once (an override
@@ -11,17 +12,20 @@ S4_XO="/usr/bin/python3 -m xenoffload"
 
 s4_run() {
     # s4_run LABEL SECONDS CMD...: run a command, emit rc and the tail of its output.
-    local _label=$1 _secs=$2 _rc
-    shift 2
-    timeout "$_secs" "$@" >/tmp/s4-out 2>&1
-    _rc=$?
-    xo_emit 4 cli label "$_label" rc "$_rc" output "$(tail -c 1000 /tmp/s4-out | tr '\n' '|')"
-    return $_rc
+    xo_run 4 "$@"
 }
 
 s4_backend_once() {
-    s4_run "$1" 120 $S4_XO backend-agent --mode companion --xenstore /run/xenstored/socket \
-        --config "$S4_CONF/dom0.toml" --toggles netlink --once --timeout 90
+    # s4_backend_once LABEL [SCENARIO]: one pass of the backend agent (companion mode, netlink).
+    xo_run "${2:-4}" "$1" 120 $S4_XO backend-agent --mode companion \
+        --xenstore /run/xenstored/socket --config "$S4_CONF/dom0.toml" --toggles netlink --once \
+        --timeout 90
+}
+
+s4_guest_once() {
+    # s4_guest_once LABEL [SCENARIO]: one pass of the guest agent over /dev/xen/xenbus.
+    xo_run "${2:-4}" "$1" 150 $S4_XO guest-agent --mode companion --xenstore /dev/xen/xenbus \
+        --config "$S4_CONF/guest.toml" --toggles netlink --once --timeout 90
 }
 
 s4_dom0() {
@@ -33,20 +37,25 @@ s4_dom0() {
     xo_emit 4 agent agent present
     s4_backend_once backend-agent
     gcall 180 g_s4_agent
-    $XO_PY ethtool --scenario 4 --label after-agents "vif$GDOM.0" "vif$GDOM.1"
-    $XO_PY xsdir --scenario 4 --label backend-0 "/local/domain/0/backend/vif/$GDOM/0"
-    $XO_PY xsdir --scenario 4 --label frontend-0 "/local/domain/$GDOM/device/vif/0"
+    # Kernel features are recorded at each moment (ethtool, no Python); one xo.py batch at the
+    # end reports them with the XenStore directories and `show --json`.
+    xo_ethtool_save /tmp/s4-eth-after-agents "vif$GDOM.0" "vif$GDOM.1"
+    set -- "xsdir --scenario 4 --label backend-0 /local/domain/0/backend/vif/$GDOM/0" \
+        "xsdir --scenario 4 --label frontend-0 /local/domain/$GDOM/device/vif/0"
     timeout 60 $S4_XO show --xenstore /run/xenstored/socket --json >/tmp/s4-show 2>&1
-    _rc=$?
-    $XO_PY emit --scenario 4 show "rc=$_rc" "json=$(cat /tmp/s4-show)"
+    set -- "$@" "emit --scenario 4 --file json=/tmp/s4-show show rc=$?" \
+        "ethtool --scenario 4 --label after-agents --saved /tmp/s4-eth-after-agents vif$GDOM.0 vif$GDOM.1"
     for _v in on off; do
         s4_run "set-tx-$_v" 60 $S4_XO set --xenstore /run/xenstored/socket "$GDOM/0" --tx "$_v"
         s4_backend_once "backend-agent-after-set-tx-$_v"
-        $XO_PY ethtool --scenario 4 --label "after-set-tx-$_v" "vif$GDOM.0"
+        xo_ethtool_save "/tmp/s4-eth-after-set-tx-$_v" "vif$GDOM.0"
+        set -- "$@" "ethtool --scenario 4 --label after-set-tx-$_v --saved /tmp/s4-eth-after-set-tx-$_v vif$GDOM.0"
     done
     s4_run set-clear 60 $S4_XO set --xenstore /run/xenstored/socket "$GDOM/0" --clear
     s4_backend_once backend-agent-after-clear
-    $XO_PY ethtool --scenario 4 --label after-clear "vif$GDOM.0"
+    xo_ethtool_save /tmp/s4-eth-after-clear "vif$GDOM.0"
+    $XO_PY batch "$@" \
+        "ethtool --scenario 4 --label after-clear --saved /tmp/s4-eth-after-clear vif$GDOM.0"
 }
 
 g_s4_detect() {
@@ -60,7 +69,6 @@ g_s4_detect() {
 g_s4_agent() {
     g_s4_detect
     xo_cli_present || return 0
-    s4_run guest-agent 150 $S4_XO guest-agent --mode companion --xenstore /dev/xen/xenbus \
-        --config "$S4_CONF/guest.toml" --toggles netlink --once --timeout 90
+    s4_guest_once guest-agent
     $XO_PY ethtool --scenario 4 --label after-agents eth0 eth1
 }

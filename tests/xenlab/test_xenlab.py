@@ -1,6 +1,6 @@
 """Real-Xen lab tests: boot Xen, dom0 and a PV guest under QEMU once; check each scenario's facts.
 
-Opt-in (about 3-4 minutes, root, downloads Debian packages on first use): set
+Opt-in (about 3-5 minutes, root, downloads Debian packages on first use): set
 XENOFFLOAD_XENLAB=1 (``tox -e xenlab``). XENOFFLOAD_XENLAB_WORKDIR keeps the run's files
 (serial log, images, xenstored trace, report.json) in a chosen directory; XENOFFLOAD_XENLAB_CACHE
 moves the package cache from /var/cache/xenoffload-xenlab; XENOFFLOAD_XENLAB_REPORT=report.json
@@ -95,7 +95,7 @@ def test_every_console_fact_parsed(report: Report) -> None:
 
 def test_every_scenario_ran_to_its_end(report: Report) -> None:
     ends = {f["scenario"]: f["rc"] for f in facts(report, "scenario-end")}
-    assert ends == {"1": 0, "2": 0, "3": 0, "4": 0}
+    assert ends == {"1": 0, "2": 0, "3": 0, "4": 0, "5": 0}
 
 
 def test_stage_wall_times_recorded(report: Report) -> None:
@@ -310,6 +310,136 @@ def test_s4_set_override_reaches_the_vif(agents: Report, guest_domid: int, value
 def test_s4_clear_restores_policy(agents: Report, guest_domid: int) -> None:
     assert cli(agents, "set-clear")["rc"] == 0
     assert feature(agents, f"vif{guest_domid}.0", "after-clear", "tx-checksum-ipv4", "4") == "off"
+
+
+# ------------------------------------------------ scenario 5: frontend reconnect, agents again
+
+#: What xenoffload writes into each end's directory (its own keys, and the legacy keys it
+#: rewrites: docs/protocol.md R1, R4).
+XO_KEYS = ("feature-csum-tx", "feature-csum-rx", "feature-csum-tx-ipv6", "feature-csum-rx-ipv6",
+           "xenoffload-csum-status")
+XO_LEGACY_KEYS = {"backend": ("feature-ipv6-csum-offload",),
+                  "frontend": ("feature-no-csum-offload", "feature-ipv6-csum-offload")}
+
+
+@pytest.fixture(scope="module")
+def reconnect(report: Report) -> Report:
+    presence = {f["domain"]: f["agent"] for f in facts(report, "agent", scenario="5")}
+    if presence == {"dom0": "absent"}:
+        pytest.skip("xenoffload CLI absent from the images: scenario 5 reported agent=absent")
+    assert presence == {"dom0": "present"}, presence
+    return report
+
+
+def xs_keys(report: Report, moment: str, end: str, devid: int) -> dict[str, list[str]]:
+    fact = one(report, "xsdir", scenario="5", label=f"{moment}-{end}-{devid}")
+    assert fact["rc"] == 0, fact
+    keys: dict[str, list[str]] = fact["keys"]
+    return keys
+
+
+@pytest.mark.parametrize("devid", [0, 1])
+def test_s5_netfront_unbound_then_rebound(reconnect: Report, devid: int) -> None:
+    """sysfs unbind closes the frontend (its netdev goes); bind probes a new one, Connected."""
+    unbind = one(reconnect, "unbind", scenario="5", device=f"vif-{devid}")
+    assert unbind["rc"] == 0 and unbind["xenbus_state"] == "Closed", unbind
+    assert unbind["driver"] == ""
+    bind = one(reconnect, "bind", scenario="5", device=f"vif-{devid}")
+    assert bind["rc"] == 0, bind
+    assert (bind["iface"], bind["xenbus_state"]) == (f"eth{devid}", "Connected")
+    nf = one(reconnect, "netfront", scenario="5", iface=f"eth{devid}")
+    assert nf["xenbus_state"] == "Connected"
+    assert nf["nodename"] == f"device/vif/{devid}"
+
+
+@pytest.mark.parametrize("devid", [0, 1])
+def test_s5_xenbus_states_renegotiated_from_scratch(reconnect: Report, devid: int) -> None:
+    """From xenstored's trace: netback Closing, Closed, InitWait, Connected; netfront Closing,
+    Closed, Initialising, Connected (R12), and both Connected again."""
+    backend = one(reconnect, "xenbus-states", scenario="5", label=f"backend-{devid}")
+    frontend = one(reconnect, "xenbus-states", scenario="5", label=f"frontend-{devid}")
+    assert backend["mark_found"] and frontend["mark_found"]
+    assert backend["states"] == [5, 6, 2, 4], backend
+    assert frontend["states"] == [5, 6, 1, 4], frontend
+    assert one(reconnect, "reconnected", scenario="5")["ok"] == 1
+    vif = one(reconnect, "vif", scenario="5", devid=devid)
+    assert (vif["backend_state"], vif["frontend_state"]) == (4, 4)
+    assert vif["hotplug_status"] == "connected"
+    assert vif["bridge_actual"] == ("xenbr0", "xenpriv0")[devid]
+    assert vif["operstate"] == "up"
+
+
+def test_s5_agents_exit_zero(reconnect: Report) -> None:
+    for label in ("backend-agent", "guest-agent"):
+        fact = one(reconnect, "cli", scenario="5", label=label)
+        assert fact["rc"] == 0, fact
+
+
+def test_s5_kernel_features_equal_the_policy_again(reconnect: Report, guest_domid: int) -> None:
+    """After the reconnect and one pass of each agent: public vif tx checksum off, private on;
+    guest eth0 IPv6 tx checksum off (IPv4 fixed on by netfront), eth1 on — as in scenario 4."""
+    def after(iface: str, name: str) -> str:
+        return feature(reconnect, iface, "after-agents", name, "5")
+
+    assert after(f"vif{guest_domid}.0", "tx-checksum-ipv4") == "off"
+    assert after(f"vif{guest_domid}.0", "tx-checksum-ipv6") == "off"
+    assert after(f"vif{guest_domid}.1", "tx-checksum-ipv4") == "on"
+    assert after(f"vif{guest_domid}.1", "tx-checksum-ipv6") == "on"
+    assert after("eth0", "tx-checksum-ipv6") == "off"
+    assert after("eth0", "tx-checksum-ipv4") == "on [fixed]"
+    assert after("eth1", "tx-checksum-ipv6") == "on"
+    for iface in ("eth0", "eth1"):  # the new netdevs: reported before the agents ran too
+        assert feature(reconnect, iface, "before-agents", "tx-checksum-ipv4", "5") == "on [fixed]"
+
+
+def test_s5_public_vif_never_offloads_during_the_reconnect(reconnect: Report,
+                                                           guest_domid: int) -> None:
+    """Before the agents' pass: dom0's vif keeps tx checksum off (the netdev survives and netback
+    keeps the wanted features), and the guest's new eth0 comes up with IPv6 tx checksum off
+    because stock netfront reads the backend's feature-ipv6-csum-offload, which xenoffload's
+    backend agent left at 0."""
+    assert feature(reconnect, f"vif{guest_domid}.0", "before-agents", "tx-checksum-ipv4",
+                   "5") == "off"
+    assert feature(reconnect, "eth0", "before-agents", "tx-checksum-ipv6", "5") \
+        == "off [requested on]"
+    assert feature(reconnect, "eth1", "before-agents", "tx-checksum-ipv6", "5") == "on"
+
+
+@pytest.mark.parametrize("end", ["backend", "frontend"])
+@pytest.mark.parametrize("devid", [0, 1])
+def test_s5_reconnect_leaves_xenoffload_keys_to_the_agents(reconnect: Report, end: str,
+                                                           devid: int) -> None:
+    """The stock drivers rewrite only their own keys on reconnect (rings, event channels, their
+    feature flags); xenoffload's keys stay as they were until an agent re-checks them."""
+    before = xs_keys(reconnect, "before", end, devid)
+    between = xs_keys(reconnect, "reconnected", end, devid)
+    for key in (*XO_KEYS, *XO_LEGACY_KEYS[end]):
+        assert between.get(key) == before[key], (end, devid, key)
+
+
+@pytest.mark.parametrize("end", ["backend", "frontend"])
+@pytest.mark.parametrize("devid", [0, 1])
+def test_s5_xenoffload_keys_present_again_with_the_same_values(reconnect: Report, end: str,
+                                                                devid: int) -> None:
+    before = xs_keys(reconnect, "before", end, devid)
+    after = xs_keys(reconnect, "after", end, devid)
+    for key in (*XO_KEYS, *XO_LEGACY_KEYS[end]):
+        assert key in after, f"{end}-{devid}: {key} missing after the reconnect"
+        assert after[key] == before[key], (end, devid, key, before[key], after[key])
+    assert before["xenoffload-csum-status"][0] in (
+        "ok", "unenforced: tx-checksum-ipv4 stays on (fixed on by the driver)")
+    assert after["state"][0] == "4"
+
+
+@pytest.mark.parametrize("net", ["public", "private"])
+def test_s5_traffic_flows_again(reconnect: Report, net: str) -> None:
+    label = f"{net}-dom0-to-guest"
+    sent = one(reconnect, "tcp-send", scenario="5", label=label)
+    got = one(reconnect, "tcp-recv", scenario="5", label=label)
+    assert sent["ok"] and got["ok"], (sent, got)
+    assert got["bytes"] == sent["bytes"] == 262144 and got["sha256"] == sent["sha256"]
+    for sender in ("dom0", "guest"):
+        assert one(reconnect, "ping", scenario="5", label=net, domain=sender)["rc"] == 0
 
 
 def test_summary_has_stage_times_and_packet_table(report: Report) -> None:

@@ -1,6 +1,6 @@
 """Real-Xen lab tests: boot Xen, dom0 and a PV guest under QEMU once; check each scenario's facts.
 
-Opt-in (about 3-5 minutes, root, downloads Debian packages on first use): set
+Opt-in (about 3 minutes, root, downloads Debian packages on first use): set
 XENOFFLOAD_XENLAB=1 (``tox -e xenlab``). XENOFFLOAD_XENLAB_WORKDIR keeps the run's files
 (serial log, images, xenstored trace, report.json) in a chosen directory; XENOFFLOAD_XENLAB_CACHE
 moves the package cache from /var/cache/xenoffload-xenlab; XENOFFLOAD_XENLAB_REPORT=report.json
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 if os.environ.get("XENOFFLOAD_XENLAB") != "1":
-    pytest.skip("real Xen lab under QEMU (root, ~4 min): opt in with XENOFFLOAD_XENLAB=1 "
+    pytest.skip("real Xen lab under QEMU (root, ~3 min): opt in with XENOFFLOAD_XENLAB=1 "
                 "(tox -e xenlab)", allow_module_level=True)
 
 import xenlab  # tests/xenlab/xenlab.py, beside this file

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import base64
+import ctypes
 import gzip
 import hashlib
 import json
@@ -34,10 +35,11 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -568,29 +570,65 @@ def boot(workdir: Path, xen_elf: Path, vmlinux: Path, dom0_cpio: Path, scenarios
     marks: dict[str, float] = {}
     with (workdir / "qemu.out").open("wb") as qout:
         proc = subprocess.Popen(cmd, stdout=qout, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_parent_death_signal())
         timed_out = False
         offset = 0
         pending = b""
-        while proc.poll() is None:
-            if time.monotonic() - started > timeout:
-                timed_out = True
-                log(f"timeout after {timeout:.0f}s: killing QEMU (pid {proc.pid})")
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
-                break
-            time.sleep(0.25)
-            offset, pending = _scan_stages(serial, offset, pending, marks, started)
+        # QEMU never outlives this call: timeout, Ctrl-C, SIGTERM (tox, CI) or an exception all
+        # end in _stop_qemu; SIGKILL of this process kills QEMU too (PR_SET_PDEATHSIG).
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_sigterm) if main else None
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - started > timeout:
+                    timed_out = True
+                    log(f"timeout after {timeout:.0f}s: killing QEMU (pid {proc.pid})")
+                    break
+                time.sleep(0.25)
+                offset, pending = _scan_stages(serial, offset, pending, marks, started)
+        finally:
+            _stop_qemu(proc)
+            if main:
+                signal.signal(signal.SIGTERM, previous)
         _scan_stages(serial, offset, pending, marks, started)
     total = time.monotonic() - started
     maxrss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024  # largest child
     return {"rc": proc.returncode, "timed_out": timed_out, "secs": round(total, 2),
             "maxrss_mb": maxrss_mb,
             "marks": {k: round(v, 2) for k, v in marks.items()}, "cmd": cmd}
+
+
+def _parent_death_signal() -> Callable[[], None]:
+    """Return a preexec_fn making the child SIGKILLed when this process dies (Linux
+    PR_SET_PDEATHSIG); libc is loaded here, in the parent, not between fork and exec."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+
+    return preexec
+
+
+def _raise_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(f"xenlab: signal {signum} while QEMU ran")
+
+
+def _stop_qemu(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate QEMU's process group if it still runs (TERM, then KILL); reap it."""
+    if proc.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+    proc.wait(10)
 
 
 def _scan_stages(serial: Path, offset: int, pending: bytes, marks: dict[str, float],

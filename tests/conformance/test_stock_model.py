@@ -120,8 +120,7 @@ def models() -> tuple[list[Change], list[Change]]:
 @pytest.mark.parametrize("trace", TRACES, ids=[t.name for t in TRACES])
 def test_stock_models_write_what_the_real_drivers_wrote(
         trace: Path, models: tuple[list[Change], list[Change]]) -> None:
-    if not trace.exists():
-        pytest.skip(f"{trace} not present")
+    assert trace.exists(), f"{trace}: the committed fixture is missing"
     real_back, real_front = real_drivers(trace)
     assert real_back and real_back.keys() == real_front.keys()
     model_back, model_front = models

@@ -91,6 +91,10 @@ class NoEnforcer:
         return Enforcement("ok")
 
 
+class _DirectoryGone(Exception):
+    """The own directory vanished before a write (the transaction is aborted)."""
+
+
 class PeerLinkError(Exception):
     """The own directory names a peer directory that is not the vif's canonical peer."""
 
@@ -275,17 +279,19 @@ class VifEndpoint:
             raise
 
     def _write(self, action: WriteKeys) -> None:
-        def write_all(txn: Transaction) -> bool:
-            # Never re-create a removed device: writes would create the parents.
-            if _read_optional(txn, self.own_dir) is None:
-                return False
-            values = [(f"{self.own_dir}/{name}", value) for name, value in action.keys.items()]
-            if action.state is not None:
-                values.append((f"{self.own_dir}/state", action.state.wire))
-            txn.write_many(values)
-            return True
+        values = [(f"{self.own_dir}/{name}", value) for name, value in action.keys.items()]
+        if action.state is not None:
+            values.append((f"{self.own_dir}/state", action.state.wire))
 
-        if not run_transaction(self.store, write_all):
+        def write_all(txn: Transaction) -> None:
+            # Never re-create a removed device (writes would create the parents): the
+            # existence check travels with the writes, and a missing directory aborts.
+            if not txn.write_many_if_exists(self.own_dir, values):
+                raise _DirectoryGone
+
+        try:
+            run_transaction(self.store, write_all)
+        except _DirectoryGone:
             self.gone = True
             self.own_cache = None
             log.info("%s device removed before write: %s gone", self.label, self.own_dir)

@@ -65,6 +65,12 @@ class ProxyTransaction:
         for path, value in values:
             self.write(path, value)
 
+    def write_many_if_exists(self, guard: str, values: list[tuple[str, bytes]]) -> bool:
+        if self.try_read(guard) is None:
+            return False
+        self.write_many(values)
+        return True
+
 
 class ProxyStore:
     """A store passed through; its transactions are :class:`ProxyTransaction`."""

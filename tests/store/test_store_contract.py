@@ -79,6 +79,22 @@ def test_write_many_writes_every_node_and_read_many_sees_it_in_a_transaction(
     assert dom0.read_many(["/test/x", "/test/y"]) == [b"x", b""]
 
 
+def test_guarded_writes_report_a_missing_guard_and_abort_leaves_nothing(
+    backend: Backend,
+) -> None:
+    dom0 = backend.connect()
+    dom0.write("/dev/vif/state", b"1")
+    txn = dom0.transaction()
+    assert txn.write_many_if_exists("/dev/vif", [("/dev/vif/feature", b"1")])
+    assert txn.commit()
+    assert dom0.read("/dev/vif/feature") == b"1"
+    dom0.rm("/dev/vif")
+    txn = dom0.transaction()
+    assert not txn.write_many_if_exists("/dev/vif", [("/dev/vif/feature", b"1")])
+    txn.abort()
+    assert dom0.try_read("/dev/vif") is None  # the device was not re-created
+
+
 def test_read_many_gives_none_for_what_a_guest_may_not_read(backend: Backend) -> None:
     dom0 = backend.connect()
     dom0.write("/local/domain/0/secret", b"s")

@@ -184,6 +184,12 @@ class Transaction(StoreOps, Protocol):
         """End the transaction, discarding its writes."""
         ...
 
+    def write_many_if_exists(self, guard: str, values: Sequence[tuple[str, bytes]]) -> bool:
+        """Read ``guard`` and write ``values`` in one pipeline; return whether ``guard``
+        exists. When it does not, the writes may have been made (re-creating parents) inside
+        this transaction: the caller must abort it, never commit."""
+        ...
+
 
 class Store(StoreOps, Protocol):
     """One connection to XenStore, as one domain."""

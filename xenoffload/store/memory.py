@@ -96,6 +96,12 @@ class MemoryTransaction:
     def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
         return self._store._read_many(paths, self.tx_id)
 
+    def write_many_if_exists(self, guard: str, values: Sequence[tuple[str, bytes]]) -> bool:
+        if self._store._read_many([guard], self.tx_id) == [None]:
+            return False
+        self._store._write_many(values, self.tx_id)
+        return True
+
     def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
         self._store._write_many(values, self.tx_id)
 

@@ -188,6 +188,9 @@ class PyxsTransaction:
     def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
         return self._store._read_many(paths, self.tx_id)
 
+    def write_many_if_exists(self, guard: str, values: Sequence[tuple[str, bytes]]) -> bool:
+        return self._store._write_many(values, self.tx_id, guard=guard)
+
     def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
         self._store._write_many(values, self.tx_id)
 
@@ -278,7 +281,7 @@ class PyxsStore:
         return self._read_many(paths, 0)
 
     def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
-        self._write_many(values, 0)
+        self._write_many(values, 0)  # no guard: the result is always True
 
     def transaction(self) -> PyxsTransaction:
         """Start a transaction."""
@@ -477,10 +480,23 @@ class PyxsStore:
             raise first_error
         return values
 
-    def _write_many(self, values: Sequence[tuple[str, bytes]], tx_id: int) -> None:
+    def _write_many(self, values: Sequence[tuple[str, bytes]], tx_id: int,
+                    guard: str | None = None) -> bool:
+        """Pipeline the writes (after a READ of ``guard``, if given); return whether the guard
+        exists (True without one). Raises the first write error once all replies came."""
+        guard_pending = (self._send(Op.READ, _encode_path(guard) + b"\0", tx_id, path=guard)
+                         if guard is not None else None)
         pendings = [self._send(Op.WRITE, _encode_path(path) + b"\0" + bytes(value), tx_id,
                                path=path) for path, value in values]
+        exists = True
         first_error: XenStoreError | None = None
+        if guard_pending is not None:
+            try:
+                self._wait(guard_pending)
+            except XenStoreError as err:
+                if err.errno_name != "ENOENT":
+                    first_error = err
+                exists = False
         for pending in pendings:
             try:
                 self._wait(pending)
@@ -488,6 +504,7 @@ class PyxsStore:
                 first_error = first_error or err
         if first_error is not None:
             raise first_error
+        return exists
 
     def _ack(self, op: int, path: str, tx_id: int) -> None:
         self._request(op, _encode_path(path) + b"\0", tx_id, path=path)

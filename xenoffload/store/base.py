@@ -32,6 +32,8 @@ __all__ = [
     "parse_perm",
     "run_transaction",
     "ensure_watch",
+    "TxPrimitives",
+    "BoundOps",
 ]
 
 
@@ -219,6 +221,69 @@ class Store(StoreOps, Protocol):
     def close(self) -> None:
         """Close the connection; further calls raise StoreUnavailable."""
         ...
+
+
+class TxPrimitives(Protocol):
+    """What an adapter implements once, for any transaction id (0: outside a transaction);
+    :class:`BoundOps` turns it into the public operations."""
+
+    def _read(self, path: str, tx_id: int) -> bytes: ...
+    def _try_read(self, path: str, tx_id: int) -> bytes | None: ...
+    def _write(self, path: str, value: bytes, tx_id: int) -> None: ...
+    def _mkdir(self, path: str, tx_id: int) -> None: ...
+    def _rm(self, path: str, tx_id: int) -> None: ...
+    def _directory(self, path: str, tx_id: int) -> list[str]: ...
+    def _get_perms(self, path: str, tx_id: int) -> tuple[Perm, ...]: ...
+    def _set_perms(self, path: str, perms: Sequence[Perm], tx_id: int) -> None: ...
+    def _read_many(self, paths: Sequence[str], tx_id: int) -> list[bytes | None]: ...
+
+    def _write_many(self, values: Sequence[tuple[str, bytes]], tx_id: int,
+                    guard: str | None = None) -> bool:
+        """Write ``values`` (pipelined after a read of ``guard``); return whether ``guard``
+        exists (True without one)."""
+        ...
+
+
+class BoundOps:
+    """The :class:`StoreOps` of an adapter's primitives bound to one transaction id: a store
+    binds itself to 0, a transaction its store to its id."""
+
+    _primitives: TxPrimitives
+    tx_id: int
+
+    def read(self, path: str) -> bytes:
+        return self._primitives._read(path, self.tx_id)
+
+    def try_read(self, path: str) -> bytes | None:
+        return self._primitives._try_read(path, self.tx_id)
+
+    def write(self, path: str, value: bytes) -> None:
+        self._primitives._write(path, value, self.tx_id)
+
+    def mkdir(self, path: str) -> None:
+        self._primitives._mkdir(path, self.tx_id)
+
+    def rm(self, path: str) -> None:
+        self._primitives._rm(path, self.tx_id)
+
+    def directory(self, path: str) -> list[str]:
+        return self._primitives._directory(path, self.tx_id)
+
+    def get_perms(self, path: str) -> tuple[Perm, ...]:
+        return self._primitives._get_perms(path, self.tx_id)
+
+    def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
+        self._primitives._set_perms(path, perms, self.tx_id)
+
+    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
+        return self._primitives._read_many(paths, self.tx_id)
+
+    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
+        self._primitives._write_many(values, self.tx_id)
+
+    def write_many_if_exists(self, guard: str, values: Sequence[tuple[str, bytes]]) -> bool:
+        """See :meth:`Transaction.write_many_if_exists`."""
+        return self._primitives._write_many(values, self.tx_id, guard=guard)
 
 
 def ensure_watch(store: Store, path: str, token: str) -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 from xenoffload.store.base import (
+    BoundOps,
     Perm,
     StoreUnavailable,
     WatchEvent,
@@ -62,48 +63,12 @@ class MemoryXenStore:
             store.drop()
 
 
-class MemoryTransaction:
+class MemoryTransaction(BoundOps):
     """A transaction of a :class:`MemoryStore`."""
 
     def __init__(self, store: MemoryStore, tx_id: int) -> None:
-        self._store = store
+        self._store = self._primitives = store
         self.tx_id = tx_id
-
-    def read(self, path: str) -> bytes:
-        return self._store._read(path, self.tx_id)
-
-    def try_read(self, path: str) -> bytes | None:
-        return self._store._try_read(path, self.tx_id)
-
-    def write(self, path: str, value: bytes) -> None:
-        self._store._write(path, value, self.tx_id)
-
-    def mkdir(self, path: str) -> None:
-        self._store._mkdir(path, self.tx_id)
-
-    def rm(self, path: str) -> None:
-        self._store._rm(path, self.tx_id)
-
-    def directory(self, path: str) -> list[str]:
-        return self._store._directory(path, self.tx_id)
-
-    def get_perms(self, path: str) -> tuple[Perm, ...]:
-        return self._store._get_perms(path, self.tx_id)
-
-    def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
-        self._store._set_perms(path, perms, self.tx_id)
-
-    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
-        return self._store._read_many(paths, self.tx_id)
-
-    def write_many_if_exists(self, guard: str, values: Sequence[tuple[str, bytes]]) -> bool:
-        if self._store._read_many([guard], self.tx_id) == [None]:
-            return False
-        self._store._write_many(values, self.tx_id)
-        return True
-
-    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
-        self._store._write_many(values, self.tx_id)
 
     def commit(self) -> bool:
         """Commit; return False on EAGAIN (nothing was written)."""
@@ -121,10 +86,13 @@ class MemoryTransaction:
         self._store.model.transaction_end(self._store._live(), self.tx_id, commit=False)
 
 
-class MemoryStore:
+class MemoryStore(BoundOps):
     """One session of a :class:`MemoryXenStore`; implements the Store interface."""
 
+    tx_id = 0
+
     def __init__(self, model: xs_model.XenStoreModel, conn: xs_model.Connection) -> None:
+        self._primitives = self
         self.model = model
         self.conn = conn
         self._cond = threading.Condition()
@@ -143,36 +111,6 @@ class MemoryStore:
         return self.conn.domid
 
     # ------------------------------------------------------------ Store API
-
-    def read(self, path: str) -> bytes:
-        return self._read(path, 0)
-
-    def try_read(self, path: str) -> bytes | None:
-        return self._try_read(path, 0)
-
-    def write(self, path: str, value: bytes) -> None:
-        self._write(path, value, 0)
-
-    def mkdir(self, path: str) -> None:
-        self._mkdir(path, 0)
-
-    def rm(self, path: str) -> None:
-        self._rm(path, 0)
-
-    def directory(self, path: str) -> list[str]:
-        return self._directory(path, 0)
-
-    def get_perms(self, path: str) -> tuple[Perm, ...]:
-        return self._get_perms(path, 0)
-
-    def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
-        self._set_perms(path, perms, 0)
-
-    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
-        return self._read_many(paths, 0)
-
-    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
-        self._write_many(values, 0)
 
     def transaction(self) -> MemoryTransaction:
         """Start a transaction (ENOSPC past the transaction quota)."""
@@ -296,8 +234,11 @@ class MemoryStore:
                 values.append(None)
         return values
 
-    def _write_many(self, values: Sequence[tuple[str, bytes]], tx_id: int) -> None:
+    def _write_many(self, values: Sequence[tuple[str, bytes]], tx_id: int,
+                    guard: str | None = None) -> bool:
         # Like the pipelined socket adapter: every write is attempted, the first error raised.
+        if guard is not None and self._read_many([guard], tx_id) == [None]:
+            return False  # nothing written: the caller aborts anyway
         first_error: XenStoreError | None = None
         for path, value in values:
             try:
@@ -306,6 +247,7 @@ class MemoryStore:
                 first_error = first_error or err
         if first_error is not None:
             raise first_error
+        return True
 
     def _write(self, path: str, value: bytes, tx_id: int) -> None:
         check_payload("WRITE", path, len(value))

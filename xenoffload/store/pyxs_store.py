@@ -43,7 +43,14 @@ from pyxs.connection import UnixSocketConnection, XenBusConnection
 from pyxs.exceptions import ConnectionError as PyxsConnectionError
 from pyxs.exceptions import PyXSError
 
-from xenoffload.store.base import Perm, StoreUnavailable, WatchEvent, XenStoreError, parse_perm
+from xenoffload.store.base import (
+    BoundOps,
+    Perm,
+    StoreUnavailable,
+    WatchEvent,
+    XenStoreError,
+    parse_perm,
+)
 from xenoffload.xenstored.model import PAYLOAD_MAX
 from xenoffload.xenstored.wire import HEADER, Op, op_name
 
@@ -154,45 +161,12 @@ class _Pending(NamedTuple):
     path: str | None
 
 
-class PyxsTransaction:
+class PyxsTransaction(BoundOps):
     """A transaction of a :class:`PyxsStore` (its own tx id; several may be open at once)."""
 
     def __init__(self, store: PyxsStore, tx_id: int) -> None:
-        self._store = store
+        self._store = self._primitives = store
         self.tx_id = tx_id
-
-    def read(self, path: str) -> bytes:
-        return self._store._read(path, self.tx_id)
-
-    def try_read(self, path: str) -> bytes | None:
-        return self._store._try_read(path, self.tx_id)
-
-    def write(self, path: str, value: bytes) -> None:
-        self._store._write(path, value, self.tx_id)
-
-    def mkdir(self, path: str) -> None:
-        self._store._ack(Op.MKDIR, path, self.tx_id)
-
-    def rm(self, path: str) -> None:
-        self._store._ack(Op.RM, path, self.tx_id)
-
-    def directory(self, path: str) -> list[str]:
-        return self._store._directory(path, self.tx_id)
-
-    def get_perms(self, path: str) -> tuple[Perm, ...]:
-        return self._store._get_perms(path, self.tx_id)
-
-    def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
-        self._store._set_perms(path, perms, self.tx_id)
-
-    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
-        return self._store._read_many(paths, self.tx_id)
-
-    def write_many_if_exists(self, guard: str, values: Sequence[tuple[str, bytes]]) -> bool:
-        return self._store._write_many(values, self.tx_id, guard=guard)
-
-    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
-        self._store._write_many(values, self.tx_id)
 
     def commit(self) -> bool:
         """Commit; return False on EAGAIN (nothing was written)."""
@@ -209,7 +183,7 @@ class PyxsTransaction:
         self._store._request(Op.TRANSACTION_END, b"F\0", self.tx_id)
 
 
-class PyxsStore:
+class PyxsStore(BoundOps):
     """A XenStore connection through pyxs; implements :class:`~xenoffload.store.base.Store`.
 
     ``path`` is a Unix socket or the XenBus device (default :func:`default_store_path`);
@@ -217,8 +191,11 @@ class PyxsStore:
     unusable: build a new one to reconnect.
     """
 
+    tx_id = 0
+
     def __init__(self, path: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
                  router: Router | None = None) -> None:
+        self._primitives = self
         self.path = path if path is not None else default_store_path()
         self.timeout = timeout
         if router is None:
@@ -252,36 +229,6 @@ class PyxsStore:
         self.close()
 
     # ------------------------------------------------------------ Store API
-
-    def read(self, path: str) -> bytes:
-        return self._read(path, 0)
-
-    def try_read(self, path: str) -> bytes | None:
-        return self._try_read(path, 0)
-
-    def write(self, path: str, value: bytes) -> None:
-        self._write(path, value, 0)
-
-    def mkdir(self, path: str) -> None:
-        self._ack(Op.MKDIR, path, 0)
-
-    def rm(self, path: str) -> None:
-        self._ack(Op.RM, path, 0)
-
-    def directory(self, path: str) -> list[str]:
-        return self._directory(path, 0)
-
-    def get_perms(self, path: str) -> tuple[Perm, ...]:
-        return self._get_perms(path, 0)
-
-    def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
-        self._set_perms(path, perms, 0)
-
-    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
-        return self._read_many(paths, 0)
-
-    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
-        self._write_many(values, 0)  # no guard: the result is always True
 
     def transaction(self) -> PyxsTransaction:
         """Start a transaction."""
@@ -505,6 +452,12 @@ class PyxsStore:
         if first_error is not None:
             raise first_error
         return exists
+
+    def _mkdir(self, path: str, tx_id: int) -> None:
+        self._ack(Op.MKDIR, path, tx_id)
+
+    def _rm(self, path: str, tx_id: int) -> None:
+        self._ack(Op.RM, path, tx_id)
 
     def _ack(self, op: int, path: str, tx_id: int) -> None:
         self._request(op, _encode_path(path) + b"\0", tx_id, path=path)

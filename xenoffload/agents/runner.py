@@ -97,7 +97,10 @@ class Runner:
             self.store.close()
 
     def run(self) -> None:
-        """Process events until :meth:`stop`; survive any loss of the connection."""
+        """Process events until :meth:`stop`; survive any loss of the connection. Retries
+        (:meth:`AgentLogic.tick`) come every ``tick_seconds`` even while events keep coming
+        (a guest flapping its state must not starve another vif's retry)."""
+        next_tick = time.monotonic() + self.tick_seconds
         while not self.stop_event.is_set():
             try:
                 if self.store is None:
@@ -108,8 +111,9 @@ class Runner:
                     reload()
                 if batch:
                     self.logic.handle(batch)
-                else:
+                if not batch or time.monotonic() >= next_tick:
                     self.logic.tick()
+                    next_tick = time.monotonic() + self.tick_seconds
             except (StoreUnavailable, TransactionAborted) as error:
                 if self.stop_event.is_set():
                     break

@@ -25,14 +25,21 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
 from xenoffload.conformance.lab import VIF, Lab, LabTimeout
 from xenoffload.conformance.subjects import Running
 from xenoffload.schema import Role
-from xenoffload.store.base import StoreUnavailable, XenStoreError
+from xenoffload.store.base import (
+    Store,
+    StoreUnavailable,
+    Transaction,
+    TransactionAborted,
+    XenStoreError,
+    run_transaction,
+)
 from xenoffload.store.pyxs_store import PyxsStore
 from xenoffload.toolstack import destroy_vif
 from xenoffload.xenbus import XenbusState
@@ -144,6 +151,28 @@ def _who(actor: Actor) -> str:
             Actor.TOOLSTACK: "toolstack"}[actor]
 
 
+def _transact(store: Store, body: Callable[[Transaction], None], what: str) -> None:
+    """Run ``body`` in a transaction redone on EAGAIN; LabTimeout if it keeps conflicting."""
+    try:
+        run_transaction(store, body)
+    except TransactionAborted as error:
+        raise LabTimeout(f"{what} kept conflicting") from error
+
+
+def _write_keys(txn: Transaction, directory: str, keys: Keys, state: int | None) -> None:
+    for name, value in keys:
+        txn.write(f"{directory}/{name}", value)
+    if state is not None:
+        txn.write(f"{directory}/state", _wire(state))
+
+
+def _describe_keys(keys: Keys, state: int | None) -> str:
+    parts = [f"{name}={_show(value)}" for name, value in keys]
+    if state is not None:
+        parts.append(f"state={_state_name(state)}")
+    return " ".join(parts)
+
+
 @attrs.frozen
 class Publish(Step):
     """Write keys (and optionally ``state``) into the actor's own directory in one
@@ -154,23 +183,13 @@ class Publish(Step):
     by: Actor = Actor.PEER
 
     def describe(self) -> str:
-        parts = [f"{name}={_show(value)}" for name, value in self.keys]
-        if self.state is not None:
-            parts.append(f"state={_state_name(self.state)}")
-        return f"{_who(self.by)} writes {' '.join(parts)} in one transaction"
+        return (f"{_who(self.by)} writes {_describe_keys(self.keys, self.state)} "
+                "in one transaction")
 
     def perform(self, ctx: PeerContext) -> None:
-        store = ctx.store(self.by)
         directory = ctx.dir_of(ctx.role_of(self.by))
-        for _ in range(64):
-            txn = store.transaction()
-            for name, value in self.keys:
-                txn.write(f"{directory}/{name}", value)
-            if self.state is not None:
-                txn.write(f"{directory}/state", _wire(self.state))
-            if txn.commit():
-                return
-        raise LabTimeout("transaction kept conflicting")
+        _transact(ctx.store(self.by),
+                  lambda txn: _write_keys(txn, directory, self.keys, self.state), "transaction")
 
 
 @attrs.frozen
@@ -201,15 +220,13 @@ class SwitchState(Step):
         return f"{_who(self.by)} switches state to {_state_name(self.state)}"
 
     def perform(self, ctx: PeerContext) -> None:
-        store = ctx.store(self.by)
         path = f"{ctx.dir_of(ctx.role_of(self.by))}/state"
-        for _ in range(64):
-            txn = store.transaction()
+
+        def switch(txn: Transaction) -> None:
             txn.try_read(path)
             txn.write(path, _wire(self.state))
-            if txn.commit():
-                return
-        raise LabTimeout("state switch kept conflicting")
+
+        _transact(ctx.store(self.by), switch, "state switch")
 
 
 @attrs.frozen
@@ -240,15 +257,13 @@ class Withdraw(Step):
         return f"{_who(self.by)} withdraws {' '.join(self.names)}"
 
     def perform(self, ctx: PeerContext) -> None:
-        store = ctx.store(self.by)
         directory = ctx.dir_of(ctx.role_of(self.by))
-        for _ in range(64):
-            txn = store.transaction()
+
+        def withdraw(txn: Transaction) -> None:
             for name in self.names:
                 txn.rm(f"{directory}/{name}")
-            if txn.commit():
-                return
-        raise LabTimeout("transaction kept conflicting")
+
+        _transact(ctx.store(self.by), withdraw, "transaction")
 
 
 @attrs.frozen
@@ -261,20 +276,13 @@ class CloseMidTransaction(Step):
     by: Actor = Actor.PEER
 
     def describe(self) -> str:
-        parts = [f"{name}={_show(value)}" for name, value in self.keys]
-        if self.state is not None:
-            parts.append(f"state={_state_name(self.state)}")
-        return (f"{_who(self.by)} starts a transaction writing {' '.join(parts)}, closes its "
-                "connection before committing, and reconnects")
+        return (f"{_who(self.by)} starts a transaction writing "
+                f"{_describe_keys(self.keys, self.state)}, closes its connection before "
+                "committing, and reconnects")
 
     def perform(self, ctx: PeerContext) -> None:
-        store = ctx.store(self.by)
         directory = ctx.dir_of(ctx.role_of(self.by))
-        txn = store.transaction()
-        for name, value in self.keys:
-            txn.write(f"{directory}/{name}", value)
-        if self.state is not None:
-            txn.write(f"{directory}/state", _wire(self.state))
+        _write_keys(ctx.store(self.by).transaction(), directory, self.keys, self.state)
         ctx.drop(self.by)
         ctx.store(self.by)
 

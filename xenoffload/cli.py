@@ -15,6 +15,9 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
 
 from xenoffload import __version__
 from xenoffload.endpoint import Enforcer
@@ -24,6 +27,10 @@ from xenoffload.policy import Policy, PolicyError, load_policy
 from xenoffload.schema import FamilyFlags
 from xenoffload.store.base import Store, StoreUnavailable, XenStoreError
 from xenoffload.toggles.base import DeviceRef, Toggles
+
+if TYPE_CHECKING:  # the agents are imported only by the commands that run them
+    from xenoffload.agents.backend import BackendAgent
+    from xenoffload.agents.guest import GuestAgent
 
 __all__ = ["main", "resolve_xenstore", "EXIT_OK", "EXIT_OUTCOME", "EXIT_USAGE",
            "EXIT_XENSTORE", "EXIT_CONFIG"]
@@ -94,16 +101,14 @@ def _guest_ifname(devid: int) -> str:
 # ----------------------------------------------------------------------------- commands
 
 
-def _run_agent(args: argparse.Namespace, logic_factory: Callable[[Toggles | None], object],
-               reload_policy: Callable[[object], None]) -> int:
-    from xenoffload.agents.runner import AgentLogic, Runner
+def _run_agent(args: argparse.Namespace, logic: BackendAgent | GuestAgent,
+               builtin: Policy) -> int:
+    """Run an agent as the CLI options say; SIGHUP reloads ``--config`` (its [default] over
+    ``builtin``), keeping the running policy when the file does not load."""
+    from xenoffload.agents.runner import Runner
 
-    toggles = _make_toggles(args.toggles)
-    logic = logic_factory(toggles)
     path = resolve_xenstore(args.xenstore)
-    assert hasattr(logic, "attach")
-    agent_logic: AgentLogic = logic  # type: ignore[assignment]
-    runner = Runner(lambda: _connect(path), agent_logic)
+    runner = Runner(lambda: _connect(path), logic)
     if args.once:
         try:
             runner.backoff_max = 0.5
@@ -113,8 +118,17 @@ def _run_agent(args: argparse.Namespace, logic_factory: Callable[[Toggles | None
             return EXIT_XENSTORE
         return _once_outcome(logic, args.json)
 
+    def reload() -> None:
+        try:
+            new = _load_policy(args.config, builtin)
+        except (PolicyError, OSError) as error:
+            log.error("policy reload refused, keeping the old one: %s", error)
+            return
+        logic.set_policy(new)
+        log.info("policy reloaded from %s", args.config)
+
     def on_hup(_signum: int, _frame: object) -> None:
-        runner.pending_reload = lambda: reload_policy(logic)
+        runner.pending_reload = reload
 
     def on_term(_signum: int, _frame: object) -> None:
         runner.stop()
@@ -128,14 +142,13 @@ def _run_agent(args: argparse.Namespace, logic_factory: Callable[[Toggles | None
     return EXIT_OK
 
 
-def _once_outcome(logic: object, as_json: bool) -> int:
+def _once_outcome(logic: BackendAgent | GuestAgent, as_json: bool) -> int:
     from xenoffload.xenbus import XenbusState
 
-    endpoints = getattr(logic, "endpoints", {})
-    refused = getattr(logic, "refused", {})
+    refused = [(str(key), why) for key, why in logic.refused.items()]
     rows = []
     ok = not refused
-    for key, endpoint in sorted(endpoints.items()):
+    for key, endpoint in sorted(logic.endpoints.items()):
         connected = endpoint.machine.own_state is XenbusState.CONNECTED and \
             endpoint.machine.peer_state is XenbusState.CONNECTED
         ok = ok and connected and not endpoint.needs_retry
@@ -143,8 +156,8 @@ def _once_outcome(logic: object, as_json: bool) -> int:
                      "peer_state": str(endpoint.machine.peer_state),
                      "result": endpoint.result.describe() if endpoint.result else None,
                      "status": endpoint.enforcement.status if endpoint.enforcement else None})
-    for key, why in sorted(refused.items()):
-        rows.append({"vif": str(key), "refused": why})
+    for vif, why in sorted(refused):
+        rows.append({"vif": vif, "refused": why})
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
@@ -159,25 +172,13 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
 
     policy = _load_policy(args.config, Policy())
     locate = _device_locator(args.device_pattern, args.netns)
+    toggles = _make_toggles(args.toggles)
 
-    def factory(toggles: Toggles | None) -> object:
-        def enforcer(domid: int, devid: int) -> Enforcer | None:
-            if toggles is None:
-                return None
-            return TogglesEnforcer(toggles, locate(domid, devid))
+    def enforcer(domid: int, devid: int) -> Enforcer | None:
+        return None if toggles is None else TogglesEnforcer(toggles, locate(domid, devid))
 
-        return BackendAgent(policy, args.domid, Mode(args.mode), enforcer)
-
-    def reload(logic: object) -> None:
-        try:
-            new = _load_policy(args.config, Policy())
-        except (PolicyError, OSError) as error:
-            log.error("policy reload refused, keeping the old one: %s", error)
-            return
-        logic.set_policy(new)  # type: ignore[attr-defined]
-        log.info("policy reloaded from %s", args.config)
-
-    return _run_agent(args, factory, reload)
+    return _run_agent(args, BackendAgent(policy, args.domid, Mode(args.mode), enforcer),
+                      Policy())
 
 
 #: The guest agent's built-in policy: take whatever the backend offers (docs/agents.md).
@@ -203,25 +204,17 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         domid = int(raw)
 
-    def factory(toggles: Toggles | None) -> object:
-        def enforcer(devid: int) -> Enforcer | None:
-            if toggles is None:
-                return None
-            name = args.device_pattern.format(devid=devid) if args.device_pattern \
-                else _guest_ifname(devid)
-            return TogglesEnforcer(toggles, DeviceRef(name, args.netns))
+    toggles = _make_toggles(args.toggles)
 
-        return GuestAgent(policy, domid, Mode(args.mode), enforcer)
+    def enforcer(devid: int) -> Enforcer | None:
+        if toggles is None:
+            return None
+        name = args.device_pattern.format(devid=devid) if args.device_pattern \
+            else _guest_ifname(devid)
+        return TogglesEnforcer(toggles, DeviceRef(name, args.netns))
 
-    def reload(logic: object) -> None:
-        try:
-            new = _load_policy(args.config, GUEST_DEFAULT)
-        except (PolicyError, OSError) as error:
-            log.error("policy reload refused, keeping the old one: %s", error)
-            return
-        logic.set_policy(new)  # type: ignore[attr-defined]
-
-    return _run_agent(args, factory, reload)
+    return _run_agent(args, GuestAgent(policy, domid, Mode(args.mode), enforcer),
+                      GUEST_DEFAULT)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -251,8 +244,6 @@ def cmd_show(args: argparse.Namespace) -> int:
                                         if "checksum" in name}}
             except ToggleError as error:
                 kernel = {str(device): {f"unreadable: {error}": False}}
-            import attrs
-
             enriched.append(attrs.evolve(report, kernel=kernel))
         reports = enriched
     print(render_json(reports) if args.json else render_table(reports))

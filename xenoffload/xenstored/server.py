@@ -362,6 +362,9 @@ class EmbeddedXenstored:
         self._thread: threading.Thread | None = None
         self._request_log: list[RequestRecord] = []
         self._event_log: list[EventRecord] = []
+        # start/stop/kill may come from different threads (a test's timer killing the server
+        # while the fixture stops it): one at a time, or the loop is closed twice.
+        self._lifecycle = threading.RLock()
 
     def __enter__(self) -> EmbeddedXenstored:
         return self.start()
@@ -392,6 +395,10 @@ class EmbeddedXenstored:
 
     def start(self) -> EmbeddedXenstored:
         """Bind the sockets and serve in a daemon thread. Returns self."""
+        with self._lifecycle:
+            return self._start()
+
+    def _start(self) -> EmbeddedXenstored:
         if self._thread is not None:
             raise RuntimeError("embedded xenstored already running")
         loop = asyncio.new_event_loop()
@@ -423,15 +430,20 @@ class EmbeddedXenstored:
 
     def restart(self, keep_tree: bool | None = None) -> None:
         """Kill (if running) and start again on the same paths; see the class docstring."""
-        self.kill()
-        if not (self.keep_tree if keep_tree is None else keep_tree):
-            self.model = XenStoreModel(self._quotas)
-        else:
-            for conn in self.model.connections():
-                self.model.disconnect(conn)
-        self.start()
+        with self._lifecycle:
+            self.kill()
+            if not (self.keep_tree if keep_tree is None else keep_tree):
+                self.model = XenStoreModel(self._quotas)
+            else:
+                for conn in self.model.connections():
+                    self.model.disconnect(conn)
+            self.start()
 
     def _shutdown(self, remove_sockets: bool, abort: bool) -> None:
+        with self._lifecycle:
+            self._shutdown_locked(remove_sockets, abort)
+
+    def _shutdown_locked(self, remove_sockets: bool, abort: bool) -> None:
         loop, server, thread = self._loop, self._server, self._thread
         if loop is None or server is None or thread is None:
             return

@@ -50,7 +50,7 @@ from xenoffload.endpoint import Enforcer
 from xenoffload.enforce import TogglesEnforcer
 from xenoffload.machine import Mode
 from xenoffload.negotiation import LinkPolicy
-from xenoffload.policy import Policy
+from xenoffload.policy import Policy, VifIdentity
 from xenoffload.schema import FamilyFlags
 from xenoffload.store.base import Store, Transaction, WatchEvent, run_transaction
 from xenoffload.store.pyxs_store import PyxsStore
@@ -254,8 +254,8 @@ def run_agent(world: World, wrap: Callable[[Callable[[], None]], None] | None = 
     """Bring every vif to Connected with one BackendAgent, then flip the policy."""
     toggles = RecordingToggles(auto_profile=profile_for_name)
 
-    def enforcer(domid: int, devid: int) -> Enforcer:
-        return TogglesEnforcer(toggles, DeviceRef(f"vif{domid}.{devid}", "dom0"))
+    def enforcer(vif: VifIdentity) -> Enforcer:
+        return TogglesEnforcer(toggles, DeviceRef(f"vif{vif.domid}.{vif.devid}", "dom0"))
 
     rss_before = rss_kib()
     store = CountingStore(world.socket)

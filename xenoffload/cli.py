@@ -23,7 +23,7 @@ from xenoffload import __version__
 from xenoffload.endpoint import Enforcer
 from xenoffload.machine import Mode
 from xenoffload.negotiation import LinkPolicy
-from xenoffload.policy import Policy, PolicyError, load_policy
+from xenoffload.policy import Policy, PolicyError, VifIdentity, load_policy
 from xenoffload.schema import FamilyFlags
 from xenoffload.store.base import Store, StoreUnavailable, XenStoreError
 from xenoffload.toggles.base import DeviceRef, Toggles
@@ -174,8 +174,12 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
     locate = _device_locator(args.device_pattern, args.netns)
     toggles = _make_toggles(args.toggles)
 
-    def enforcer(domid: int, devid: int) -> Enforcer | None:
-        return None if toggles is None else TogglesEnforcer(toggles, locate(domid, devid))
+    def enforcer(vif: VifIdentity) -> Enforcer | None:
+        if toggles is None:
+            return None
+        device = DeviceRef(vif.vifname, args.netns) if vif.vifname else \
+            locate(vif.domid, vif.devid)
+        return TogglesEnforcer(toggles, device)
 
     return _run_agent(args, BackendAgent(policy, args.domid, Mode(args.mode), enforcer),
                       Policy())
@@ -206,11 +210,11 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
 
     toggles = _make_toggles(args.toggles)
 
-    def enforcer(devid: int) -> Enforcer | None:
+    def enforcer(vif: VifIdentity) -> Enforcer | None:
         if toggles is None:
             return None
-        name = args.device_pattern.format(devid=devid) if args.device_pattern \
-            else _guest_ifname(devid)
+        name = args.device_pattern.format(devid=vif.devid) if args.device_pattern \
+            else _guest_ifname(vif.devid)
         return TogglesEnforcer(toggles, DeviceRef(name, args.netns))
 
     return _run_agent(args, GuestAgent(policy, domid, Mode(args.mode), enforcer),

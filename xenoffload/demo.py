@@ -109,10 +109,10 @@ def run_demo(out: TextIO = sys.stdout, dry_run: bool | None = None,
 
         backend = BackendAgent(
             DEMO_BACKEND_POLICY, 0, Mode.FULL,
-            lambda domid, devid: TogglesEnforcer(toggles, devices[f"vif{domid}.{devid}"]))
+            lambda vif: TogglesEnforcer(toggles, devices[f"vif{vif.domid}.{vif.devid}"]))
         guest = GuestAgent(
             DEMO_GUEST_POLICY, GUEST, Mode.FULL,
-            lambda devid: TogglesEnforcer(toggles, devices[DEMO_VIFS[devid][1]]))
+            lambda vif: TogglesEnforcer(toggles, devices[DEMO_VIFS[vif.devid][1]]))
         guest_socket = xenstored.domain_sockets[GUEST]
         runners = [Runner(lambda: connect_store(xenstored.socket_path), backend, 0.1),
                    Runner(lambda: connect_store(guest_socket), guest, 0.1)]

@@ -25,12 +25,13 @@ from xenoffload.machine import (
     Violation,
     WriteKeys,
 )
-from xenoffload.negotiation import LinkPolicy, LinkResult
+from xenoffload.negotiation import LinkPolicy, LinkResult, format_result
 from xenoffload.paths import VifPaths, parse_backend_dir, parse_frontend_dir
 from xenoffload.schema import (
     LEGACY_IPV6_CSUM_OFFLOAD,
     LEGACY_NO_CSUM_OFFLOAD,
     READ_KEYS,
+    RESULT_KEY,
     STATUS_KEY,
     Advertisement,
     FamilyFlags,
@@ -52,7 +53,7 @@ __all__ = [
 log = logging.getLogger("xenoffload.endpoint")
 
 #: Keys of the own directory a snapshot reads (features, to rewrite only what differs).
-_OWN_KEYS = (*READ_KEYS, STATUS_KEY)
+_OWN_KEYS = (*READ_KEYS, STATUS_KEY, RESULT_KEY)
 #: Refusals remembered per endpoint (to log each once, and bound what a hostile peer costs).
 _VIOLATIONS_KEPT = 32
 #: Own keys a stock driver of the same end may write too, always re-read: netback and netfront
@@ -246,10 +247,11 @@ class VifEndpoint:
         full mode, the state) that announce the result; states a walk passes through are
         written before, each on its own."""
         try:
-            status: bytes | None = None
+            announce: dict[str, bytes] = {}
             for action in actions:
                 if isinstance(action, Enforce):
-                    status = self._enforce(action).status.encode()
+                    announce = {STATUS_KEY: self._enforce(action).status.encode(),
+                                RESULT_KEY: format_result(action.result)}
                 elif isinstance(action, Violation):
                     # One log line per refusal, not one per snapshot that still shows it.
                     if action not in self.violations[-_VIOLATIONS_KEPT:]:
@@ -263,9 +265,11 @@ class VifEndpoint:
                     log.info("%s device removed: %s gone", self.label, self.own_dir)
             writes = [action for action in actions if isinstance(action, WriteKeys)]
             cache = self.own_cache or {}
-            if status is not None and cache.get(STATUS_KEY) != status:
+            announce = {name: value for name, value in announce.items()
+                        if cache.get(name) != value}
+            if announce:
                 last = writes.pop() if writes else WriteKeys({})
-                writes.append(WriteKeys({**last.keys, STATUS_KEY: status}, last.state))
+                writes.append(WriteKeys({**last.keys, **announce}, last.state))
             for write in writes:
                 if self.gone:
                     break

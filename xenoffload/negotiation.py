@@ -6,11 +6,14 @@ store contents and so reach the same result.
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 from xenoffload.schema import Advertisement, Family, FamilyFlags, Role
 
-__all__ = ["LinkPolicy", "LinkResult", "advertise", "decide", "SAFE_POLICY", "explain"]
+__all__ = ["LinkPolicy", "LinkResult", "ResultValueError", "advertise", "decide", "SAFE_POLICY",
+           "explain", "format_result", "parse_result"]
 
 
 @attrs.frozen
@@ -103,3 +106,32 @@ def explain(backend: Advertisement, frontend: Advertisement, result: LinkResult)
             verdict = "blank checksums allowed" if allowed else "checksums computed"
             lines.append(f"{direction} {family.value}: {verdict} ({why})")
     return lines
+
+
+_FAMILIES = {"none": FamilyFlags(), "ipv4": FamilyFlags(ipv4=True), "ipv6": FamilyFlags(ipv6=True),
+             "ipv4+ipv6": FamilyFlags.both(True)}
+_RESULT_RE = re.compile(
+    rb"\Ato-guest=(none|ipv4|ipv6|ipv4\+ipv6) from-guest=(none|ipv4|ipv6|ipv4\+ipv6)\Z")
+
+
+class ResultValueError(ValueError):
+    """A ``xenoffload-csum-result`` value outside its grammar."""
+
+
+def format_result(result: LinkResult) -> bytes:
+    """Return the ``xenoffload-csum-result`` value of ``result``, e.g.
+    ``b"to-guest=ipv4+ipv6 from-guest=none"`` (each direction: the families that may carry
+    blank checksums, ``none`` or ``ipv4``, ``ipv6``, ``ipv4+ipv6`` in that order)."""
+    return (f"to-guest={result.to_guest.describe()} "
+            f"from-guest={result.from_guest.describe()}").encode("ascii")
+
+
+def parse_result(raw: bytes) -> LinkResult:
+    """Return the LinkResult a ``xenoffload-csum-result`` value states. Exactly the form
+    :func:`format_result` writes (one space, no other white space, families in that order) is
+    accepted; anything else raises ResultValueError."""
+    match = _RESULT_RE.match(raw)
+    if match is None:
+        raise ResultValueError(f"not a checksum result: {raw[:64]!r}")
+    return LinkResult(to_guest=_FAMILIES[match.group(1).decode()],
+                      from_guest=_FAMILIES[match.group(2).decode()])

@@ -53,6 +53,9 @@ class VifIdentity:
     domain: str | None = None
     bridge: str | None = None
     mac: str | None = None
+    #: The kernel device name the toolstack chose (xl's ``vifname=``, libxl's backend
+    #: ``vifname`` key); None: the driver's default name.
+    vifname: str | None = None
 
 
 @attrs.frozen

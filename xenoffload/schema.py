@@ -28,6 +28,7 @@ __all__ = [
     "LEGACY_NO_CSUM_OFFLOAD",
     "LEGACY_IPV6_CSUM_OFFLOAD",
     "STATUS_KEY",
+    "RESULT_KEY",
     "FEATURE_KEYS",
     "ParsedAdvertisement",
     "parse_flag",
@@ -131,6 +132,12 @@ LEGACY_IPV6_CSUM_OFFLOAD = "feature-ipv6-csum-offload"
 #: Written by an xenoffload end after applying toggles: ``ok`` or what it could not enforce.
 STATUS_KEY = "xenoffload-csum-status"
 
+#: Written by an xenoffload end in the same transaction as its status: the result it decided
+#: and enforced, ``to-guest=<families> from-guest=<families>`` (grammar in
+#: :func:`xenoffload.negotiation.parse_result`), so peers, ``show`` and conformance judges can
+#: check that both ends agree.
+RESULT_KEY = "xenoffload-csum-result"
+
 FEATURE_KEYS: tuple[KeySpec, ...] = (
     KeySpec("feature-csum-tx", frozenset(Role), "may transmit blank IPv4 TCP/UDP checksums",
             "absent: peer does not speak xenoffload keys; legacy keys decide"),
@@ -147,6 +154,8 @@ FEATURE_KEYS: tuple[KeySpec, ...] = (
             "frontend: may receive blank IPv6 checksums; backend: accepts them from the guest",
             "0 (offload off)"),
     KeySpec(STATUS_KEY, frozenset(Role), "what this end enforced in its kernel device", "unknown"),
+    KeySpec(RESULT_KEY, frozenset(Role),
+            "the result this end decided and enforced: to-guest=F from-guest=F", "unknown"),
 )
 
 

@@ -45,7 +45,7 @@ class World:
         create_domain(self.dom0, 0, "Domain-0")
         self.backend = BackendAgent(
             self.backend_policy, 0, self.mode,
-            lambda domid, devid: TogglesEnforcer(self.toggles, self.vif_device(domid, devid)))
+            lambda vif: TogglesEnforcer(self.toggles, self.vif_device(vif.domid, vif.devid)))
 
     @staticmethod
     def vif_device(domid: int, devid: int) -> DeviceRef:
@@ -65,8 +65,8 @@ class World:
                                                        f"{devid:02x}", bridge)))
         store = self.xs.connect(domid)
         agent = GuestAgent(self.guest_policy, domid, self.mode,
-                           lambda devid: TogglesEnforcer(self.toggles,
-                                                         self.eth_device(domid, devid)))
+                           lambda vif: TogglesEnforcer(self.toggles,
+                                                       self.eth_device(domid, vif.devid)))
         self.guests[domid] = (store, agent)
         return paths
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from xenoffload.negotiation import LinkResult
-from xenoffload.policy import parse_policy
-from xenoffload.schema import FamilyFlags
+from xenoffload.policy import VifIdentity, parse_policy
+from xenoffload.schema import RESULT_KEY, STATUS_KEY, FamilyFlags
 
 from .helpers import World
 
@@ -38,6 +38,30 @@ def test_private_bridge_suppresses_only_where_both_ends_allow() -> None:
     assert guest_view == private
     vif1 = world.toggles.read(world.vif_device(1, 1))
     assert vif1["tx-checksum-ipv4"].active and vif1["tx-checksum-ipv6"].active
+
+
+def test_both_ends_publish_the_result_they_applied_beside_their_status() -> None:
+    world = World(backend_policy=PRIVATE, guest_policy=GUEST_ALLOWS)
+    paths = world.add_guest(1, "nfs", ["xenbr0", "xenpriv0"])
+    world.start()
+    world.settle()
+    for vif, expected in zip(paths, (b"to-guest=none from-guest=none",
+                                     b"to-guest=ipv4+ipv6 from-guest=ipv4+ipv6"), strict=True):
+        for directory in (vif.backend_dir, vif.frontend_dir):
+            assert world.dom0.try_read(f"{directory}/{RESULT_KEY}") == expected
+            assert world.dom0.try_read(f"{directory}/{STATUS_KEY}") is not None
+
+
+def test_the_toolstacks_vifname_names_the_backend_device() -> None:
+    world = World()
+    world.add_guest(1, "named", ["xenbr0"])
+    seen: list[VifIdentity] = []
+    factory = world.backend.enforcer_factory
+    world.backend.enforcer_factory = lambda vif: seen.append(vif) or factory(vif)
+    world.dom0.write("/local/domain/0/backend/vif/1/0/vifname", b"nfs-eth0")
+    world.start()
+    world.settle()
+    assert [vif.vifname for vif in seen] == ["nfs-eth0"]
 
 
 def test_policy_flip_reapplies_exactly_the_affected_vif() -> None:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xenoffload.negotiation import LinkPolicy, LinkResult, advertise, decide, explain
+from xenoffload.negotiation import (
+    LinkPolicy,
+    LinkResult,
+    ResultValueError,
+    advertise,
+    decide,
+    explain,
+    format_result,
+    parse_result,
+)
 from xenoffload.schema import (
     Advertisement,
     Family,
@@ -75,3 +85,20 @@ def test_explain_names_who_refused() -> None:
     assert "to-guest ipv6: checksums computed (refused by backend tx)" in lines
     assert ("from-guest ipv4: blank checksums allowed (frontend tx and backend rx both allow it)"
             in lines)
+
+
+@given(to_guest=flags, from_guest=flags)
+def test_a_published_result_reads_back_as_the_same_result(
+        to_guest: FamilyFlags, from_guest: FamilyFlags) -> None:
+    result = LinkResult(to_guest, from_guest)
+    assert parse_result(format_result(result)) == result
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"to-guest=none", b"to-guest=none  from-guest=none", b" to-guest=none from-guest=none",
+    b"to-guest=none from-guest=none\n", b"to-guest=ipv6+ipv4 from-guest=none",
+    b"from-guest=none to-guest=none", b"to-guest=all from-guest=none", b"\xff" * 40,
+])
+def test_a_published_result_outside_the_grammar_is_refused(raw: bytes) -> None:
+    with pytest.raises(ResultValueError):
+        parse_result(raw)

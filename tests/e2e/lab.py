@@ -31,7 +31,7 @@ from xenoffload.machine import Mode
 from xenoffload.negotiation import LinkResult
 from xenoffload.netns import Namespaces
 from xenoffload.paths import VifPaths
-from xenoffload.policy import Policy
+from xenoffload.policy import Policy, VifIdentity
 from xenoffload.schema import FamilyFlags
 from xenoffload.show import VifReport, collect
 from xenoffload.store.base import Store, StoreUnavailable, TransactionAborted, WatchEvent
@@ -390,17 +390,17 @@ class Lab:
     def guest_agent(self, domid: int, policy: Policy, toggles: Toggles,
                     factory: Callable[[], Store] | None = None) -> AgentThread:
         """Start a full-mode guest agent for ``domid`` over its unprivileged socket."""
-        def enforcer(devid: int) -> Enforcer:
-            return TogglesEnforcer(toggles, self.eth_device(domid, devid))
+        def enforcer(vif: VifIdentity) -> Enforcer:
+            return TogglesEnforcer(toggles, self.eth_device(domid, vif.devid))
 
         logic = GuestAgent(policy, domid, Mode.FULL, enforcer)
         sock = self.guest_socket(domid)
         return self._track(AgentThread(
             logic, factory or (lambda: connect_store(sock, timeout=2.0)), f"guest{domid}"))
 
-    def _backend_enforcer(self, toggles: Toggles) -> Callable[[int, int], Enforcer]:
-        def enforcer(domid: int, devid: int) -> Enforcer:
-            return TogglesEnforcer(toggles, self.vif_device(domid, devid))
+    def _backend_enforcer(self, toggles: Toggles) -> Callable[[VifIdentity], Enforcer]:
+        def enforcer(vif: VifIdentity) -> Enforcer:
+            return TogglesEnforcer(toggles, self.vif_device(vif.domid, vif.devid))
 
         return enforcer
 

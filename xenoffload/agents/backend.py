@@ -28,18 +28,19 @@ from xenoffload.overrides import (
 )
 from xenoffload.paths import backend_vif_root, domain_path
 from xenoffload.policy import Policy, VifIdentity, node_text
-from xenoffload.schema import OWN_KEYS, STATUS_KEY
+from xenoffload.schema import OWN_KEYS, RESULT_KEY, STATUS_KEY
 from xenoffload.store.base import Store, WatchEvent, XenStoreError, ensure_watch
 
 __all__ = ["BackendAgent", "EnforcerFactory"]
 
 log = logging.getLogger("xenoffload.backend")
 
-#: Builds the enforcer of vif (guest domid, devid); None = no kernel device to enforce on.
-EnforcerFactory = Callable[[int, int], Enforcer | None]
+#: Builds the enforcer of a vif from what is known of it (domid, devid, ``vifname``...);
+#: None = no kernel device to enforce on.
+EnforcerFactory = Callable[[VifIdentity], Enforcer | None]
 
 _WATCH_PATH = "/local/domain"
-_OWN_WRITES = frozenset((*OWN_KEYS.values(), STATUS_KEY))
+_OWN_WRITES = frozenset((*OWN_KEYS.values(), STATUS_KEY, RESULT_KEY))
 
 
 @attrs.define
@@ -49,7 +50,7 @@ class BackendAgent:
     policy: Policy
     domid: int = 0
     mode: Mode = Mode.COMPANION
-    enforcer_factory: EnforcerFactory = lambda domid, devid: None
+    enforcer_factory: EnforcerFactory = lambda identity: None
     token: str = "xenoffload-backend"
     store: Store | None = None
     endpoints: dict[tuple[int, int], VifEndpoint] = attrs.field(factory=dict)
@@ -201,6 +202,7 @@ class BackendAgent:
             domain=text("domain", f"{domain_path(guest)}/name"),
             bridge=node_text(store.try_read(f"{backend_dir}/bridge")),
             mac=text("mac", f"{backend_dir}/mac"),
+            vifname=node_text(store.try_read(f"{backend_dir}/vifname")),
         )
 
     def _step(self, key: tuple[int, int], changed: set[str] | None = None) -> None:
@@ -217,7 +219,7 @@ class BackendAgent:
                 endpoint = backend_endpoint(
                     self.store, self.domid, key[0], key[1],
                     self.effective_policy().for_vif(identity),
-                    self.enforcer_factory(*key), self.mode)
+                    self.enforcer_factory(identity), self.mode)
             except PeerLinkError as error:
                 self.refused[key] = str(error)
                 log.warning("domid=%d devid=%d refused: %s", key[0], key[1], error)

@@ -19,14 +19,14 @@ from xenoffload.machine import Mode
 from xenoffload.overrides import OverrideSetting, refresh_overrides, rules_from_overrides
 from xenoffload.paths import domain_path, frontend_vif_root
 from xenoffload.policy import Policy, VifIdentity
-from xenoffload.schema import OWN_KEYS, STATUS_KEY
+from xenoffload.schema import OWN_KEYS, RESULT_KEY, STATUS_KEY
 from xenoffload.store.base import Store, WatchEvent, XenStoreError, ensure_watch
 
 __all__ = ["GuestAgent"]
 
 log = logging.getLogger("xenoffload.guest")
 
-_OWN_WRITES = frozenset((*OWN_KEYS.values(), STATUS_KEY))
+_OWN_WRITES = frozenset((*OWN_KEYS.values(), STATUS_KEY, RESULT_KEY))
 
 
 @attrs.define
@@ -36,7 +36,7 @@ class GuestAgent:
     policy: Policy
     domid: int
     mode: Mode = Mode.COMPANION
-    enforcer_factory: Callable[[int], Enforcer | None] = lambda devid: None
+    enforcer_factory: Callable[[VifIdentity], Enforcer | None] = lambda identity: None
     token: str = "xenoffload-guest"
     store: Store | None = None
     endpoints: dict[int, VifEndpoint] = attrs.field(factory=dict)
@@ -149,7 +149,7 @@ class GuestAgent:
                 endpoint = frontend_endpoint(
                     self.store, self.domid, devid,
                     self.effective_policy().for_vif(identity),
-                    self.enforcer_factory(devid), self.mode)
+                    self.enforcer_factory(identity), self.mode)
             except PeerLinkError as error:
                 self.refused[devid] = str(error)
                 log.warning("domid=%d devid=%d refused: %s", self.domid, devid, error)

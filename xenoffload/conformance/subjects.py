@@ -194,9 +194,9 @@ class AgentSubject:
         mode = hooks.mode or setup.mode
         logic: AgentLogic
         if setup.role is Role.BACKEND:
-            logic = BackendAgent(policy, 0, mode, lambda domid, devid: enforcer())
+            logic = BackendAgent(policy, 0, mode, lambda vif: enforcer())
         else:
-            logic = GuestAgent(policy, setup.domid, mode, lambda devid: enforcer())
+            logic = GuestAgent(policy, setup.domid, mode, lambda vif: enforcer())
         if hooks.logic is not None:
             logic = hooks.logic(logic)
 

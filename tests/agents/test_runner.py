@@ -9,6 +9,8 @@ from xenoffload.agents.runner import Runner
 from xenoffload.store.base import Store, WatchEvent
 from xenoffload.store.memory import MemoryStore, MemoryXenStore
 
+from .helpers import World
+
 
 class Busy:
     """Every batch it handles queues another event: the connection is never quiet."""
@@ -44,3 +46,13 @@ def test_ticks_come_on_time_while_events_never_stop() -> None:
     assert not thread.is_alive()
     assert logic.batches > 20  # events kept coming all along
     assert logic.ticks >= 4  # and retries still ran about every 50 ms
+
+
+def test_on_attached_runs_after_the_watches_and_the_first_rescan() -> None:
+    world = World()
+    world.add_guest(1, "guest", ["xenbr0"])
+    seen: list[int] = []
+    runner = Runner(lambda: world.xs.connect(0), world.backend)
+    runner.on_attached = lambda: seen.append(len(world.backend.endpoints))
+    runner.run_once(settle_seconds=0.0, max_seconds=1.0)
+    assert seen == [1]

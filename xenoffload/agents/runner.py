@@ -55,6 +55,9 @@ class Runner:
     store: Store | None = None
     reconnects: int = 0
     pending_reload: Callable[[], None] | None = None
+    #: Called after every successful attach (watches registered, first rescan done): the CLI
+    #: tells systemd it is ready (``sd_notify READY=1``).
+    on_attached: Callable[[], None] | None = None
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -69,6 +72,8 @@ class Runner:
             try:
                 store = self.factory()
                 self.logic.attach(store)
+                if self.on_attached is not None:
+                    self.on_attached()
                 return store
             except (StoreUnavailable, OSError) as error:
                 log.warning("XenStore unavailable (%s); retrying in %.2fs", error, delay)

@@ -7,8 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenoffload.toggles.base import DeviceRef
-from xenoffload.toggles.mapping import TX_CHECKSUM_FEATURES, blank_send_allowed, wanted_features
+from xenoffload.schema import Family, FamilyFlags, Role
+from xenoffload.toggles.base import DeviceRef, FeatureState
+from xenoffload.toggles.mapping import (
+    TX_CHECKSUM_FEATURES,
+    blank_send_allowed,
+    covered_families,
+    csum_rules,
+    wanted_features,
+)
 from xenoffload.toggles.recording import (
     NETBACK_VIF,
     NETFRONT_ETH,
@@ -16,9 +23,10 @@ from xenoffload.toggles.recording import (
     FeatureProfile,
     RecordingToggles,
 )
+from xenoffload.toggles.tc_base import CSUM_SCTP, CSUM_TCP_UDP, CsumRule, Hook
 
 DEVICE = DeviceRef("dev0")
-PROFILES = {"backend": [NETBACK_VIF, VETH], "frontend": [NETFRONT_ETH, VETH]}
+PROFILES = {Role.BACKEND: [NETBACK_VIF, VETH], Role.FRONTEND: [NETFRONT_ETH, VETH]}
 DEPENDENT = ("tx-tcp-segmentation", "tx-tcp6-segmentation", "tx-generic-segmentation")
 
 
@@ -46,8 +54,7 @@ def device_with(profile: FeatureProfile) -> RecordingToggles:
 )  # fmt: skip
 def test_table(profile: FeatureProfile, v4: bool, v6: bool, expected: dict[str, bool]) -> None:
     available = device_with(profile).read(DEVICE)
-    for role in ("backend", "frontend"):
-        assert wanted_features(role, v4, v6, True, True, available) == expected
+    assert wanted_features(v4, v6, available) == expected
 
 
 def test_generic_checksum_is_on_only_when_both_families_allow_it() -> None:
@@ -56,14 +63,49 @@ def test_generic_checksum_is_on_only_when_both_families_allow_it() -> None:
     assert allowed == [False, False, False, True]
 
 
-def test_unknown_role_is_rejected() -> None:
-    with pytest.raises(ValueError, match="role"):
-        wanted_features("guest", True, True, True, True, {})  # type: ignore[arg-type]
+def flags(v4: bool, v6: bool) -> FamilyFlags:
+    return FamilyFlags(v4, v6)
+
+
+def test_netfront_gets_an_egress_rule_for_its_fixed_ipv4_checksum_only_when_it_must_compute(
+) -> None:
+    available = device_with(NETFRONT_ETH).read(DEVICE)
+    assert csum_rules(Role.FRONTEND, flags(False, False), flags(False, False), available) == (
+        CsumRule(Hook.EGRESS, Family.IPV4),)
+    assert csum_rules(Role.FRONTEND, flags(True, False), flags(False, False), available) == ()
+
+
+def test_only_the_backend_computes_what_it_receives_on_ingress() -> None:
+    available = device_with(NETBACK_VIF).read(DEVICE)
+    assert csum_rules(Role.BACKEND, flags(False, False), flags(False, True), available) == (
+        CsumRule(Hook.INGRESS, Family.IPV4),)
+    assert csum_rules(Role.BACKEND, flags(True, True), flags(False, False), available) == (
+        CsumRule(Hook.INGRESS, Family.IPV4), CsumRule(Hook.INGRESS, Family.IPV6))
+    assert csum_rules(Role.FRONTEND, flags(True, True), flags(False, False),
+                      device_with(NETFRONT_ETH).read(DEVICE)) == ()
+
+
+def test_a_fixed_generic_or_sctp_checksum_gets_rules_for_each_family_it_must_not_send_blank(
+) -> None:
+    fixed_on = FeatureState(True, True, fixed=True)
+    generic = {"tx-checksum-ip-generic": fixed_on}
+    assert csum_rules(Role.FRONTEND, flags(True, False), flags(True, True), generic) == (
+        CsumRule(Hook.EGRESS, Family.IPV6),)
+    sctp = {"tx-checksum-sctp": fixed_on, "tx-checksum-ipv4": fixed_on}
+    assert csum_rules(Role.FRONTEND, flags(False, False), flags(True, True), sctp) == (
+        CsumRule(Hook.EGRESS, Family.IPV4, CSUM_TCP_UDP | CSUM_SCTP),
+        CsumRule(Hook.EGRESS, Family.IPV6, CSUM_TCP_UDP | CSUM_SCTP))
+
+
+def test_a_changeable_feature_never_gets_a_tc_rule() -> None:
+    for profile in (NETBACK_VIF, VETH):
+        available = device_with(profile).read(DEVICE)
+        assert csum_rules(Role.FRONTEND, flags(False, False), flags(True, True), available) == ()
 
 
 scenario = st.fixed_dictionaries(
     {
-        "role": st.sampled_from(["backend", "frontend"]),
+        "role": st.sampled_from(list(Role)),
         "v4": st.booleans(),
         "v6": st.booleans(),
         "rx4": st.booleans(),
@@ -78,7 +120,7 @@ scenario = st.fixed_dictionaries(
 
 def prepared(case: dict[str, object]) -> tuple[RecordingToggles, FeatureProfile]:
     role = case["role"]
-    assert isinstance(role, str)
+    assert isinstance(role, Role)
     index = case["profile_index"]
     assert isinstance(index, int)
     profile = PROFILES[role][index]
@@ -94,14 +136,7 @@ def prepared(case: dict[str, object]) -> tuple[RecordingToggles, FeatureProfile]
 
 
 def apply_negotiated(toggles: RecordingToggles, case: dict[str, object]) -> dict[str, bool]:
-    wanted = wanted_features(
-        case["role"],  # type: ignore[arg-type]
-        bool(case["v4"]),
-        bool(case["v6"]),
-        bool(case["rx4"]),
-        bool(case["rx6"]),
-        toggles.read(DEVICE),
-    )
+    wanted = wanted_features(bool(case["v4"]), bool(case["v6"]), toggles.read(DEVICE))
     toggles.apply(DEVICE, wanted)
     return wanted
 
@@ -180,3 +215,27 @@ def test_dependent_features_come_back_when_checksums_are_allowed_again(
             and not after[feature].fixed
         ):
             assert after[feature].active, feature
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenario)
+def test_every_blank_send_ethtool_cannot_stop_gets_an_egress_rule_and_only_the_backend_ingress(
+    case: dict[str, object],
+) -> None:
+    toggles, _profile = prepared(case)
+    available = toggles.read(DEVICE)
+    sends = FamilyFlags(bool(case["v4"]), bool(case["v6"]))
+    receives = FamilyFlags(bool(case["rx4"]), bool(case["rx6"]))
+    role = case["role"]
+    assert isinstance(role, Role)
+    rules = csum_rules(role, sends, receives, available)
+    egress = {rule.family for rule in rules if rule.hook is Hook.EGRESS}
+    for feature in TX_CHECKSUM_FEATURES:
+        state = available.get(feature)
+        if state is not None and state.fixed and state.active and not blank_send_allowed(
+                feature, sends.ipv4, sends.ipv6):
+            assert set(covered_families(feature, sends)) <= egress, feature
+    assert egress <= {family for family in Family if not sends[family]}
+    ingress = {rule.family for rule in rules if rule.hook is Hook.INGRESS}
+    expected = {family for family in Family if not receives[family]}
+    assert ingress == (expected if role is Role.BACKEND else set())

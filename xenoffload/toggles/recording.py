@@ -1,4 +1,4 @@
-"""In-memory Toggles for tests and ``--dry-run``: simulated devices that record every apply.
+"""In-memory Toggles and tc for tests and ``--dry-run``: simulated devices that record every apply.
 
 Devices are created from a :class:`FeatureProfile`. The profiles provided are modelled on
 real devices: :data:`NETBACK_VIF` and :data:`NETFRONT_ETH` on ``ethtool -k`` of a netback
@@ -9,16 +9,29 @@ minus what a driver limit forbids (:meth:`RecordingToggles.limit`, e.g. netback 
 checksum by the frontend's keys) and minus what a dependency drops (TSO goes off when the
 transmit checksum of its family goes off, and returns when it comes back). Outcomes are
 decided by the same rules as the netlink implementation (:mod:`xenoffload.toggles.plan`).
+
+Traffic control is simulated one level lower, as a kernel answering rtnetlink requests
+(:meth:`RecordingToggles.rtnetlink`): a dry run's :class:`~xenoffload.toggles.tc_netlink.NetlinkTc`
+sends the very requests it would send to the real kernel and gets the answers, refusals and
+extended-ACK texts the real kernel gives (recorded in tests/toggles/fixtures/). What a
+profile's kernel has is its :class:`TcSupport`: Debian's dom0 and guest kernels
+(:data:`DEBIAN_TC`: clsact, u32, matchall, act_csum) for the netback and netfront profiles,
+this development machine's kernel (:data:`MINIMAL_TC`: clsact and u32, no act_csum, no
+matchall) for the veth one, and :data:`NETFRONT_ETH_NO_ACT_CSUM` for a guest kernel without
+act_csum.
 """
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 import threading
 from collections.abc import Callable, Mapping
 
 import attrs
 
+from xenoffload.toggles import tc_codec
 from xenoffload.toggles.base import (
     ApplyResult,
     DeviceGone,
@@ -27,13 +40,31 @@ from xenoffload.toggles.base import (
     TogglePermissionDenied,
     TogglesUnavailable,
 )
+from xenoffload.toggles.nl_codec import (
+    Answer,
+    ErrorAnswer,
+    Message,
+    NetlinkDecodeError,
+    Request,
+    attribute_map,
+    decode_string,
+    decode_u32,
+    encode_attribute,
+    nested,
+    string,
+    u32,
+)
 from xenoffload.toggles.plan import judge_after, plan_apply, side_effects
 
 __all__ = [
     "ProfileFeature",
     "FeatureProfile",
+    "TcSupport",
+    "DEBIAN_TC",
+    "MINIMAL_TC",
     "NETBACK_VIF",
     "NETFRONT_ETH",
+    "NETFRONT_ETH_NO_ACT_CSUM",
     "VETH",
     "DEPENDENCIES",
     "RecordedApply",
@@ -51,14 +82,34 @@ class ProfileFeature:
 
 
 @attrs.frozen
+class TcSupport:
+    """What a simulated kernel's traffic control has: the clsact qdisc, the classifiers and
+    the actions (by kind), built in or as loadable modules."""
+
+    clsact: bool = True
+    classifiers: frozenset[str] = frozenset({"u32", "matchall"})
+    actions: frozenset[str] = frozenset({"csum"})
+
+
+#: Debian 12's dom0 and guest kernels: sch_ingress, cls_u32, cls_matchall, act_csum (modules).
+DEBIAN_TC = TcSupport()
+#: This development machine's kernel: clsact and u32 built in; no act_csum, no matchall.
+MINIMAL_TC = TcSupport(classifiers=frozenset({"u32"}), actions=frozenset({"mirred"}))
+
+
+@attrs.frozen
 class FeatureProfile:
-    """A kind of device: its features (kernel names) with initial state and changeability."""
+    """A kind of device: its features (kernel names) with initial state and changeability,
+    its kernel's traffic control, and its GSO limits (``gso_max_segs`` starts at
+    ``tso_max_segs``, as the kernel sets it)."""
 
     name: str
     features: Mapping[str, ProfileFeature]
+    tc: TcSupport = DEBIAN_TC
+    tso_max_segs: int = 65535
 
 
-def _profile(name: str, spec: Mapping[str, str]) -> FeatureProfile:
+def _profile(name: str, spec: Mapping[str, str], tc: TcSupport = DEBIAN_TC) -> FeatureProfile:
     # spec values as ethtool -k prints them: "on", "off", "on [fixed]", "off [fixed]".
     return FeatureProfile(
         name,
@@ -66,6 +117,7 @@ def _profile(name: str, spec: Mapping[str, str]) -> FeatureProfile:
             feature: ProfileFeature(on=text.startswith("on"), changeable="fixed" not in text)
             for feature, text in spec.items()
         },
+        tc,
     )
 
 
@@ -134,7 +186,12 @@ VETH = _profile(
         "tx-generic-segmentation": "on",
         "rx-gro": "off",
     },
+    MINIMAL_TC,
 )
+
+#: Netfront in a guest whose kernel lacks act_csum: the tc enforcement must say so.
+NETFRONT_ETH_NO_ACT_CSUM = attrs.evolve(NETFRONT_ETH, name="netfront-eth-no-act-csum",
+                                        tc=TcSupport(actions=frozenset()))
 
 _V4_CSUM = ("tx-checksum-ipv4", "tx-checksum-ip-generic")
 _V6_CSUM = ("tx-checksum-ipv6", "tx-checksum-ip-generic")
@@ -174,13 +231,29 @@ class RecordedApply:
     result: ApplyResult | None
 
 
+@attrs.define
+class _SimulatedFilter:
+    """One filter on a simulated tc block, as its creation request described it."""
+
+    block: str  # "ingress" or "egress"
+    priority: int
+    protocol: int
+    kind: str
+    handle: int
+    options: bytes  # the TCA_OPTIONS payload, dumped back as sent
+
+
 class _SimulatedDevice:
-    def __init__(self, profile: FeatureProfile) -> None:
+    def __init__(self, profile: FeatureProfile, ifindex: int) -> None:
         self.profile = profile
+        self.ifindex = ifindex
         self.changeable = {name for name, spec in profile.features.items() if spec.changeable}
         self.requested = {name: spec.on for name, spec in profile.features.items()}
         self.forbidden: set[str] = set()
         self.active = self._compute()
+        self.gso_max_segs = profile.tso_max_segs
+        self.slot: str | None = None  # the ingress slot's qdisc kind
+        self.filters: list[_SimulatedFilter] = []
 
     def request(self, changes: Mapping[str, bool]) -> None:
         for name, value in changes.items():
@@ -245,7 +318,17 @@ class RecordingToggles:
         self._devices: dict[DeviceRef, _SimulatedDevice] = {}
         self._namespaces: set[str] = set()
         self._vanishing: set[DeviceRef] = set()
+        self._next_ifindex = 2
         self.applies: list[RecordedApply] = []
+        #: Every rtnetlink request the simulated kernel answered: (device's namespace, label,
+        #: refusal or None). Reads included; see :attr:`tc_changes`.
+        self.tc_requests: list[tuple[str | None, str, ErrorAnswer | None]] = []
+
+    @property
+    def tc_changes(self) -> int:
+        """Return how many modifying rtnetlink requests reached the simulated kernel."""
+        return sum(1 for _netns, label, _refusal in self.tc_requests
+                   if not label.startswith("GET"))
 
     @property
     def sets_sent(self) -> int:
@@ -259,7 +342,7 @@ class RecordingToggles:
         with self._lock:
             if device.netns is not None:
                 self._namespaces.add(device.netns)
-            self._devices[device] = _SimulatedDevice(profile)
+            self._devices[device] = self._new_device(profile)
 
     def remove_device(self, device: DeviceRef) -> None:
         """Delete ``device``; later calls naming it raise DeviceGone."""
@@ -293,6 +376,33 @@ class RecordingToggles:
         without recording an apply."""
         with self._lock:
             self._device(device).request(changes)
+
+    def rtnetlink(self, device: DeviceRef) -> _SimulatedRtnetlink:
+        """Return the simulated kernel's rtnetlink for the device's namespace (the
+        ``transport_for`` of a dry run's NetlinkTc). Raises TogglesUnavailable if the
+        namespace does not exist (unless devices are created on first use)."""
+        with self._lock:
+            if (device.netns is not None and device.netns not in self._namespaces
+                    and self._auto_profile is None):
+                raise TogglesUnavailable(f"network namespace {device.netns!r} does not exist",
+                                         device)
+        return _SimulatedRtnetlink(self, device.netns)
+
+    def tc_request(self, device: DeviceRef, request: Request) -> Answer | ErrorAnswer:
+        """Send ``request`` to the simulated kernel as another program (``tc``, an
+        administrator) would, e.g. to put a filter of its own at xenoffload's priority."""
+        return _SimulatedRtnetlink(self, device.netns).exchange(request, "OTHER-WRITER")
+
+    def tc_state(self, device: DeviceRef) -> tuple[str | None, int, tuple[_SimulatedFilter, ...]]:
+        """Return the device's ingress-slot qdisc kind, gso_max_segs and filters."""
+        with self._lock:
+            simulated = self._device(device)
+            return simulated.slot, simulated.gso_max_segs, tuple(simulated.filters)
+
+    def _new_device(self, profile: FeatureProfile) -> _SimulatedDevice:
+        simulated = _SimulatedDevice(profile, self._next_ifindex)
+        self._next_ifindex += 1
+        return simulated
 
     # --- Toggles -----------------------------------------------------------------------------
 
@@ -348,8 +458,200 @@ class RecordingToggles:
         if self._auto_profile is not None:
             if device.netns is not None:
                 self._namespaces.add(device.netns)
-            simulated = self._devices[device] = _SimulatedDevice(self._auto_profile(device))
+            simulated = self._devices[device] = self._new_device(self._auto_profile(device))
             return simulated
         if device.netns is not None and device.netns not in self._namespaces:
             raise TogglesUnavailable(f"network namespace {device.netns!r} does not exist", device)
         raise DeviceGone("no such device", device)
+
+
+# --- the simulated rtnetlink kernel ----------------------------------------------------------
+
+#: The kernel's extended-ACK texts for the refusals simulated here; the first three are the
+#: ones recorded from a real kernel in tests/toggles/fixtures/tc-replies.json (checked there).
+ACTION_MISSING = "Failed to load TC action module"
+CLASSIFIER_MISSING = "TC classifier not found"
+QDISC_EXISTS = "Exclusivity flag on, cannot modify"
+QDISC_KIND_MISSING = "Specified qdisc kind is unknown"
+NO_PARENT_QDISC = "Parent Qdisc doesn't exists"
+PROTOCOL_MISMATCH = "Protocol mismatch for filter with specified priority"
+KIND_MISMATCH = "Specified filter kind does not match existing one"
+NO_FILTER = "Filter with specified priority/protocol not found"
+NO_CHAIN = "Cannot find specified filter chain"
+QDISC_NAME_MISMATCH = "Invalid qdisc name: must match existing qdisc"
+NO_QDISC = "Invalid handle"
+_INGRESS_PARENT = 0xFFFFFFF2
+_EGRESS_PARENT = 0xFFFFFFF3
+_U32_HASH_TABLE = 0x80000000
+_U32_FIRST_NODE = 0x80000800
+
+
+class _SimulatedRtnetlink:
+    """The simulated kernel's rtnetlink in one namespace: answers the requests the tc
+    enforcement sends as Linux does (an :class:`~xenoffload.toggles.nl_socket.NetlinkTransport`)."""
+
+    def __init__(self, world: RecordingToggles, netns: str | None) -> None:
+        self._world = world
+        self._netns = netns
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def exchange(self, request: Request, label: str) -> Answer | ErrorAnswer:
+        """Answer ``request`` from the simulated devices of this namespace."""
+        with self._world._lock:
+            try:
+                outcome = self._answer(Message(request.kind, request.flags, 0, 0,
+                                               request.payload))
+            except NetlinkDecodeError:
+                outcome = ErrorAnswer(errno.EINVAL, "malformed request")
+            self._world.tc_requests.append(
+                (self._netns, label, outcome if isinstance(outcome, ErrorAnswer) else None))
+            return outcome
+
+    def _device_by_index(self, ifindex: int) -> _SimulatedDevice | None:
+        for device, simulated in self._world._devices.items():
+            if device.netns == self._netns and simulated.ifindex == ifindex:
+                return simulated
+        return None
+
+    def _answer(self, message: Message) -> Answer | ErrorAnswer:
+        kind = message.kind
+        modifying = kind in (tc_codec.RTM_NEWLINK, tc_codec.RTM_NEWQDISC, tc_codec.RTM_DELQDISC,
+                             tc_codec.RTM_NEWTFILTER, tc_codec.RTM_DELTFILTER)
+        if modifying and not self._world.privileged:
+            return ErrorAnswer(errno.EPERM)
+        if kind == tc_codec.RTM_GETLINK:
+            return self._getlink(message)
+        if kind == tc_codec.RTM_NEWLINK:
+            _family, _type, ifindex, _flags, _change = tc_codec.IFINFOMSG.unpack_from(
+                message.payload)
+            simulated = self._device_by_index(ifindex)
+            if simulated is None:
+                return ErrorAnswer(errno.ENODEV)
+            attributes = attribute_map(message.payload[tc_codec.IFINFOMSG.size :])
+            value = decode_u32(attributes[tc_codec.IFLA_GSO_MAX_SEGS])
+            if value > simulated.profile.tso_max_segs:
+                return ErrorAnswer(errno.EINVAL, "too big gso_max_segs")
+            simulated.gso_max_segs = value
+            return Answer()
+        header = tc_codec.decode_tc_header(message)
+        simulated = self._device_by_index(header.ifindex)
+        if simulated is None:
+            return ErrorAnswer(errno.ENODEV)
+        if kind == tc_codec.RTM_GETQDISC:
+            return Answer(() if simulated.slot is None else (_tc_message(
+                tc_codec.RTM_NEWQDISC, simulated.ifindex, tc_codec.CLSACT_HANDLE,
+                tc_codec.TC_H_CLSACT, 0, string(tc_codec.TCA_KIND, simulated.slot)),))
+        if kind == tc_codec.RTM_NEWQDISC:
+            qdisc = tc_codec.decode_qdisc(message).kind
+            if simulated.slot is not None:
+                return ErrorAnswer(errno.EEXIST, QDISC_EXISTS)
+            if qdisc not in ("clsact", "ingress") or not simulated.profile.tc.clsact:
+                return ErrorAnswer(errno.ENOENT, QDISC_KIND_MISSING)
+            simulated.slot = qdisc
+            return Answer()
+        if kind == tc_codec.RTM_DELQDISC:
+            if simulated.slot is None:
+                return ErrorAnswer(errno.EINVAL, NO_QDISC)
+            if simulated.slot != tc_codec.decode_qdisc(message).kind:
+                return ErrorAnswer(errno.EINVAL, QDISC_NAME_MISMATCH)
+            simulated.slot = None
+            simulated.filters.clear()
+            return Answer()
+        block = _block(simulated, header.parent)
+        if kind == tc_codec.RTM_GETTFILTER:
+            return Answer(() if block is None else _dump(simulated, block, header.parent))
+        if block is None:
+            return ErrorAnswer(errno.EINVAL, NO_PARENT_QDISC)
+        if kind == tc_codec.RTM_NEWTFILTER:
+            return _new_filter(simulated, block, tc_codec.decode_filter(message),
+                               attribute_map(message.payload[tc_codec.TCMSG.size :]))
+        if kind == tc_codec.RTM_DELTFILTER:
+            group = [entry for entry in simulated.filters if entry.block == block
+                     and (entry.priority, entry.protocol) == (header.priority, header.protocol)]
+            if not group:
+                return ErrorAnswer(errno.ENOENT, NO_FILTER if any(
+                    entry.block == block for entry in simulated.filters) else NO_CHAIN)
+            simulated.filters = [entry for entry in simulated.filters if entry not in group]
+            return Answer()
+        return ErrorAnswer(errno.EOPNOTSUPP, f"request type {kind} is not simulated")
+
+    def _getlink(self, message: Message) -> Answer | ErrorAnswer:
+        attributes = attribute_map(message.payload[tc_codec.IFINFOMSG.size :])
+        name = decode_string(attributes.get(tc_codec.IFLA_IFNAME, b""))
+        try:
+            device = DeviceRef(name, self._netns)
+        except ValueError:
+            return ErrorAnswer(errno.EINVAL, "invalid name")
+        simulated = self._world._devices.get(device)
+        if simulated is None and self._world._auto_profile is not None:
+            simulated = self._world._device(device)
+        if simulated is None:
+            return ErrorAnswer(errno.ENODEV)
+        payload = (tc_codec.IFINFOMSG.pack(socket.AF_UNSPEC, 1, simulated.ifindex, 0, 0)
+                   + string(tc_codec.IFLA_IFNAME, name)
+                   + u32(tc_codec.IFLA_GSO_MAX_SEGS, simulated.gso_max_segs)
+                   + u32(tc_codec.IFLA_TSO_MAX_SEGS, simulated.profile.tso_max_segs))
+        return Answer((Message(tc_codec.RTM_NEWLINK, 0, 0, 0, payload),))
+
+
+def _block(simulated: _SimulatedDevice, parent: int) -> str | None:
+    """Return the tc block a filter parent reaches: an ingress qdisc has one block for any
+    parent (so an "egress" filter lands on ingress, as on Linux); clsact has two."""
+    if simulated.slot == "ingress":
+        return "ingress"
+    if simulated.slot == "clsact" and parent in (_INGRESS_PARENT, _EGRESS_PARENT):
+        return "ingress" if parent == _INGRESS_PARENT else "egress"
+    return None
+
+
+def _tc_message(kind: int, ifindex: int, handle: int, parent: int, info: int,
+                attributes: bytes) -> Message:
+    return Message(kind, 0, 0, 0, tc_codec.TCMSG.pack(socket.AF_UNSPEC, ifindex, handle,
+                                                      parent, info) + attributes)
+
+
+def _dump(simulated: _SimulatedDevice, block: str, parent: int) -> tuple[Message, ...]:
+    """Return a filter dump as Linux writes it: per classifier instance a header entry, for
+    u32 its hash table, then the filters."""
+    messages = []
+    seen: set[tuple[int, int]] = set()
+    for entry in sorted((entry for entry in simulated.filters if entry.block == block),
+                        key=lambda entry: (entry.priority, entry.handle)):
+        info = tc_codec.filter_info(entry.priority, entry.protocol)
+        kind = string(tc_codec.TCA_KIND, entry.kind) + u32(tc_codec.TCA_CHAIN, 0)
+        if (entry.priority, entry.protocol) not in seen:
+            seen.add((entry.priority, entry.protocol))
+            messages.append(_tc_message(tc_codec.RTM_NEWTFILTER, simulated.ifindex, 0, parent,
+                                        info, kind))
+            if entry.kind == "u32":
+                messages.append(_tc_message(
+                    tc_codec.RTM_NEWTFILTER, simulated.ifindex, _U32_HASH_TABLE, parent, info,
+                    kind + nested(tc_codec.TCA_OPTIONS, u32(tc_codec.TCA_U32_DIVISOR, 1),
+                                  flagged=False)))
+        messages.append(_tc_message(tc_codec.RTM_NEWTFILTER, simulated.ifindex, entry.handle,
+                                    parent, info, kind + encode_attribute(tc_codec.TCA_OPTIONS,
+                                                                          entry.options)))
+    return tuple(messages)
+
+
+def _new_filter(simulated: _SimulatedDevice, block: str, spec: tc_codec.FilterInfo,
+                attributes: dict[int, bytes]) -> Answer | ErrorAnswer:
+    support = simulated.profile.tc
+    same_priority = [entry for entry in simulated.filters
+                     if entry.block == block and entry.priority == spec.priority]
+    if any(entry.protocol != spec.protocol for entry in same_priority):
+        return ErrorAnswer(errno.EINVAL, PROTOCOL_MISMATCH)
+    if spec.kind not in support.classifiers:
+        return ErrorAnswer(errno.ENOENT, CLASSIFIER_MISSING)
+    if any(entry.kind != spec.kind for entry in same_priority):
+        return ErrorAnswer(errno.EINVAL, KIND_MISMATCH)
+    if any(action.kind not in support.actions for action in spec.actions):
+        return ErrorAnswer(errno.ENOENT, ACTION_MISSING)
+    if spec.kind == "matchall" and same_priority:
+        return ErrorAnswer(errno.EEXIST)
+    handle = (_U32_FIRST_NODE + len(same_priority)) if spec.kind == "u32" else 1
+    simulated.filters.append(_SimulatedFilter(block, spec.priority, spec.protocol, spec.kind,
+                                              handle, attributes.get(tc_codec.TCA_OPTIONS, b"")))
+    return Answer()

@@ -11,6 +11,7 @@ verify. Errors carry the kernel's extended-ACK text.
 
 from __future__ import annotations
 
+import collections
 import errno
 import threading
 from collections.abc import Mapping
@@ -61,9 +62,10 @@ def translate_refusal(refusal: ErrorAnswer, device: DeviceRef) -> ToggleError:
 class _EthtoolSocket:
     """A transport with the ethtool family's id resolved."""
 
-    def __init__(self, transport: NetlinkTransport) -> None:
+    def __init__(self, transport: NetlinkTransport, sent: collections.Counter[str]) -> None:
         self.transport = transport
-        answer = transport.exchange(ethtool_codec.family_request(), "CTRL_GETFAMILY")
+        self.sent = sent
+        answer = self.request(ethtool_codec.family_request(), "CTRL_GETFAMILY")
         if isinstance(answer, ErrorAnswer):
             transport.close()
             if answer.errno == errno.ENOENT:
@@ -81,6 +83,7 @@ class _EthtoolSocket:
         self.transport.close()
 
     def request(self, request: Request, label: str) -> Answer | ErrorAnswer:
+        self.sent[label] += 1
         return self.transport.exchange(request, label)
 
 
@@ -110,8 +113,10 @@ class NetlinkToggles:
 
     def __init__(self, netns_dir: str = NETNS_DIR, opener: Opener | None = None) -> None:
         self._lock = threading.Lock()
-        self._sockets = NamespaceSockets(NETLINK_GENERIC, _EthtoolSocket, netns_dir, opener)
-        self.sent = self._sockets.sent
+        self.sent: collections.Counter[str] = collections.Counter()
+        self._sockets = NamespaceSockets(
+            NETLINK_GENERIC, lambda transport: _EthtoolSocket(transport, self.sent), netns_dir,
+            opener)
         self._feature_names: tuple[str, ...] | None = None
 
     def __enter__(self) -> NetlinkToggles:

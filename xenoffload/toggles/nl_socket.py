@@ -18,7 +18,6 @@ a socket (:class:`NetlinkTransport`): the tests replay recorded kernel answers t
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import errno
 import os
@@ -78,13 +77,11 @@ class NetlinkTransport(Protocol):
 
 
 class NetlinkChannel:
-    """One netlink socket. ``sent`` counts requests by label. Not thread-safe: the owner
-    serialises."""
+    """One netlink socket. Not thread-safe: the owner serialises (and counts requests)."""
 
-    def __init__(self, sock: socket.socket, sent: collections.Counter[str]) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._seq = 0
-        self._sent = sent
         self._buffer = bytearray(_RECV_BUFFER)
 
     def close(self) -> None:
@@ -97,7 +94,6 @@ class NetlinkChannel:
         collector = ReplyCollector(self._seq, request.expect())
         try:
             self._sock.send(request.encode(self._seq))
-            self._sent[label] += 1
             while True:
                 size = self._sock.recv_into(self._buffer, 0, socket.MSG_TRUNC)
                 if size > len(self._buffer):
@@ -155,12 +151,11 @@ def _open_socket_in_netns(netns_fd: int, protocol: int) -> socket.socket:
     raise TogglesUnavailable(f"cannot enter the network namespace: {result}") from result
 
 
-def open_channel(protocol: int, netns_path: str | None,
-                 sent: collections.Counter[str]) -> NetlinkChannel:
+def open_channel(protocol: int, netns_path: str | None) -> NetlinkChannel:
     """Return a channel of ``protocol`` in the namespace file ``netns_path`` (None: the
     caller's namespace). Raises TogglesUnavailable or TogglePermissionDenied."""
     if netns_path is None:
-        return NetlinkChannel(_open_socket(protocol), sent)
+        return NetlinkChannel(_open_socket(protocol))
     try:
         netns_fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError as error:
@@ -168,7 +163,7 @@ def open_channel(protocol: int, netns_path: str | None,
     except PermissionError as error:
         raise TogglePermissionDenied(f"cannot open {netns_path}: {error}") from error
     try:
-        return NetlinkChannel(_open_socket_in_netns(netns_fd, protocol), sent)
+        return NetlinkChannel(_open_socket_in_netns(netns_fd, protocol))
     finally:
         os.close(netns_fd)
 
@@ -184,12 +179,11 @@ Opener = Callable[[str | None], NetlinkTransport]
 
 class NamespaceSockets(Generic[SocketUser]):
     """One ``SocketUser`` per network namespace, built by ``build`` from a transport that
-    ``opener`` opens (by default a :class:`NetlinkChannel` of ``protocol``). ``sent`` counts
-    the requests of every channel opened by default. Not thread-safe: the owner serialises."""
+    ``opener`` opens (by default a :class:`NetlinkChannel` of ``protocol``). Not thread-safe:
+    the owner serialises."""
 
     def __init__(self, protocol: int, build: Callable[[NetlinkTransport], SocketUser],
                  netns_dir: str = NETNS_DIR, opener: Opener | None = None) -> None:
-        self.sent: collections.Counter[str] = collections.Counter()
         self._protocol = protocol
         self._build = build
         self._netns_dir = netns_dir
@@ -221,7 +215,7 @@ class NamespaceSockets(Generic[SocketUser]):
         self._drop(device.netns)
         try:
             transport = (self._opener(path) if self._opener is not None
-                         else open_channel(self._protocol, path, self.sent))
+                         else open_channel(self._protocol, path))
             user = self._build(transport)
         except ToggleError as error:
             raise type(error)(str(error), device) from error

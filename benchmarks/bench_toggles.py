@@ -1,11 +1,18 @@
-"""Benchmark xenoffload's netlink Toggles against shelling out to ethtool and against pyroute2.
+"""Benchmark xenoffload's netlink Toggles against shelling out to ethtool and against pyroute2,
+and what the tc enforcement costs.
 
 Runs once, as root, in a throwaway network namespace (``xo-bench-<random>``, deleted at the end)
 on a veth: one read, one apply with no change, one apply with a change; the same change through
 ``ethtool -K`` (exec'd inside the namespace, and through ``ip netns exec``) and, when pyroute2 is
 installed, through its ioctl-based ``Ethtool``. Also the import time of each module, and two
-correctness checks (lost update, fixed-vs-wish) for pyroute2 and for xenoffload. Prints a table,
-or JSON with ``--json``. Figures, not pass/fail.
+correctness checks (lost update, fixed-vs-wish) for pyroute2 and for xenoffload.
+
+tc (NetlinkTc): the plan alone (pure), an apply over the simulated kernel (a netfront carrying
+its egress rule: reads only), an apply over a real kernel's recorded answers
+(tests/toggles/fixtures/kernel-replies.json: the codec decoding real dumps), and on this kernel
+an apply with no rule (reads only) and an apply of one egress rule this kernel refuses (no
+act_csum: clsact created, filter refused, clsact deleted, read back). Prints a table, or JSON
+with ``--json``. Figures, not pass/fail.
 """
 
 from __future__ import annotations
@@ -21,10 +28,19 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/, xenoffload/
+
+from tests.toggles.replay import Replay, load  # the recorded kernel answers
+from xenoffload.schema import Family
 from xenoffload.toggles.base import DeviceRef
 from xenoffload.toggles.netlink import NetlinkToggles
+from xenoffload.toggles.recording import NETFRONT_ETH, RecordingToggles
+from xenoffload.toggles.tc_base import CsumRule, Hook
+from xenoffload.toggles.tc_netlink import NetlinkTc
+from xenoffload.toggles.tc_plan import plan
 
 FEATURE = "tx-checksum-ip-generic"
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -133,6 +149,38 @@ def measure(netns: str, rounds: int, shell_rounds: int) -> dict[str, Any]:
     return figures
 
 
+def measure_tc(netns: str, rounds: int) -> dict[str, float]:
+    """Return the tc enforcement's figures (µs per call)."""
+    egress = [CsumRule(Hook.EGRESS, Family.IPV4)]
+    figures: dict[str, float] = {}
+    world = RecordingToggles()
+    eth = DeviceRef("eth0", "guest")
+    world.add_device(eth, NETFRONT_ETH)
+    simulated = NetlinkTc(transport_for=world.rtnetlink)
+    simulated.apply(eth, egress)
+    state = simulated.read(eth)
+    figures["tc plan only (rule in place)"] = median_us(
+        lambda _i: plan(state, egress, simulated.config), rounds)
+    figures["tc apply, simulated kernel, no change"] = median_us(
+        lambda _i: simulated.apply(eth, egress), rounds)
+    _kernel, conversations = load()
+    recorded = conversations["tc-foreign-filter-at-priority"].exchanges
+
+    def replayed(_index: int) -> object:
+        replay = Replay(recorded)
+        return NetlinkTc(transport_for=lambda _device: replay).apply(DeviceRef("xo0"), egress)
+
+    figures["tc apply, recorded replies (4 requests)"] = median_us(replayed, rounds)
+    device = DeviceRef("xo0", netns)
+    with NetlinkTc() as real:
+        real.apply(device, [])
+        figures["tc apply, this kernel, no rule (2 reads)"] = median_us(
+            lambda _i: real.apply(device, []), rounds)
+        figures["tc apply, this kernel, refused (no act_csum)"] = median_us(
+            lambda _i: real.apply(device, egress), max(rounds // 10, 20))
+    return figures
+
+
 def correctness(netns: str, ethtool: Any) -> dict[str, str]:
     """Reproduce a lost update and a fixed-feature request with pyroute2 and with xenoffload."""
     device = DeviceRef("xo0", netns)
@@ -178,8 +226,10 @@ def main() -> int:
         return 2
     with throwaway_namespace() as netns:
         figures = measure(netns, args.rounds, args.shell_rounds)
+        tc_figures = measure_tc(netns, args.rounds)
     checks = figures.pop("correctness", {})
-    imports = {"xenoffload.toggles.netlink": import_time_ms("xenoffload.toggles.netlink")}
+    imports = {"xenoffload.toggles.netlink": import_time_ms("xenoffload.toggles.netlink"),
+               "xenoffload.toggles.tc_netlink": import_time_ms("xenoffload.toggles.tc_netlink")}
     try:
         import pyroute2  # noqa: F401
     except ImportError:
@@ -192,6 +242,7 @@ def main() -> int:
         "ratio_to_xenoffload_apply_change": {
             name: round(value / base, 2) for name, value in figures.items()
         },
+        "tc_per_call_us": {name: round(value, 1) for name, value in tc_figures.items()},
         "import_ms": {name: round(value, 1) for name, value in imports.items()},
         "correctness": checks,
     }
@@ -201,6 +252,9 @@ def main() -> int:
     print(f"{'operation':<34}{'µs/call':>12}{'x xenoffload apply (change)':>30}")
     for name, value in figures.items():
         print(f"{name:<34}{value:>12.1f}{value / base:>30.2f}")
+    print()
+    for name, value in tc_figures.items():
+        print(f"{name:<46}{value:>12.1f} µs")
     print()
     for name, value in imports.items():
         print(f"import {name:<33}{value:>8.1f} ms")

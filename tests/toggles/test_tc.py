@@ -217,6 +217,30 @@ def test_a_gso_change_by_someone_else_is_put_back_while_enforcing() -> None:
     assert world.tc_state(ETH)[1] == 1
 
 
+def test_a_gso_value_someone_set_after_the_last_apply_is_left_on_removal() -> None:
+    world, tcs = simulated()
+    tcs.apply(ETH, [EGRESS4])
+    other_writer(world, tc.set_gso_max_segs_request(ifindex(world), 10))
+    tcs.apply(ETH, [])
+    assert world.tc_state(ETH) == (None, 10, ())
+
+
+def test_two_filters_of_ours_where_one_is_wanted_become_one() -> None:
+    # Two xenoffload processes creating at once: u32 adds a second node instead of refusing.
+    world, tcs = simulated()
+    tcs.apply(ETH, [EGRESS4])
+    (group,) = groups(tcs.read(ETH), tcs.config).values()
+    duplicate = tc.new_filter_request(ifindex(world), Hook.EGRESS.parent, DEFAULT_PRIORITY,
+                                      tc.ETH_P_IP, "u32", (tc.csum_action(
+                                          EGRESS4.update_flags,
+                                          group.filters[0].actions[0].cookie),))
+    other_writer(world, duplicate)
+    assert len(world.tc_state(ETH)[2]) == 2
+    assert tcs.apply(ETH, [EGRESS4]).enforced == (EGRESS4,)
+    assert len(world.tc_state(ETH)[2]) == 1
+    assert tcs.apply(ETH, [EGRESS4]).changes_sent == 0
+
+
 def test_another_priority_can_be_configured() -> None:
     world = RecordingToggles()
     world.add_device(ETH, NETFRONT_ETH)

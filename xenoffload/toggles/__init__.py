@@ -1,9 +1,14 @@
-"""Drive a network device's kernel checksum-offload features (what ``ethtool -K`` does).
+"""Drive a network device's checksum offload: ethtool features, and tc where those are fixed.
 
 ``make_toggles("netlink")`` talks to the kernel (ethtool generic netlink); ``make_toggles(
 "dry-run")`` simulates devices in memory and records what would be done. Both implement
 :class:`~xenoffload.toggles.base.Toggles`; :func:`~xenoffload.toggles.mapping.wanted_features`
-turns a negotiated result into the features to apply.
+turns a negotiated result into the features to apply. Where ethtool cannot,
+:class:`~xenoffload.toggles.tc_netlink.NetlinkTc` (a
+:class:`~xenoffload.toggles.tc_base.TcChecksum`) computes checksums with a tc ``csum`` action
+for the rules
+:func:`~xenoffload.toggles.mapping.csum_rules` gives. :func:`xenoffload.enforce.make_enforcers`
+builds both for an agent; docs/toggles.md describes them.
 """
 
 from __future__ import annotations

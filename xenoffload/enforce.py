@@ -14,6 +14,7 @@ its vifs.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 import attrs
@@ -21,7 +22,6 @@ import attrs
 from xenoffload.endpoint import Enforcement
 from xenoffload.negotiation import LinkResult
 from xenoffload.schema import FamilyFlags, Role
-from xenoffload.toggles import make_toggles
 from xenoffload.toggles.base import ApplyResult, DeviceGone, DeviceRef, ToggleError, Toggles
 from xenoffload.toggles.mapping import (
     TX_CHECKSUM_FEATURES,
@@ -29,6 +29,8 @@ from xenoffload.toggles.mapping import (
     csum_rules,
     wanted_features,
 )
+from xenoffload.toggles.netlink import NetlinkToggles
+from xenoffload.toggles.recording import RecordingToggles, profile_for_name
 from xenoffload.toggles.tc_base import Hook, TcChecksum, TcResult
 from xenoffload.toggles.tc_netlink import NetlinkTc
 from xenoffload.toggles.tc_plan import TcConfig
@@ -115,21 +117,21 @@ def enforcement_of(applied: ApplyResult, tc_result: TcResult | None,
 @attrs.frozen
 class Enforcers:
     """The kernel mechanisms one agent shares among its vifs: ``toggles`` (ethtool) and
-    ``tc`` (None: ethtool only). :meth:`for_device` gives the enforcer of one device."""
+    ``tc`` (None: ethtool only). :meth:`for_device` gives the enforcer of one device;
+    ``closers`` release what the mechanisms hold (their sockets)."""
 
     toggles: Toggles
     tc: TcChecksum | None = None
+    closers: tuple[Callable[[], None], ...] = ()
 
     def for_device(self, device: DeviceRef) -> TogglesEnforcer:
         """Return the enforcer of ``device``."""
         return TogglesEnforcer(self.toggles, device, self.tc)
 
     def close(self) -> None:
-        """Release the sockets of the mechanisms that hold any."""
-        for mechanism in (self.toggles, self.tc):
-            close = getattr(mechanism, "close", None)
-            if callable(close):
-                close()
+        """Release the sockets of the mechanisms."""
+        for close in self.closers:
+            close()
 
 
 def make_enforcers(kind: Literal["netlink", "dry-run"], *, tc: bool = True,
@@ -140,12 +142,15 @@ def make_enforcers(kind: Literal["netlink", "dry-run"], *, tc: bool = True,
     by their simulated kernel. ``tc=False`` leaves tc alone (ethtool only, as before
     xenoffload used tc). ``tc_config``: the filters' priority and classifiers (default
     :class:`~xenoffload.toggles.tc_plan.TcConfig`). Raises ValueError for another kind."""
-    toggles = make_toggles(kind)
-    if not tc:
-        return Enforcers(toggles)
     if kind == "netlink":
-        return Enforcers(toggles, NetlinkTc(config=tc_config))
-    from xenoffload.toggles.recording import RecordingToggles
-
-    assert isinstance(toggles, RecordingToggles)
-    return Enforcers(toggles, NetlinkTc(config=tc_config, transport_for=toggles.rtnetlink))
+        toggles = NetlinkToggles()
+        if not tc:
+            return Enforcers(toggles, None, (toggles.close,))
+        tcs = NetlinkTc(config=tc_config)
+        return Enforcers(toggles, tcs, (toggles.close, tcs.close))
+    if kind == "dry-run":
+        world = RecordingToggles(auto_profile=profile_for_name)
+        if not tc:
+            return Enforcers(world)
+        return Enforcers(world, NetlinkTc(config=tc_config, transport_for=world.rtnetlink))
+    raise ValueError(f"unknown enforcement kind {kind!r}: expected 'netlink' or 'dry-run'")

@@ -2,7 +2,7 @@
 
 A conversation is what one xenoffload call exchanged with a real kernel: each request exactly
 as sent and each datagram the kernel answered with. :class:`Replay` stands in for the socket
-(a :class:`~xenoffload.toggles.nl_socket.NetlinkTransport`): it checks that every request is
+(a :class:`~xenoffload.toggles.nl_codec.NetlinkTransport`): it checks that every request is
 byte for byte the recorded one (so an encoder change shows up here and the fixture must be
 captured again with capture_replies.py, as root) and feeds the recorded datagrams through the
 same :class:`~xenoffload.toggles.nl_codec.ReplyCollector` the socket uses.

@@ -31,13 +31,13 @@ from xenoffload.toggles.nl_codec import (
     ErrorAnswer,
     Message,
     NetlinkDecodeError,
+    NetlinkTransport,
     Request,
 )
 from xenoffload.toggles.nl_socket import (
     NETLINK_GENERIC,
     NETNS_DIR,
     NamespaceSockets,
-    NetlinkTransport,
     Opener,
 )
 from xenoffload.toggles.plan import judge_after, plan_apply, side_effects

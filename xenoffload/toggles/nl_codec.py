@@ -21,6 +21,7 @@ import errno as errno_module
 import os
 import struct
 from collections.abc import Iterator
+from typing import Protocol
 
 import attrs
 
@@ -32,6 +33,7 @@ __all__ = [
     "Answer",
     "Expect",
     "ReplyCollector",
+    "NetlinkTransport",
     "decode_messages",
     "encode_attribute",
     "nested",
@@ -386,6 +388,21 @@ class ReplyCollector:
                 self._done = True
                 return Answer(tuple(self._parts))
         return None
+
+
+class NetlinkTransport(Protocol):
+    """Carries one request to a kernel and returns its answer: a socket
+    (:class:`~xenoffload.toggles.nl_socket.NetlinkChannel`), a simulated kernel
+    (:mod:`xenoffload.toggles.recording`) or a replay of recorded answers (the tests)."""
+
+    def exchange(self, request: Request, label: str) -> Answer | ErrorAnswer:
+        """Return the kernel's answer to ``request`` (``label`` names it in counts and
+        errors). Raises ToggleError when the kernel does not answer or answers garbage."""
+        ...
+
+    def close(self) -> None:
+        """Release what the transport holds."""
+        ...
 
 
 # --- generic netlink -------------------------------------------------------------------------

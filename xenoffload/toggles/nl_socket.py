@@ -13,7 +13,8 @@ thread that first enters the namespace with setns(2) (which moves only the calli
 Python 3.11 has no ``os.setns``). :class:`NamespaceSockets` caches one socket-based object per
 namespace and replaces it when the name comes to refer to another namespace (the file's inode
 changes), or reports the namespace gone. Anything with an ``exchange`` method can stand in for
-a socket (:class:`NetlinkTransport`): the tests replay recorded kernel answers that way.
+a socket (:class:`~xenoffload.toggles.nl_codec.NetlinkTransport`): the tests replay recorded
+kernel answers that way, and a dry run answers from its simulated kernel.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from xenoffload.toggles.nl_codec import (
     Answer,
     ErrorAnswer,
     NetlinkDecodeError,
+    NetlinkTransport,
     ReplyCollector,
     Request,
 )
@@ -44,7 +46,6 @@ __all__ = [
     "NETNS_DIR",
     "NETLINK_ROUTE",
     "NETLINK_GENERIC",
-    "NetlinkTransport",
     "NetlinkChannel",
     "open_channel",
     "NamespaceSockets",
@@ -63,19 +64,6 @@ _TIMEOUT = 5.0
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-class NetlinkTransport(Protocol):
-    """Sends one request and returns its answer (see :class:`NetlinkChannel`)."""
-
-    def exchange(self, request: Request, label: str) -> Answer | ErrorAnswer:
-        """Return the kernel's answer to ``request`` (``label`` names it in counts and
-        errors). Raises ToggleError when the kernel does not answer or answers garbage."""
-        ...
-
-    def close(self) -> None:
-        """Release the socket."""
-        ...
-
-
 class NetlinkChannel:
     """One netlink socket. Not thread-safe: the owner serialises (and counts requests)."""
 
@@ -89,7 +77,8 @@ class NetlinkChannel:
         self._sock.close()
 
     def exchange(self, request: Request, label: str) -> Answer | ErrorAnswer:
-        """Send ``request`` and return its answer; see :meth:`NetlinkTransport.exchange`."""
+        """Send ``request`` and return its answer; see
+        :meth:`~xenoffload.toggles.nl_codec.NetlinkTransport.exchange`."""
         self._seq = (self._seq % 0xFFFFFFFF) + 1
         collector = ReplyCollector(self._seq, request.expect())
         try:

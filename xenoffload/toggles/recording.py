@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import re
 import socket
+import struct
 import threading
 from collections.abc import Callable, Mapping
 
@@ -45,6 +46,7 @@ from xenoffload.toggles.nl_codec import (
     ErrorAnswer,
     Message,
     NetlinkDecodeError,
+    NetlinkTransport,
     Request,
     attribute_map,
     decode_string,
@@ -377,7 +379,7 @@ class RecordingToggles:
         with self._lock:
             self._device(device).request(changes)
 
-    def rtnetlink(self, device: DeviceRef) -> _SimulatedRtnetlink:
+    def rtnetlink(self, device: DeviceRef) -> NetlinkTransport:
         """Return the simulated kernel's rtnetlink for the device's namespace (the
         ``transport_for`` of a dry run's NetlinkTc). Raises TogglesUnavailable if the
         namespace does not exist (unless devices are created on first use)."""
@@ -488,7 +490,7 @@ _U32_FIRST_NODE = 0x80000800
 
 class _SimulatedRtnetlink:
     """The simulated kernel's rtnetlink in one namespace: answers the requests the tc
-    enforcement sends as Linux does (an :class:`~xenoffload.toggles.nl_socket.NetlinkTransport`)."""
+    enforcement sends as Linux does (an :class:`~xenoffload.toggles.nl_codec.NetlinkTransport`)."""
 
     def __init__(self, world: RecordingToggles, netns: str | None) -> None:
         self._world = world
@@ -503,7 +505,7 @@ class _SimulatedRtnetlink:
             try:
                 outcome = self._answer(Message(request.kind, request.flags, 0, 0,
                                                request.payload))
-            except NetlinkDecodeError:
+            except (NetlinkDecodeError, struct.error, KeyError):
                 outcome = ErrorAnswer(errno.EINVAL, "malformed request")
             self._world.tc_requests.append(
                 (self._netns, label, outcome if isinstance(outcome, ErrorAnswer) else None))

@@ -24,12 +24,17 @@ from collections.abc import Callable, Collection, Mapping
 
 from xenoffload.toggles.base import DeviceRef, ToggleError
 from xenoffload.toggles.netlink import translate_refusal
-from xenoffload.toggles.nl_codec import Answer, ErrorAnswer, NetlinkDecodeError, Request
+from xenoffload.toggles.nl_codec import (
+    Answer,
+    ErrorAnswer,
+    NetlinkDecodeError,
+    NetlinkTransport,
+    Request,
+)
 from xenoffload.toggles.nl_socket import (
     NETLINK_ROUTE,
     NETNS_DIR,
     NamespaceSockets,
-    NetlinkTransport,
 )
 from xenoffload.toggles.tc_base import CsumRule, Hook, TcResult
 from xenoffload.toggles.tc_codec import (

@@ -29,10 +29,7 @@ from xenoffload.toggles.mapping import (
     csum_rules,
     wanted_features,
 )
-from xenoffload.toggles.netlink import NetlinkToggles
-from xenoffload.toggles.recording import RecordingToggles, profile_for_name
 from xenoffload.toggles.tc_base import Hook, TcChecksum, TcResult
-from xenoffload.toggles.tc_netlink import NetlinkTc
 from xenoffload.toggles.tc_plan import TcConfig
 
 __all__ = ["TogglesEnforcer", "Enforcers", "make_enforcers", "enforcement_of"]
@@ -142,13 +139,20 @@ def make_enforcers(kind: Literal["netlink", "dry-run"], *, tc: bool = True,
     by their simulated kernel. ``tc=False`` leaves tc alone (ethtool only, as before
     xenoffload used tc). ``tc_config``: the filters' priority and classifiers (default
     :class:`~xenoffload.toggles.tc_plan.TcConfig`). Raises ValueError for another kind."""
+    # Imported here: an agent needs one of the two, and the netlink one opens sockets.
+    from xenoffload.toggles.tc_netlink import NetlinkTc
+
     if kind == "netlink":
+        from xenoffload.toggles.netlink import NetlinkToggles
+
         toggles = NetlinkToggles()
         if not tc:
             return Enforcers(toggles, None, (toggles.close,))
         tcs = NetlinkTc(config=tc_config)
         return Enforcers(toggles, tcs, (toggles.close, tcs.close))
     if kind == "dry-run":
+        from xenoffload.toggles.recording import RecordingToggles, profile_for_name
+
         world = RecordingToggles(auto_profile=profile_for_name)
         if not tc:
             return Enforcers(world)

@@ -1,43 +1,67 @@
 """The ``xenoffload`` command: agents, the embedded XenStore server, show, set, demo, hotplug.
 
-Exit codes (docs/cli.md): 0 success; 1 the job ran but its outcome is not the expected one
-(demo expectations, ``--once`` with a vif not Connected, a refused vif); 2 usage error;
-3 XenStore unreachable; 4 configuration error.
+Every input is checked where it enters (argument types, then names looked up in XenStore);
+every failure ends with one line on stderr and one of the exit codes below (docs/cli.md),
+never a traceback:
+
+0 success; 1 the job ran but its outcome is not the expected one (demo expectations, ``--once``
+with a vif not Connected or refused, a XenStore error answer); 2 usage error; 3 XenStore
+unreachable; 4 configuration error (policy file); 5 another xenoffload process already writes
+for this end (one writer per end, docs/agents.md); 6 the domain, vif or override named does
+not exist; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import math
 import os
 import signal
+import socket
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import attrs
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from xenoffload import __version__
-from xenoffload.endpoint import Enforcer
-from xenoffload.machine import Mode
-from xenoffload.negotiation import LinkPolicy
-from xenoffload.policy import Policy, PolicyError, VifIdentity, load_policy
-from xenoffload.schema import FamilyFlags
+from xenoffload.agentlock import EndBusy, EndKey, acquire_agent, held
+from xenoffload.devices import DevicePattern, PatternError
+from xenoffload.names import NotFound, VifSpec, parse_domid, parse_vif_spec
+from xenoffload.policy import Policy, PolicyError, builtin_policy, load_policy
+from xenoffload.schema import Role
 from xenoffload.store.base import Store, StoreUnavailable, XenStoreError
-from xenoffload.toggles.base import DeviceRef, Toggles
 
 if TYPE_CHECKING:  # the agents are imported only by the commands that run them
     from xenoffload.agents.backend import BackendAgent
     from xenoffload.agents.guest import GuestAgent
+    from xenoffload.endpoint import VifEndpoint
+    from xenoffload.paths import VifPaths
+    from xenoffload.show import AgentView, VifReport
+    from xenoffload.toggles.base import Toggles
 
-__all__ = ["main", "resolve_xenstore", "EXIT_OK", "EXIT_OUTCOME", "EXIT_USAGE",
-           "EXIT_XENSTORE", "EXIT_CONFIG"]
+__all__ = ["main", "build_parser", "resolve_xenstore", "CliError", "EXIT_OK", "EXIT_OUTCOME",
+           "EXIT_USAGE", "EXIT_XENSTORE", "EXIT_CONFIG", "EXIT_BUSY", "EXIT_NOT_FOUND",
+           "EXIT_INTERRUPTED", "DEFAULT_CONFIG"]
 
 EXIT_OK, EXIT_OUTCOME, EXIT_USAGE, EXIT_XENSTORE, EXIT_CONFIG = 0, 1, 2, 3, 4
+EXIT_BUSY, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 5, 6, 130
+
+#: The policy file an agent reads when ``--config`` is not given, if it exists.
+DEFAULT_CONFIG = {Role.BACKEND: "/etc/xenoffload/policy.toml",
+                  Role.FRONTEND: "/etc/xenoffload/guest.toml"}
 
 log = logging.getLogger("xenoffload")
+
+
+class CliError(Exception):
+    """A command cannot do what was asked: ``message`` is the one line printed, ``code`` the
+    exit code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def resolve_xenstore(explicit: str | None) -> str:
@@ -55,15 +79,398 @@ def resolve_xenstore(explicit: str | None) -> str:
 
 
 def _connect(path: str) -> Store:
+    """Return a connection to ``path``; CliError (exit 3) naming it when there is none."""
+    from xenoffload.store.pyxs_store import connect_store
+
+    try:
+        return connect_store(path)
+    except StoreUnavailable as error:
+        raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: {error}") from None
+
+
+# ----------------------------------------------------------------------------- argument types
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
+def _domid(text: str) -> int:
+    try:
+        return parse_domid(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _devid(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or int(text) > 0xFFFF:
+        raise argparse.ArgumentTypeError(f"not a devid (0..65535): {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0 or value > 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400], got {text!r}")
+    return value
+
+
+def _pattern(role: Role) -> Callable[[str], DevicePattern]:
+    def parse(text: str) -> DevicePattern:
+        try:
+            return DevicePattern(role, text)
+        except PatternError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def _netns(text: str) -> str:
+    if not text or "/" in text or text in (".", "..") or len(text) > 255:
+        raise argparse.ArgumentTypeError(f"not a network namespace name: {text!r}")
+    return text
+
+
+def _bridge(text: str) -> str:
+    from xenoffload.names import parse_bridge_pattern
+
+    try:
+        return parse_bridge_pattern(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _vif_spec(need_device: bool) -> Callable[[str], VifSpec]:
+    def parse(text: str) -> VifSpec:
+        try:
+            return parse_vif_spec(text, need_device)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def _writable_file(text: str) -> Path:
+    """A file the command will write at the end: checked now (its directory exists and can be
+    written), so a long run is not lost to a typo."""
+    path = Path(text)
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory")
+    if not directory.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK) or \
+            (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text}: not writable")
+    return path
+
+
+# ----------------------------------------------------------------------------- policy
+
+
+def _policy_source(args: argparse.Namespace, role: Role) -> str | None:
+    """Return the policy file to read: ``--config``, else the end's default file if it exists
+    (none with ``--no-config``)."""
+    if args.no_config:
+        return None
+    if args.config is not None:
+        return str(args.config)
+    default = DEFAULT_CONFIG[role]
+    return default if os.path.exists(default) else None
+
+
+def _load(path: str | None, role: Role) -> Policy:
+    """Return the policy in ``path`` over the end's built-in default (or that default).
+    Raises CliError (exit 4) naming the file."""
+    builtin = builtin_policy(role)
+    if path is None:
+        return builtin
+    try:
+        return load_policy(path, builtin.default)
+    except PolicyError as error:
+        raise CliError(EXIT_CONFIG, f"policy refused: {error}") from None
+    except OSError as error:
+        raise CliError(EXIT_CONFIG, f"policy file {path}: {error.strerror or error}") from None
+
+
+# ----------------------------------------------------------------------------- agents
+
+
+def _sd_notify(message: str) -> None:
+    """Tell systemd ``message`` (``READY=1``...) when run as a Type=notify service."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as error:
+        log.warning("cannot notify systemd at %s: %s", address, error)
+
+
+def _agent_views(logic: BackendAgent | GuestAgent) -> list[tuple[tuple[int, int] | int,
+                                                                 AgentView]]:
+    """Return what the agent holds per vif: its key (``(guest, devid)`` for the backend,
+    ``devid`` for the guest) and its view. All reading of agent internals is here."""
+    from xenoffload.agents.backend import BackendAgent
+    from xenoffload.show import AgentView
+
+    role = Role.BACKEND if isinstance(logic, BackendAgent) else Role.FRONTEND
+    views: list[tuple[tuple[int, int] | int, AgentView]] = []
+    endpoints: dict[Any, VifEndpoint] = dict(logic.endpoints)
+    refused: dict[Any, str] = dict(logic.refused)
+    for key, endpoint in sorted(endpoints.items()):
+        enforcement = endpoint.enforcement
+        views.append((key, AgentView(
+            role, endpoint.machine.own_state, endpoint.machine.peer_state, endpoint.result,
+            enforcement.status if enforcement else None,
+            enforcement.unsafe if enforcement else False,
+            enforcement.retry if enforcement else False,
+            tuple(enforcement.details) if enforcement else ())))
+    for refused_key, why in sorted(refused.items()):
+        views.append((refused_key, AgentView(role, refused=why)))
+    return views
+
+
+def _once_reports(logic: BackendAgent | GuestAgent, path: str) -> list[VifReport]:
+    """Return the ``--once`` summary: each vif the agent handled as the store shows it now,
+    with the agent's own view attached."""
+    import attrs
+
+    from xenoffload.paths import VifPaths
+    from xenoffload.show import collect
+
+    store = _connect(path)
+    try:
+        reports = []
+        for key, view in _agent_views(logic):
+            if isinstance(key, tuple):
+                paths = VifPaths(logic.domid, key[0], key[1])
+            else:
+                paths = _guest_vif_paths(store, logic.domid, key)
+            (report,) = collect(store, [paths])
+            reports.append(attrs.evolve(report, agent=view))
+        return reports
+    finally:
+        store.close()
+
+
+def _guest_vif_paths(store: Store, guest: int, devid: int) -> VifPaths:
+    """The paths of a guest's vif: its backend as the frontend's ``backend-id`` names it."""
+    from xenoffload.paths import VifPaths, frontend_vif_root
+    from xenoffload.policy import node_text
+
+    raw = node_text(store.try_read(f"{frontend_vif_root(guest)}/{devid}/backend-id"))
+    backend = int(raw) if raw is not None and raw.isdigit() and len(raw) <= 5 else 0
+    return VifPaths(backend, guest, devid)
+
+
+def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
+               make_logic: Callable[[Policy], BackendAgent | GuestAgent],
+               stop: threading.Event) -> int:
+    """Run an agent as the CLI options say, as the one writer of its end. SIGHUP reloads the
+    policy file (keeping the running policy when it does not load)."""
+    from xenoffload.agents.runner import Runner
+
+    source = _policy_source(args, role)
+    logic = make_logic(_load(source, role))
+    what = f"{'backend' if role is Role.BACKEND else 'guest'}-agent" + \
+        (" --once" if args.once else "")
+    end = EndKey.of(role, domid, path)
+    try:
+        locks = acquire_agent(end, what)
+    except EndBusy as error:
+        raise CliError(EXIT_BUSY, f"{error}; this {what} writes nothing "
+                                  "(one writer per end: docs/agents.md)") from None
+    except OSError as error:
+        raise CliError(EXIT_CONFIG, f"cannot take the agent lock: {error}") from None
+    with held(locks):
+        runner = Runner(lambda: _connect_raw(path), logic)
+        runner.stop_event = stop
+        if args.once:
+            runner.backoff_max = 0.5
+            try:
+                runner.run_once(settle_seconds=args.settle, max_seconds=args.timeout)
+            except StoreUnavailable as error:
+                raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: {error}") \
+                    from None
+            return _once_outcome(logic, path, args.json)
+
+        def reload() -> None:
+            nonlocal source
+            source = _policy_source(args, role)
+            try:
+                new = _load(source, role)
+            except CliError as error:
+                log.error("policy reload refused, keeping the old one: %s", error)
+                return
+            logic.set_policy(new)
+            log.info("policy reloaded from %s", source or "the built-in default")
+
+        def on_hup(_signum: int, _frame: object) -> None:
+            runner.pending_reload = reload
+
+        attached = False
+
+        def on_attached() -> None:
+            nonlocal attached
+            if not attached:
+                attached = True
+                _sd_notify(f"READY=1\nSTATUS=acting for {end.describe()}")
+
+        runner.on_attached = on_attached
+        signal.signal(signal.SIGHUP, on_hup)
+        log.info("xenoffload %s %s on %s (mode %s, toggles %s, policy %s)", __version__,
+                 what, path, args.mode, args.toggles, source or "built-in")
+        runner.run()
+        _sd_notify("STOPPING=1")
+    return EXIT_OK
+
+
+def _connect_raw(path: str) -> Store:
     from xenoffload.store.pyxs_store import connect_store
 
     return connect_store(path)
 
 
-def _on_off(text: str) -> bool:
-    if text not in ("on", "off"):
-        raise argparse.ArgumentTypeError("expected on or off")
-    return text == "on"
+def _once_outcome(logic: BackendAgent | GuestAgent, path: str, as_json: bool) -> int:
+    from xenoffload.show import render_json, render_table
+    from xenoffload.xenbus import XenbusState
+
+    reports = _once_reports(logic, path)
+    if as_json:
+        print(render_json(reports))
+    else:
+        print(render_table(reports))
+        for report in reports:
+            agent = report.agent
+            assert agent is not None
+            if agent.refused is not None:
+                print(f"{report.guest_domid}/{report.devid}: refused: {agent.refused}")
+    ok = all(report.agent is not None and report.agent.refused is None and
+             not report.agent.retry and
+             report.agent.own_state is XenbusState.CONNECTED and
+             report.agent.peer_state is XenbusState.CONNECTED for report in reports)
+    return EXIT_OK if ok else EXIT_OUTCOME
+
+
+def _stop_on_signals() -> threading.Event:
+    """Return an event set by SIGTERM/SIGINT (a daemon stops cleanly on either)."""
+    stop = threading.Event()
+
+    def on_term(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    return stop
+
+
+def cmd_backend_agent(args: argparse.Namespace) -> int:
+    from xenoffload.agents.backend import BackendAgent
+    from xenoffload.devices import backend_device
+    from xenoffload.endpoint import Enforcer
+    from xenoffload.enforce import TogglesEnforcer
+    from xenoffload.machine import Mode
+    from xenoffload.policy import VifIdentity
+
+    toggles = _make_toggles(args.toggles)
+
+    def enforcer(vif: VifIdentity) -> Enforcer | None:
+        if toggles is None:
+            return None
+        try:
+            device = backend_device(vif, args.device_pattern, args.netns)
+        except ValueError:
+            log.warning("domid=%d devid=%d: vifname %r is not a device name; using the "
+                        "default name", vif.domid, vif.devid, vif.vifname)
+            device = backend_device(VifIdentity(vif.domid, vif.devid), args.device_pattern,
+                                    args.netns)
+        return TogglesEnforcer(toggles, device)
+
+    stop = None if args.once else _stop_on_signals()
+    return _run_agent(
+        args, Role.BACKEND, resolve_xenstore(args.xenstore), args.domid,
+        lambda policy: BackendAgent(policy, args.domid, Mode(args.mode), enforcer),
+        stop or threading.Event())
+
+
+def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
+    """Return this guest's domid, read from XenStore. A daemon (``stop`` given) waits for
+    XenStore to come up, as the backend agent does; ``--once`` does not. Returns None when
+    stopped first; raises CliError when XenStore is unreachable (``--once``) or the domid
+    cannot be read."""
+    from xenoffload.show import own_domid
+
+    delay = 0.05
+    while True:
+        try:
+            store = _connect(path)
+            break
+        except CliError:
+            if stop is None:
+                raise
+            log.warning("XenStore unavailable at %s; retrying in %.2fs", path, delay)
+            if stop.wait(delay):
+                return None
+            delay = min(delay * 2, 5.0)
+    try:
+        domid = own_domid(store)
+        if domid is None:
+            try:
+                store.read("domid")
+                why = "it is not a domid"
+            except XenStoreError as error:
+                why = error.errno_name
+        store.close()
+    except StoreUnavailable as error:
+        raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: {error}") from None
+    if domid is None:
+        raise CliError(EXIT_USAGE, f"cannot read this guest's domid from XenStore at {path} "
+                                   f"('domid': {why}); run it in a Xen guest (as root, with "
+                                   "/dev/xen/xenbus) or pass --domid N")
+    return domid
+
+
+def cmd_guest_agent(args: argparse.Namespace) -> int:
+    from xenoffload.agents.guest import GuestAgent
+    from xenoffload.devices import GuestDeviceEnforcer
+    from xenoffload.endpoint import Enforcer
+    from xenoffload.enforce import TogglesEnforcer
+    from xenoffload.machine import Mode
+    from xenoffload.policy import VifIdentity
+    from xenoffload.toggles.base import DeviceRef
+
+    path = resolve_xenstore(args.xenstore)
+    stop = None if args.once else _stop_on_signals()
+    domid = args.domid if args.domid is not None else _guest_domid(path, stop)
+    if domid is None:
+        return EXIT_OK  # stopped while waiting for XenStore
+    toggles = _make_toggles(args.toggles)
+    pattern: DevicePattern | None = args.device_pattern
+    if pattern is None and args.toggles == "dry-run":
+        # Simulated devices touch nothing: name them as netfront would.
+        pattern = DevicePattern(Role.FRONTEND, "eth{devid}")
+
+    def enforcer(vif: VifIdentity) -> Enforcer | None:
+        if toggles is None:
+            return None
+        if pattern is not None:
+            return TogglesEnforcer(toggles, DeviceRef(pattern.name(vif), args.netns))
+        return GuestDeviceEnforcer(toggles, vif.devid, args.netns)
+
+    return _run_agent(
+        args, Role.FRONTEND, path, domid,
+        lambda policy: GuestAgent(policy, domid, Mode(args.mode), enforcer),
+        stop or threading.Event())
 
 
 def _make_toggles(kind: str) -> Toggles | None:
@@ -74,240 +481,174 @@ def _make_toggles(kind: str) -> Toggles | None:
     return make_toggles("netlink" if kind == "netlink" else "dry-run")
 
 
-def _load_policy(path: str | None, builtin: Policy) -> Policy:
-    """Return the policy in ``path`` (its [default] over ``builtin``'s), or ``builtin``."""
-    return load_policy(path, builtin.default) if path else builtin
-
-
-def _device_locator(pattern: str, netns: str | None) -> Callable[..., DeviceRef]:
-    def locate(*ids: int) -> DeviceRef:
-        names = dict(zip(("domid", "devid"), ids, strict=False)) if len(ids) == 2 \
-            else {"devid": ids[0]}
-        return DeviceRef(pattern.format(**names), netns)
-
-    return locate
-
-
-def _guest_ifname(devid: int) -> str:
-    """The netfront device of vif ``devid`` (sysfs), falling back to eth<devid>."""
-    base = Path(f"/sys/bus/xen/devices/vif-{devid}/net")
-    try:
-        names = sorted(p.name for p in base.iterdir())
-    except OSError:
-        names = []
-    return names[0] if names else f"eth{devid}"
-
-
-# ----------------------------------------------------------------------------- commands
-
-
-def _run_agent(args: argparse.Namespace, logic: BackendAgent | GuestAgent,
-               builtin: Policy) -> int:
-    """Run an agent as the CLI options say; SIGHUP reloads ``--config`` (its [default] over
-    ``builtin``), keeping the running policy when the file does not load."""
-    from xenoffload.agents.runner import Runner
-
-    path = resolve_xenstore(args.xenstore)
-    runner = Runner(lambda: _connect(path), logic)
-    if args.once:
-        try:
-            runner.backoff_max = 0.5
-            runner.run_once(settle_seconds=args.settle, max_seconds=args.timeout)
-        except StoreUnavailable as error:
-            log.error("XenStore unavailable at %s: %s", path, error)
-            return EXIT_XENSTORE
-        return _once_outcome(logic, args.json)
-
-    def reload() -> None:
-        try:
-            new = _load_policy(args.config, builtin)
-        except (PolicyError, OSError) as error:
-            log.error("policy reload refused, keeping the old one: %s", error)
-            return
-        logic.set_policy(new)
-        log.info("policy reloaded from %s", args.config)
-
-    def on_hup(_signum: int, _frame: object) -> None:
-        runner.pending_reload = reload
-
-    def on_term(_signum: int, _frame: object) -> None:
-        runner.stop()
-
-    signal.signal(signal.SIGHUP, on_hup)
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    log.info("xenoffload %s agent on %s (mode %s, toggles %s)", __version__, path,
-             args.mode, args.toggles)
-    runner.run()
-    return EXIT_OK
-
-
-def _once_outcome(logic: BackendAgent | GuestAgent, as_json: bool) -> int:
-    from xenoffload.xenbus import XenbusState
-
-    refused = [(str(key), why) for key, why in logic.refused.items()]
-    rows = []
-    ok = not refused
-    for key, endpoint in sorted(logic.endpoints.items()):
-        connected = endpoint.machine.own_state is XenbusState.CONNECTED and \
-            endpoint.machine.peer_state is XenbusState.CONNECTED
-        ok = ok and connected and not endpoint.needs_retry
-        rows.append({"vif": str(key), "own_state": str(endpoint.machine.own_state),
-                     "peer_state": str(endpoint.machine.peer_state),
-                     "result": endpoint.result.describe() if endpoint.result else None,
-                     "status": endpoint.enforcement.status if endpoint.enforcement else None})
-    for vif, why in sorted(refused):
-        rows.append({"vif": vif, "refused": why})
-    if as_json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(" ".join(f"{k}={v}" for k, v in row.items()))
-    return EXIT_OK if ok else EXIT_OUTCOME
-
-
-def cmd_backend_agent(args: argparse.Namespace) -> int:
-    from xenoffload.agents.backend import BackendAgent
-    from xenoffload.enforce import TogglesEnforcer
-
-    policy = _load_policy(args.config, Policy())
-    locate = _device_locator(args.device_pattern, args.netns)
-    toggles = _make_toggles(args.toggles)
-
-    def enforcer(vif: VifIdentity) -> Enforcer | None:
-        if toggles is None:
-            return None
-        device = DeviceRef(vif.vifname, args.netns) if vif.vifname else \
-            locate(vif.domid, vif.devid)
-        return TogglesEnforcer(toggles, device)
-
-    return _run_agent(args, BackendAgent(policy, args.domid, Mode(args.mode), enforcer),
-                      Policy())
-
-
-#: The guest agent's built-in policy: take whatever the backend offers (docs/agents.md).
-GUEST_DEFAULT = Policy(LinkPolicy(FamilyFlags.both(True), FamilyFlags.both(True)))
-
-
-def cmd_guest_agent(args: argparse.Namespace) -> int:
-    from xenoffload.agents.guest import GuestAgent
-    from xenoffload.enforce import TogglesEnforcer
-
-    policy = _load_policy(args.config, GUEST_DEFAULT)
-    domid = args.domid
-    if domid is None:
-        try:
-            store = _connect(resolve_xenstore(args.xenstore))
-            raw = store.try_read("domid")
-            store.close()
-        except StoreUnavailable as error:
-            log.error("XenStore unavailable: %s", error)
-            return EXIT_XENSTORE
-        if raw is None or not raw.isdigit():
-            log.error("cannot tell this guest's domid (no readable 'domid'); use --domid")
-            return EXIT_USAGE
-        domid = int(raw)
-
-    toggles = _make_toggles(args.toggles)
-
-    def enforcer(vif: VifIdentity) -> Enforcer | None:
-        if toggles is None:
-            return None
-        name = args.device_pattern.format(devid=vif.devid) if args.device_pattern \
-            else _guest_ifname(vif.devid)
-        return TogglesEnforcer(toggles, DeviceRef(name, args.netns))
-
-    return _run_agent(args, GuestAgent(policy, domid, Mode(args.mode), enforcer),
-                      GUEST_DEFAULT)
+# ----------------------------------------------------------------------------- show, set
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from xenoffload.show import collect, list_vifs, render_json, render_table
+    from xenoffload.show import render_json, render_table
 
-    guest = devid = None
-    if args.vif:
-        guest, devid = _parse_vif(args.vif, allow_domid_only=True)
     store = _connect(resolve_xenstore(args.xenstore))
     try:
-        vifs = [v for v in list_vifs(store, args.backend_domid, guest)
-                if devid is None or v.devid == devid]
-        reports = collect(store, vifs)
+        reports, own = _selected_reports(store, args)
     finally:
         store.close()
-    toggles = _make_toggles(args.kernel)
-    if toggles is not None:
-        locate = _device_locator(args.device_pattern, args.netns)
-        from xenoffload.toggles.base import ToggleError
-
-        enriched = []
-        for report in reports:
-            device = locate(report.guest_domid, report.devid)
-            try:
-                features = toggles.read(device)
-                kernel = {str(device): {name: state.active for name, state in features.items()
-                                        if "checksum" in name}}
-            except ToggleError as error:
-                kernel = {str(device): {f"unreadable: {error}": False}}
-            enriched.append(attrs.evolve(report, kernel=kernel))
-        reports = enriched
+    if args.kernel != "none":
+        reports = _with_kernel(reports, args, own)
     print(render_json(reports) if args.json else render_table(reports))
     return EXIT_OK
 
 
-def _parse_vif(text: str, allow_domid_only: bool = False) -> tuple[int, int | None]:
-    domid_text, _, devid_text = text.partition("/")
-    if not domid_text.isdigit() or (devid_text and not devid_text.isdigit()) or (
-            not devid_text and not allow_domid_only):
-        raise argparse.ArgumentTypeError(f"expected DOMID/DEVID, got {text!r}")
-    return int(domid_text), int(devid_text) if devid_text else None
+def _selected_reports(store: Store, args: argparse.Namespace) -> tuple[list[VifReport],
+                                                                      int | None]:
+    """Return the reports ``show`` prints and this connection's own domid: the vifs whose
+    backend is in ``--backend-domid`` (default: this domain, else 0) and, when this domain is
+    a guest, its own vifs seen from its side."""
+    from xenoffload.names import resolve_domain, resolve_vif
+    from xenoffload.paths import VifPaths
+    from xenoffload.show import collect, list_own_frontends, list_vifs, own_domid
+
+    own = own_domid(store)
+    backend_domid = args.backend_domid if args.backend_domid is not None else (own or 0)
+    spec: VifSpec | None = args.vif
+    guest = devid = None
+    if spec is not None:
+        guest = resolve_domain(store, spec)
+        if spec.has_device:
+            devid = resolve_vif(store, spec, guest, backend_domid)
+    vifs = list_vifs(store, backend_domid, guest)
+    if own is not None and own != backend_domid and guest in (None, own):
+        known = set(vifs)
+        vifs += [v for v in list_own_frontends(store, own) if v not in known]
+    if devid is not None:
+        vifs = [v for v in vifs if v.devid == devid]
+    if spec is not None and not vifs:
+        raise NotFound(f"no vif of domain {spec} (backend domain {backend_domid})")
+    vifs.sort(key=lambda v: (v.guest_domid, v.devid, v.backend_domid))
+    return collect(store, [VifPaths(v.backend_domid, v.guest_domid, v.devid)
+                           for v in vifs]), own
+
+
+def _with_kernel(reports: list[VifReport], args: argparse.Namespace,
+                 own: int | None) -> list[VifReport]:
+    """Return ``reports`` with the checksum features of this domain's device of each vif: the
+    frontend's (sysfs or ``--device-pattern eth{devid}``) for this guest's own vifs, else the
+    backend's."""
+    import attrs
+
+    from xenoffload.devices import backend_device, sysfs_netfront
+    from xenoffload.policy import VifIdentity
+    from xenoffload.show import KernelView
+    from xenoffload.toggles.base import DeviceRef, ToggleError
+
+    toggles = _make_toggles(args.kernel)
+    assert toggles is not None
+    enriched = []
+    for report in reports:
+        vif = VifIdentity(report.guest_domid, report.devid, vifname=report.vifname)
+        frontend = own is not None and report.guest_domid == own and \
+            report.backend_domid != own
+        role = Role.FRONTEND if frontend else Role.BACKEND
+        try:
+            if not frontend:
+                device: DeviceRef | None = backend_device(vif, args.device_pattern,
+                                                          args.netns)
+            elif args.device_pattern is not None:
+                device = DeviceRef(args.device_pattern.text.format(devid=report.devid),
+                                   args.netns)
+            else:
+                name = sysfs_netfront(report.devid)
+                device = DeviceRef(name, args.netns) if name else None
+        except (ValueError, KeyError) as error:
+            view = KernelView(role, "?", error=f"no device name: {error}")
+        else:
+            if device is None:
+                view = KernelView(role, "?", error=f"no Xen vif {report.devid} in sysfs")
+            else:
+                try:
+                    features = toggles.read(device)
+                    view = KernelView(role, str(device), {
+                        name: state for name, state in features.items()
+                        if "checksum" in name})
+                except ToggleError as error:
+                    view = KernelView(role, str(device), error=str(error))
+        enriched.append(attrs.evolve(report, kernel=view))
+    return enriched
+
+
+def _own_domid_or_fail(store: Store, path: str) -> int:
+    from xenoffload.show import own_domid
+
+    domid = own_domid(store)
+    if domid is None:
+        raise CliError(EXIT_USAGE, f"cannot read this guest's domid from XenStore at {path}; "
+                                   "--local works inside a Xen guest")
+    return domid
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    from xenoffload.overrides import OverrideSetting, clear_override, write_override
-    from xenoffload.paths import domain_path
+    from xenoffload.names import resolve_domain, resolve_vif
+    from xenoffload.overrides import (
+        OverrideSetting,
+        bridge_key,
+        clear_override,
+        override_root,
+        write_override,
+    )
+    from xenoffload.paths import domain_path, frontend_vif_root
     from xenoffload.policy import DirectionSetting
 
-    store = _connect(resolve_xenstore(args.xenstore))
+    targets = [name for name, given in (("DOMAIN/DEVICE", args.vif is not None),
+                                        ("--bridge", args.bridge is not None),
+                                        ("--local", args.local is not None)) if given]
+    if len(targets) != 1:
+        raise CliError(EXIT_USAGE, "name exactly one of DOMAIN/DEVICE, --bridge BR, "
+                                   f"--local DEVID (got {', '.join(targets) or 'none'})")
+    given = [flag for flag, value in (("--tx", args.tx), ("--rx", args.rx),
+                                      ("--ipv6", args.ipv6)) if value is not None]
+    if args.clear and given:
+        raise CliError(EXIT_USAGE, f"--clear removes the override; it takes no "
+                                   f"{', '.join(given)}")
+    if not args.clear and args.tx is None and args.rx is None:
+        raise CliError(EXIT_USAGE, "give --tx and/or --rx (--ipv6 refines them), or --clear")
+    path = resolve_xenstore(args.xenstore)
+    store = _connect(path)
     try:
         if args.local is not None:
-            raw = store.try_read("domid")
-            if raw is None or not raw.isdigit():
-                print("xenoffload set --local: cannot read this guest's domid", file=sys.stderr)
-                return EXIT_USAGE
-            home, key = domain_path(int(raw)), f"vif/{args.local}"
+            guest = _own_domid_or_fail(store, path)
+            if store.try_read(f"{frontend_vif_root(guest)}/{args.local}") is None:
+                raise NotFound(f"this guest (domid {guest}) has no vif {args.local}")
+            home, key = domain_path(guest), f"vif/{args.local}"
             # In the guest, tx is the guest's transmit: from-guest; rx is to-guest.
             tx_dir, rx_dir = "from_guest", "to_guest"
+            what = f"this guest's vif {args.local}"
         else:
             home = domain_path(args.backend_domid)
-            if args.bridge:
-                key = f"bridge/{args.bridge}"
-            elif args.vif:
-                guest, devid = _parse_vif(args.vif)
-                key = f"vif/{guest}/{devid}"
+            if args.bridge is not None:
+                key, what = bridge_key(args.bridge), f"bridge {args.bridge}"
             else:
-                print("xenoffload set: name DOMID/DEVID, --bridge BR or --local DEVID",
-                      file=sys.stderr)
-                return EXIT_USAGE
+                guest = resolve_domain(store, args.vif)
+                devid = resolve_vif(store, args.vif, guest, args.backend_domid)
+                key, what = f"vif/{guest}/{devid}", f"vif {guest}/{devid}"
             # From dom0, tx is the vif's transmit (ethtool -K vifD.N tx): to-guest.
             tx_dir, rx_dir = "to_guest", "from_guest"
+        node = f"{override_root(home)}/{key}"
         if args.clear:
-            path = clear_override(store, home, key)
-            print(f"cleared {path}")
+            if store.try_read(node) is None:
+                raise NotFound(f"no override for {what} ({node}): nothing to clear")
+            print(f"cleared {clear_override(store, home, key)}")
             return EXIT_OK
-        if args.tx is None and args.rx is None:
-            print("xenoffload set: give --tx and/or --rx (or --clear)", file=sys.stderr)
-            return EXIT_USAGE
         directions: dict[str, DirectionSetting] = {}
         for flag, direction in ((args.tx, tx_dir), (args.rx, rx_dir)):
             if flag is not None:
-                ipv6 = flag if args.ipv6 is None else (flag and args.ipv6)
+                ipv6 = flag if args.ipv6 is None else args.ipv6
                 directions[direction] = DirectionSetting(flag, ipv6)
-        setting = OverrideSetting(**directions)
-        path = write_override(store, home, key, setting)
-        print(f"set {path}")
+        print(f"set {write_override(store, home, key, OverrideSetting(**directions))}")
         return EXIT_OK
     finally:
         store.close()
+
+
+# ----------------------------------------------------------------------------- the rest
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -317,180 +658,238 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_hotplug(args: argparse.Namespace) -> int:
-    from xenoffload.hotplug import run_hotplug
+    from xenoffload.hotplug import load_hook_policy, run_hotplug
 
-    return run_hotplug(args.action, args.config, args.toggles, resolve_xenstore(args.xenstore),
-                       args.wait, args.device_pattern, args.netns, args.log)
+    if args.no_config:
+        source = None
+    else:
+        source = str(args.config) if args.config is not None else (
+            DEFAULT_CONFIG[Role.BACKEND] if os.path.exists(DEFAULT_CONFIG[Role.BACKEND])
+            else None)
+    return run_hotplug(args.action, load_hook_policy(source), args.toggles,
+                       resolve_xenstore(args.xenstore), args.wait, args.device_pattern,
+                       args.netns, args.log)
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
     from xenoffload.conformance.command import run_command_suite
-    from xenoffload.schema import Role
 
     try:
         return run_command_suite(Role(args.role), args.impl, args.junit, args.mode,
                                  tuple(args.scenario), args.timeout)
     except KeyError as error:
-        print(f"xenoffload conformance: unknown scenario {error}", file=sys.stderr)
-        return EXIT_USAGE
+        raise CliError(EXIT_USAGE, f"unknown scenario {error}") from None
 
 
 # ----------------------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``xenoffload set: error: ... (see --help)``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+_EPILOG = ("Exit codes: 0 ok, 1 unexpected outcome, 2 usage, 3 XenStore unreachable, "
+           "4 configuration error, 5 another process writes for this end, 6 not found, "
+           "130 interrupted. See docs/cli.md.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """Return the command line parser of every subcommand but ``xenstored``."""
+    parser = _Parser(
         prog="xenoffload",
         description="Negotiated checksum offload for Xen paravirtual network devices.",
-        epilog="Exit codes: 0 ok, 1 unexpected outcome, 2 usage, 3 XenStore unreachable, "
-               "4 configuration error. See docs/cli.md.")
+        epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"xenoffload {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more logging (-v info, -vv debug)")
+                        help="more logging (-v info, -vv debug); also after the command")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def command(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, epilog=_EPILOG, **kwargs)  # type: ignore[arg-type]
+        p.add_argument("-v", "--verbose", action="count", default=0, dest="sub_verbose",
+                       help="more logging (-v info, -vv debug)")
+        return p
+
+    def xenstore(p: argparse.ArgumentParser) -> None:
         p.add_argument("--xenstore", metavar="PATH",
                        help="XenStore socket or /dev/xen/xenbus (default: $XENSTORED_PATH, "
                             "/var/run/xenstored/socket, /dev/xen/xenbus)")
+
+    def config(p: argparse.ArgumentParser, role: Role) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--config", metavar="FILE", type=Path,
+                           help=f"policy file (TOML, docs/configuration.md); default "
+                                f"{DEFAULT_CONFIG[role]} if it exists")
+        group.add_argument("--no-config", action="store_true",
+                           help="ignore the default policy file: built-in policy")
 
     # Dispatched in main() before parsing; listed here for --help.
     sub.add_parser("xenstored", help="run the embedded XenStore server (see its --help)",
                    add_help=False)
 
-    for name, func, helptext in (
-            ("backend-agent", cmd_backend_agent, "negotiate every vif of this driver domain"),
-            ("guest-agent", cmd_guest_agent, "negotiate every vif of this guest")):
-        p = sub.add_parser(name, help=helptext, description=helptext)
-        common(p)
-        p.add_argument("--config", metavar="FILE", help="policy file (TOML, docs/configuration.md)")
+    for name, func, helptext, role in (
+            ("backend-agent", cmd_backend_agent, "negotiate every vif of this driver domain",
+             Role.BACKEND),
+            ("guest-agent", cmd_guest_agent, "negotiate every vif of this guest",
+             Role.FRONTEND)):
+        p = command(name, help=helptext, description=helptext +
+                    ". One agent per end: a second one (or --once beside a running one) "
+                    "exits 5 and writes nothing.")
+        xenstore(p)
+        config(p, role)
         p.add_argument("--toggles", choices=("netlink", "dry-run", "none"), default="netlink",
                        help="how to apply results to kernel devices (default netlink)")
         p.add_argument("--mode", choices=("companion", "full"), default="companion",
                        help="companion: beside kernel drivers that own `state` (default); "
                             "full: this process is the device model and owns `state`")
         p.add_argument("--once", action="store_true",
-                       help="process what is there, then exit (1 if a vif is not Connected)")
-        p.add_argument("--settle", type=float, default=0.5, metavar="SECONDS",
+                       help="process what is there, print a summary, exit (1 if a vif is not "
+                            "Connected); writes like the daemon, so never beside one")
+        p.add_argument("--settle", type=_seconds, default=0.5, metavar="SECONDS",
                        help="with --once: stop after this long without events")
-        p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+        p.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
                        help="with --once: stop after this long at most")
-        p.add_argument("--json", action="store_true", help="with --once: JSON summary")
-        p.add_argument("--netns", metavar="NAME", help="network namespace of the devices")
-        if name == "backend-agent":
-            p.add_argument("--domid", type=int, default=0, help="this driver domain (0)")
-            p.add_argument("--device-pattern", default="vif{domid}.{devid}",
-                           help="kernel device of a vif (default vif{domid}.{devid})")
+        p.add_argument("--json", action="store_true",
+                       help="with --once: JSON summary (schema: vif-report.schema.json)")
+        p.add_argument("--netns", type=_netns, metavar="NAME",
+                       help="network namespace of the devices")
+        if role is Role.BACKEND:
+            p.add_argument("--domid", type=_domid, default=0, help="this driver domain (0)")
+            p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",
+                           help="kernel device of a vif (default: the toolstack's vifname, "
+                                "else vif{domid}.{devid})")
         else:
-            p.add_argument("--domid", type=int, help="this guest's domid (default: read it)")
-            p.add_argument("--device-pattern", default=None,
-                           help="kernel device of vif DEVID, e.g. eth{devid} "
-                                "(default: from sysfs)")
+            p.add_argument("--domid", type=_domid, help="this guest's domid (default: read it)")
+            p.add_argument("--device-pattern", type=_pattern(Role.FRONTEND), metavar="PATTERN",
+                           help="kernel device of vif DEVID, e.g. eth{devid} (default: the "
+                                "netfront device sysfs lists; none is guessed)")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("show", help="show negotiation state per vif",
-                       description="Per vif: both ends' states and advertised keys, the "
-                                   "negotiated result and what each end enforced.")
-    common(p)
-    p.add_argument("vif", nargs="?", metavar="DOMID[/DEVID]")
-    p.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p.add_argument("--backend-domid", type=int, default=0)
+    p = command("show", help="show negotiation state per vif",
+                description="Per vif: both ends' states and advertised keys, the negotiated "
+                            "result and what each end enforced. In a guest: its own vifs.")
+    xenstore(p)
+    p.add_argument("vif", nargs="?", type=_vif_spec(need_device=False),
+                   metavar="DOMAIN[/DEVICE]",
+                   help="a domid or domain name, optionally /DEVID or /MAC (as xl takes them)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON instead of a table (schema: vif-report.schema.json)")
+    p.add_argument("--backend-domid", type=_domid, default=None, metavar="DOMID",
+                   help="vifs whose backend is in this domain (default: this domain)")
     p.add_argument("--kernel", choices=("none", "netlink"), default="none",
-                   help="also read the backend devices' checksum features")
-    p.add_argument("--device-pattern", default="vif{domid}.{devid}")
-    p.add_argument("--netns", metavar="NAME")
+                   help="also read this domain's device of each vif (checksum features, as "
+                        "ethtool -k shows them)")
+    p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",
+                   help="with --kernel: device of a vif (default as the agents)")
+    p.add_argument("--netns", type=_netns, metavar="NAME")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("set", help="change policy at run time (renegotiates)",
-                       description="Write a run-time policy override; running agents "
-                                   "renegotiate the affected vifs at once.")
-    common(p)
-    p.add_argument("vif", nargs="?", metavar="DOMID/DEVID")
-    p.add_argument("--bridge", metavar="BR", help="every vif on this bridge")
-    p.add_argument("--local", type=int, metavar="DEVID",
+    p = command("set", help="change policy at run time (renegotiates)",
+                description="Write a run-time policy override; running agents renegotiate "
+                            "the affected vifs at once.")
+    xenstore(p)
+    p.add_argument("vif", nargs="?", type=_vif_spec(need_device=True),
+                   metavar="DOMAIN/DEVICE",
+                   help="one vif: domid or name, then devid or MAC (as xl takes them)")
+    p.add_argument("--bridge", type=_bridge, metavar="BR",
+                   help="every vif on this bridge (a name or a shell glob, e.g. 'xenpriv*')")
+    p.add_argument("--local", type=_devid, metavar="DEVID",
                    help="inside a guest: this guest's own vif DEVID")
     p.add_argument("--tx", type=_on_off, metavar="on|off",
                    help="blank checksums on the vif's transmit (from dom0: to the guest)")
     p.add_argument("--rx", type=_on_off, metavar="on|off",
                    help="blank checksums on the vif's receive")
     p.add_argument("--ipv6", type=_on_off, metavar="on|off",
-                   help="off: keep IPv6 checksums computed whatever --tx/--rx say")
+                   help="IPv6 set apart: --tx/--rx then set IPv4 only, this sets IPv6")
     p.add_argument("--clear", action="store_true", help="remove the override")
-    p.add_argument("--backend-domid", type=int, default=0)
+    p.add_argument("--backend-domid", type=_domid, default=0, metavar="DOMID",
+                   help="the driver domain whose agent the override steers (0)")
     p.set_defaults(func=cmd_set)
 
-    p = sub.add_parser("demo", help="the whole system on this machine (README quick start)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="simulated devices even when root")
-    p.add_argument("--timeout", type=float, default=20.0)
+    p = command("demo", help="the whole system on this machine (README quick start)")
+    p.add_argument("--dry-run", action="store_true", help="simulated devices even when root")
+    p.add_argument("--timeout", type=_seconds, default=20.0, metavar="SECONDS")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("hotplug", help="called by a vif hotplug script (examples/)",
-                       description="Negotiate the vif named by $XENBUS_PATH/$vif from a "
-                                   "hotplug script; returns at once, applies in background.")
-    common(p)
-    p.add_argument("action", choices=("online", "add", "offline", "remove"))
-    p.add_argument("--config", metavar="FILE")
+    p = command("hotplug", help="called by a vif hotplug script (examples/hotplug)",
+                description="Negotiate the vif named by $XENBUS_PATH from a hotplug script; "
+                            "returns at once, applies in background. add/remove and "
+                            "type_if=tap (an HVM guest's emulated NIC) do nothing.")
+    xenstore(p)
+    p.add_argument("action", choices=("online", "offline", "add", "remove"))
+    config(p, Role.BACKEND)
     p.add_argument("--toggles", choices=("netlink", "dry-run", "none"), default="netlink")
-    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--wait", type=_seconds, default=60.0, metavar="SECONDS",
                    help="how long the background part waits for Connected")
-    p.add_argument("--device-pattern", default="vif{domid}.{devid}")
-    p.add_argument("--netns", metavar="NAME")
+    p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",
+                   help="device of the vif (default: vifname, $vif, vif{domid}.{devid})")
+    p.add_argument("--netns", type=_netns, metavar="NAME")
     p.add_argument("--log", metavar="FILE",
                    help="where the background part logs (default: nowhere)")
     p.set_defaults(func=cmd_hotplug)
 
-    p = sub.add_parser("conformance", help="run the protocol conformance suite against a "
-                                           "frontend or backend implementation",
-                       description="Start COMMAND once per scenario with XENSTORED_PATH set "
-                                   "to an embedded xenstored, play the other end, judge it; "
-                                   "print a pass/fail table (docs/conformance.md).")
+    p = command("conformance", help="run the protocol conformance suite against a frontend "
+                                    "or backend implementation",
+                description="Start COMMAND once per scenario with XENSTORED_PATH set to an "
+                            "embedded xenstored, play the other end, judge it; print a "
+                            "pass/fail table (docs/conformance.md).")
     p.add_argument("--role", choices=("backend", "frontend"), required=True,
                    help="the end COMMAND plays")
     p.add_argument("--impl", required=True, metavar="COMMAND",
                    help="shell command; {config}, {mode} and {xenstore} are replaced")
-    p.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
+    p.add_argument("--junit", type=_writable_file, metavar="FILE",
+                   help="also write a JUnit XML report (checked before the run)")
     p.add_argument("--mode", choices=("full", "companion", "all"),
                    help="which scenarios (default: all if COMMAND has {mode}, else full)")
     p.add_argument("--scenario", action="append", default=[], metavar="ID",
                    help="only this scenario (repeatable)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="how long to wait for the implementation at each step")
     p.set_defaults(func=cmd_conformance)
 
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["xenstored"]:
-        # Its own parser takes every option (argparse's REMAINDER would not take "--socket").
-        from xenoffload.xenstored.server import serve_main
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["xenstored"]:
+            # Its own parser takes every option (argparse's REMAINDER would not take
+            # "--socket").
+            from xenoffload.xenstored.server import serve_main
 
-        return serve_main(argv[1:])
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level if args.command != "demo" else max(level, logging.WARNING),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
+            return serve_main(argv[1:])
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_:
+            return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+        verbose = args.verbose + getattr(args, "sub_verbose", 0)
+        level = logging.WARNING - 10 * min(verbose, 2)
+        logging.basicConfig(level=level if args.command != "demo"
+                            else max(level, logging.WARNING),
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
         return int(args.func(args))
-    except argparse.ArgumentTypeError as error:
+    except KeyboardInterrupt:
+        print("xenoffload: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except CliError as error:
         print(f"xenoffload: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (PolicyError, OSError) as error:
-        if isinstance(error, OSError) and not isinstance(error, PolicyError) and \
-                error.filename is None:
-            raise
-        print(f"xenoffload: configuration: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+        return error.code
+    except NotFound as error:
+        print(f"xenoffload: {error}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     except StoreUnavailable as error:
         print(f"xenoffload: XenStore unavailable: {error}", file=sys.stderr)
         return EXIT_XENSTORE
     except XenStoreError as error:
+        print(f"xenoffload: {error}", file=sys.stderr)
+        return EXIT_OUTCOME
+    except OSError as error:
         print(f"xenoffload: {error}", file=sys.stderr)
         return EXIT_OUTCOME
 

@@ -1,11 +1,23 @@
 """``xenoffload hotplug``: the vif hotplug hook (called after xl's vif script, see examples/).
 
 A hotplug script runs while netback waits in InitWait for ``hotplug-status=connected``, so the
-hook must return at once. ``online``/``add``: write this end's feature keys now (the window in
-which the frontend reads them), then fork a background child that waits for both ends to be
-Connected and applies the result to ``vif<domid>.<devid>``. ``offline``/``remove``: nothing to
-undo (the device is going away); logged only. Environment as xl's scripts get it:
-``XENBUS_PATH`` (``backend/vif/<domid>/<devid>``, relative or absolute) and ``vif``.
+hook must return at once. ``online``: write this end's feature keys now (the window in which
+the frontend reads them), then fork a background child that waits for both ends to be
+Connected and applies the result to the vif's device. ``offline``: stop a child still waiting
+for this vif; nothing else to undo (the device is going away). ``add``/``remove``, and any call
+with ``type_if=tap``, concern the emulated NIC of an HVM guest (``vifD.N-emu``, QEMU's tap):
+no netfront talks to it, so there is nothing to negotiate and the hook does nothing.
+
+Environment, as xl's scripts get it (Xen's vif-common.sh): ``XENBUS_PATH``
+(``backend/vif/<domid>/<devid>``, relative to the calling domain, or absolute), ``vif`` (the
+device netback created), ``type_if`` (``vif`` or ``tap``). The device is named, first match
+wins: ``--device-pattern``; the backend's ``vifname`` (xl ``vifname=``: the stock script has
+renamed the device to it before this hook runs); ``$vif``; ``vif<domid>.<devid>``.
+
+One writer per end (:mod:`xenoffload.agentlock`): a hook for a vif holds that vif's lock and
+its end's hotplug lock. When a backend agent acts for the domain, the hook leaves the vif to it
+and writes nothing; a newer hook for the same vif (``online`` again, or ``offline``) stops the
+older one first; an agent that starts stops every hook still waiting.
 """
 
 from __future__ import annotations
@@ -13,22 +25,33 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 
+from xenoffload.agentlock import EndBusy, EndKey, HeldLock, Holder, acquire_vif, hotplug_permit
+from xenoffload.devices import DevicePattern, backend_device
 from xenoffload.endpoint import Enforcer
 from xenoffload.machine import Mode
+from xenoffload.negotiation import LinkPolicy
 from xenoffload.policy import Policy, PolicyError, VifIdentity, load_policy, node_text
+from xenoffload.schema import Role
 from xenoffload.store.base import StoreUnavailable, XenStoreError
 from xenoffload.toggles.base import DeviceRef
 
-__all__ = ["run_hotplug", "parse_xenbus_path"]
+__all__ = ["run_hotplug", "parse_xenbus_path", "HOTPLUG_EXIT"]
 
 log = logging.getLogger("xenoffload.hotplug")
 
-_XENBUS_PATH = re.compile(r"\A(?:/local/domain/(\d{1,10})/)?backend/vif/(\d{1,10})/(\d{1,10})\Z")
+#: Exit codes of the hook (docs/cli.md): 0 done or nothing to do (also when an agent acts
+#: for the vif), 2 not a vif backend path, 3 XenStore unreachable, 5 an older hook for the
+#: vif would not stop.
+HOTPLUG_EXIT = {"ok": 0, "usage": 2, "xenstore": 3, "busy": 5}
+
+_XENBUS_PATH = re.compile(r"\A(?:/local/domain/(\d{1,5})/)?backend/vif/(\d{1,5})/(\d{1,5})\Z")
 
 
 def parse_xenbus_path(value: str, own_domid: int = 0) -> tuple[int, int, int] | None:
-    """Return (backend domid, guest domid, devid) of a hotplug XENBUS_PATH, or None."""
+    """Return (backend domid, guest domid, devid) of a hotplug XENBUS_PATH, or None. A relative
+    path belongs to ``own_domid`` (the domain the hook runs in)."""
     match = _XENBUS_PATH.match(value)
     if match is None:
         return None
@@ -47,59 +70,130 @@ def _detach(log_path: str | None) -> None:
     os.dup2(target, 2)
 
 
-def run_hotplug(action: str, config: str | None, toggles_kind: str, xenstore: str,
-                wait: float, device_pattern: str, netns: str | None,
-                log_path: str | None = None) -> int:
-    """Run the hook; return the exit code (0 also when there is nothing to do). The part that
-    waits for Connected runs detached, logging to ``log_path`` if given."""
-    if action in ("offline", "remove"):
-        vif = os.environ.get("vif", "?")  # noqa: SIM112 (the name xl's scripts use)
-        log.info("hotplug %s %s: nothing to undo", action, vif)
-        return 0
-    parsed = parse_xenbus_path(os.environ.get("XENBUS_PATH", ""))
-    if parsed is None:
-        log.error("hotplug: XENBUS_PATH %r is not a vif backend path",
-                  os.environ.get("XENBUS_PATH"))
-        return 2
-    backend_domid, guest, devid = parsed
+def _device_name(environ: Mapping[str, str]) -> str | None:
+    """Return ``$vif`` if it is a device name, else None."""
+    name = environ.get("vif")
     try:
-        policy = load_policy(config) if config else Policy()
-    except (PolicyError, OSError) as error:
-        log.error("hotplug: policy refused, checksums stay computed: %s", error)
-        policy = Policy()
+        return DeviceRef(name).name if name else None
+    except ValueError:
+        return None
+
+
+def run_hotplug(action: str, policy: Policy, toggles_kind: str, xenstore: str,
+                wait: float, device_pattern: DevicePattern | None, netns: str | None,
+                log_path: str | None = None,
+                environ: Mapping[str, str] | None = None) -> int:
+    """Run the hook for ``action``; return its exit code (:data:`HOTPLUG_EXIT`). ``online``
+    returns once this end's keys are written; the part that waits for Connected runs
+    detached, logging to ``log_path`` if given."""
+    environ = os.environ if environ is None else environ
+    vif_env = environ.get("vif", "?")
+    type_if = environ.get("type_if", "vif")
+    if action in ("add", "remove") or type_if == "tap":
+        log.info("hotplug %s %s (type_if=%s): the emulated NIC of an HVM guest; its checksums "
+                 "are QEMU's, nothing to negotiate", action, vif_env, type_if)
+        return HOTPLUG_EXIT["ok"]
+    xenbus_path = environ.get("XENBUS_PATH", "")
+    if _XENBUS_PATH.match(xenbus_path) is None:
+        log.error("hotplug: XENBUS_PATH %r is not a vif backend path", xenbus_path[:200])
+        return HOTPLUG_EXIT["usage"]
     from xenoffload.endpoint import backend_endpoint
     from xenoffload.paths import VifPaths, domain_path
+    from xenoffload.show import own_domid
     from xenoffload.store.pyxs_store import connect_store
-    from xenoffload.toolstack import NegotiationTimeout, negotiate_vif
 
     try:
         store = connect_store(xenstore)
+    except StoreUnavailable as error:
+        log.error("hotplug: XenStore unavailable at %s: %s", xenstore, error)
+        return HOTPLUG_EXIT["xenstore"]
+    try:
+        parsed = parse_xenbus_path(xenbus_path, own_domid(store) or 0)
+        assert parsed is not None
+        backend_domid, guest, devid = parsed
+        end = EndKey.of(Role.BACKEND, backend_domid, xenstore)
+        what = f"hotplug {action} vif {guest}/{devid}"
+        try:
+            vif_lock, older = acquire_vif(end, guest, devid, what)
+        except EndBusy as error:
+            log.error("hotplug %s: %s", action, error)
+            return HOTPLUG_EXIT["busy"]
+        if older is not None:
+            log.info("hotplug %s vif %d/%d: stopped %s", action, guest, devid, older.describe())
+        if action == "offline":
+            vif_lock.close()
+            log.info("hotplug offline vif %d/%d (%s): nothing to undo", guest, devid, vif_env)
+            return HOTPLUG_EXIT["ok"]
+        try:
+            permit = hotplug_permit(end)
+        except EndBusy as error:
+            vif_lock.close()
+            log.info("hotplug online vif %d/%d: %s; leaving the vif to it", guest, devid, error)
+            return HOTPLUG_EXIT["ok"]
         paths = VifPaths(backend_domid, guest, devid)
         identity = VifIdentity(
             guest, devid,
             domain=node_text(store.try_read(f"{domain_path(guest)}/name")),
             bridge=node_text(store.try_read(f"{paths.backend_dir}/bridge")),
-            mac=node_text(store.try_read(f"{paths.backend_dir}/mac")))
+            mac=node_text(store.try_read(f"{paths.backend_dir}/mac")),
+            vifname=node_text(store.try_read(f"{paths.backend_dir}/vifname"))
+            or _device_name(environ))
         link_policy = policy.for_vif(identity)
         # Now: our keys into the backend directory (netback is in InitWait).
         backend_endpoint(store, backend_domid, guest, devid, link_policy).step()
-        store.close()
     except (StoreUnavailable, XenStoreError) as error:
         log.error("hotplug: XenStore: %s", error)
-        return 3
-    if os.fork() != 0:
-        return 0  # the script goes on; the child finishes the job
+        return HOTPLUG_EXIT["xenstore"]
+    finally:
+        store.close()
+    return _finish_in_background([vif_lock, permit], identity, backend_domid, link_policy,
+                                 toggles_kind, xenstore, wait, device_pattern, netns, log_path,
+                                 what)
+
+
+def _finish_in_background(locks: list[HeldLock], identity: VifIdentity, backend_domid: int,
+                          link_policy: LinkPolicy, toggles_kind: str, xenstore: str, wait: float,
+                          device_pattern: DevicePattern | None, netns: str | None,
+                          log_path: str | None, what: str) -> int:
+    """Fork; the parent returns 0 once the child holds the locks (they are shared with it
+    and stay held when the parent exits), the child waits for Connected, applies, exits."""
+    ready_read, ready_write = os.pipe()
+    child = os.fork()
+    if child != 0:
+        os.close(ready_write)
+        os.read(ready_read, 1)  # the child recorded itself as the vif lock's holder (or died)
+        os.close(ready_read)
+        return HOTPLUG_EXIT["ok"]  # the script goes on; the child finishes the job
+    os.close(ready_read)
     os.setsid()
+    locks[0].record(Holder.me(f"{what} (background)"))
+    os.write(ready_write, b"1")
+    os.close(ready_write)
     _detach(log_path)
+    code = _negotiate(identity, backend_domid, link_policy, toggles_kind, xenstore, wait,
+                      device_pattern, netns)
+    os._exit(code)
+
+
+def _negotiate(identity: VifIdentity, backend_domid: int, link_policy: LinkPolicy,
+               toggles_kind: str, xenstore: str, wait: float,
+               device_pattern: DevicePattern | None, netns: str | None) -> int:
+    from xenoffload.store.pyxs_store import connect_store
+    from xenoffload.toolstack import NegotiationTimeout, negotiate_vif
+
+    guest, devid = identity.domid, identity.devid
     enforcer: Enforcer | None = None
     if toggles_kind != "none":
         from xenoffload.enforce import TogglesEnforcer
         from xenoffload.toggles import make_toggles
 
         toggles = make_toggles("netlink" if toggles_kind == "netlink" else "dry-run")
-        device = DeviceRef(device_pattern.format(domid=guest, devid=devid), netns)
+        try:
+            device = backend_device(identity, device_pattern, netns)
+        except ValueError as error:
+            log.error("hotplug: vif %d/%d: %s", guest, devid, error)
+            return 1
         enforcer = TogglesEnforcer(toggles, device)
-    code = 0
     try:
         store = connect_store(xenstore)
         result = negotiate_vif(store, backend_domid, guest, devid, link_policy, enforcer,
@@ -107,5 +201,18 @@ def run_hotplug(action: str, config: str | None, toggles_kind: str, xenstore: st
         log.info("hotplug: vif %d/%d negotiated %s", guest, devid, result.describe())
     except (NegotiationTimeout, StoreUnavailable, XenStoreError) as error:
         log.error("hotplug: vif %d/%d: %s", guest, devid, error)
-        code = 1
-    os._exit(code)
+        return 1
+    return 0
+
+
+def load_hook_policy(path: str | None) -> Policy:
+    """Return the hook's policy: the file at ``path`` over the backend's built-in default,
+    or that default when ``path`` is None; a file that does not load is logged and the
+    default used (checksums stay computed)."""
+    if path is None:
+        return Policy()
+    try:
+        return load_policy(path)
+    except (PolicyError, OSError) as error:
+        log.error("hotplug: policy refused, checksums stay computed: %s", error)
+        return Policy()

@@ -21,12 +21,32 @@ from xenoffload.store.base import Store, XenStoreError
 
 __all__ = ["OverrideSetting", "format_override", "parse_override", "override_root",
            "read_overrides", "write_override", "clear_override", "rules_from_overrides",
-           "refresh_overrides"]
+           "refresh_overrides", "bridge_key", "encode_name", "decode_name"]
 
 log = logging.getLogger("xenoffload.overrides")
 
 _TOKEN = re.compile(r"\A(to-guest|from-guest)(?:-(ipv4|ipv6))?=(on|off)\Z")
-_NAME = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
+_NAME = re.compile(r"\A[!-~]{1,64}\Z")
+#: Characters a XenStore path element may hold as they are (xenstored refuses others).
+_PLAIN = re.compile(r"[A-Za-z0-9_-]")
+_ESCAPE = re.compile(r"@([0-9a-f]{2})")
+
+
+def encode_name(name: str) -> str:
+    """Return ``name`` (a bridge name or glob, printable ASCII) as a XenStore path element:
+    every character xenstored does not take in a path (``.``, ``*``, ``[``...) becomes ``@`` and
+    two hex digits, e.g. ``xenbr0.100`` → ``xenbr0@2e100``. Inverse: :func:`decode_name`."""
+    return "".join(char if _PLAIN.match(char) else f"@{ord(char):02x}" for char in name)
+
+
+def decode_name(element: str) -> str:
+    """Return the name a path element written by :func:`encode_name` stands for."""
+    return _ESCAPE.sub(lambda match: chr(int(match.group(1), 16)), element)
+
+
+def bridge_key(name: str) -> str:
+    """Return the override key of every vif on bridge ``name`` (a name or a shell glob)."""
+    return f"bridge/{encode_name(name)}"
 
 
 def override_root(home: str) -> str:
@@ -111,8 +131,8 @@ def rules_from_overrides(overrides: Mapping[str, OverrideSetting],
     for key, setting in sorted(overrides.items()):
         parts = key.split("/")
         match: Match | None = None
-        if parts[0] == "bridge" and len(parts) == 2 and _NAME.match(parts[1]):
-            match = Match(bridge=parts[1])
+        if parts[0] == "bridge" and len(parts) == 2 and _NAME.match(decode_name(parts[1])):
+            match = Match(bridge=decode_name(parts[1]))
             target = bridge_rules
         elif parts[0] == "vif" and len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
             match = Match(domid=int(parts[1]), devid=int(parts[2]))

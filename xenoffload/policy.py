@@ -1,6 +1,8 @@
 """Policy: where configuration allows blank checksums, per vif, per direction, per family.
 
-The built-in default computes every checksum. Suppression is only what a rule allows. Rules
+The built-in default depends on the end (:func:`builtin_policy`): the backend's computes every
+checksum, so suppression there is only what a rule allows; the guest's accepts whatever the
+backend offers (the result can never exceed the backend's advertisement). Rules
 come from a TOML file (docs/configuration.md) and from run-time overrides (``xenoffload set``);
 a vif is identified by what the toolstack knows of it (:class:`VifIdentity`).
 """
@@ -16,7 +18,7 @@ from typing import Any
 import attrs
 
 from xenoffload.negotiation import SAFE_POLICY, LinkPolicy
-from xenoffload.schema import FamilyFlags
+from xenoffload.schema import FamilyFlags, Role
 
 __all__ = [
     "VifIdentity",
@@ -28,6 +30,8 @@ __all__ = [
     "load_policy",
     "parse_policy",
     "node_text",
+    "builtin_policy",
+    "GUEST_DEFAULT",
 ]
 
 
@@ -140,6 +144,18 @@ class Policy:
         return attrs.evolve(self, rules=(*self.rules, *rules))
 
 
+#: The guest's built-in default: take whatever the backend offers (docs/agents.md).
+GUEST_DEFAULT = LinkPolicy(FamilyFlags.both(True), FamilyFlags.both(True))
+
+
+def builtin_policy(role: Role) -> Policy:
+    """Return the built-in policy of an end of ``role``, in force without a policy file (and
+    under a file's ``[default]``): the backend computes every checksum
+    (:data:`~xenoffload.negotiation.SAFE_POLICY`), the guest accepts what the backend offers
+    (:data:`GUEST_DEFAULT`)."""
+    return Policy(SAFE_POLICY if role is Role.BACKEND else GUEST_DEFAULT)
+
+
 _MATCH_KEYS = {"domain": str, "domid": int, "devid": int, "bridge": str, "mac": str}
 _DIRECTIONS = {"to-guest": "to_guest", "from-guest": "from_guest"}
 
@@ -209,11 +225,21 @@ def parse_policy(document: Mapping[str, Any], source: str = "<policy>",
 
 
 def load_policy(path: str | Path, builtin: LinkPolicy = SAFE_POLICY) -> Policy:
-    """Return the Policy in the TOML file at ``path``. Raises PolicyError (also for a file
-    that is not valid TOML) or OSError."""
+    """Return the Policy in the TOML file at ``path``. Raises PolicyError for a file that is
+    not a valid policy (not UTF-8, not TOML, nested too deeply to parse, or a document
+    :func:`parse_policy` refuses), OSError when it cannot be read."""
     with open(path, "rb") as handle:
-        try:
-            document = tomllib.load(handle)
-        except tomllib.TOMLDecodeError as error:
-            raise PolicyError(f"{path}: {error}") from error
-    return parse_policy(document, str(path), builtin)
+        raw = handle.read()
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise PolicyError(f"{path}: not UTF-8 text (byte {error.start}: "
+                          f"{raw[error.start:error.start + 1]!r})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise PolicyError(f"{path}: {error}") from error
+    except RecursionError:
+        raise PolicyError(f"{path}: nested too deeply to parse") from None
+    try:
+        return parse_policy(document, str(path), builtin)
+    except RecursionError:
+        raise PolicyError(f"{path}: nested too deeply to read") from None

@@ -2,20 +2,32 @@
 
 Reads each vif's two directories in one transaction and recomputes the result exactly as the
 ends do (:func:`~xenoffload.negotiation.decide`), so what it prints is what both ends agree on.
+Every ``--json`` output of the command line (``show``, ``backend-agent --once``,
+``guest-agent --once``) is a list of the vif records :func:`vif_json` builds, described by the
+JSON Schema shipped with the package (:func:`json_schema`, ``vif-report.schema.json``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from typing import Any
 
 import attrs
 
-from xenoffload.negotiation import LinkResult, decide
-from xenoffload.paths import VifPaths, backend_vif_root
+from xenoffload.negotiation import LinkResult, ResultValueError, decide, parse_result
+from xenoffload.paths import (
+    VifPaths,
+    backend_vif_root,
+    domain_path,
+    frontend_vif_root,
+    parse_backend_dir,
+)
+from xenoffload.policy import node_text
 from xenoffload.schema import (
     READ_KEYS,
+    RESULT_KEY,
     STATUS_KEY,
     Advertisement,
     FamilyFlags,
@@ -24,9 +36,56 @@ from xenoffload.schema import (
     parse_advertisement,
 )
 from xenoffload.store.base import Store, Transaction, XenStoreError, run_transaction
+from xenoffload.toggles.base import FeatureState
 from xenoffload.xenbus import XenbusState, parse_state
 
-__all__ = ["VifReport", "collect", "render_table", "render_json", "list_vifs"]
+__all__ = ["VifReport", "EndReport", "KernelView", "AgentView", "collect", "render_table",
+           "render_json", "list_vifs", "own_domid", "list_own_frontends", "vif_json",
+           "json_schema", "ethtool_text", "SCHEMA_RESOURCE"]
+
+#: The JSON Schema of every ``--json`` output, shipped in the package.
+SCHEMA_RESOURCE = "vif-report.schema.json"
+
+
+@attrs.frozen
+class EndReport:
+    """One end of a vif as its directory shows it: state, advertisement, published result and
+    status. ``state`` is None when the node holds something that is not a state;
+    ``result_problem`` says why a published result could not be read."""
+
+    directory: str
+    state: XenbusState | None
+    advertised: ParsedAdvertisement
+    published: LinkResult | None
+    result_problem: str | None
+    status: str | None
+
+
+@attrs.frozen
+class KernelView:
+    """One kernel device's checksum features as ``ethtool -k`` shows them, or why it could not
+    be read (``error``; ``features`` is then empty)."""
+
+    end: Role
+    device: str
+    features: Mapping[str, FeatureState] = attrs.field(factory=dict)
+    error: str | None = None
+
+
+@attrs.frozen
+class AgentView:
+    """What an agent that ran (``--once``) holds for one of its vifs: its machine's view of both
+    states, the result it applied, what enforcing it achieved, or why it refused the vif."""
+
+    role: Role
+    own_state: XenbusState | None = None
+    peer_state: XenbusState | None = None
+    result: LinkResult | None = None
+    status: str | None = None
+    unsafe: bool = False
+    retry: bool = False
+    details: tuple[str, ...] = ()
+    refused: str | None = None
 
 
 @attrs.frozen
@@ -43,32 +102,37 @@ class VifReport:
     backend_status: str | None
     frontend_status: str | None
     bridge: str | None
-    kernel: Mapping[str, Mapping[str, bool]] = attrs.field(factory=dict)
+    backend_domid: int = 0
+    backend_end: EndReport | None = None
+    frontend_end: EndReport | None = None
+    domain: str | None = None
+    mac: str | None = None
+    vifname: str | None = None
+    kernel: KernelView | None = None
+    agent: AgentView | None = None
+
+    @property
+    def paths(self) -> VifPaths:
+        return VifPaths(self.backend_domid, self.guest_domid, self.devid)
+
+    @property
+    def connected(self) -> bool:
+        return self.backend_state is XenbusState.CONNECTED and \
+            self.frontend_state is XenbusState.CONNECTED
+
+    @property
+    def agreed(self) -> bool:
+        """True when both ends are Connected and both published the result :func:`decide`
+        gives for the two advertisements in the store."""
+        return self.connected and all(
+            end is not None and end.published == self.result
+            for end in (self.backend_end, self.frontend_end))
 
     def as_json(self) -> dict[str, Any]:
-        def adv(parsed: ParsedAdvertisement) -> dict[str, Any]:
-            return {"source": parsed.source,
-                    "tx": attrs.asdict(parsed.advertisement.tx),
-                    "rx": attrs.asdict(parsed.advertisement.rx),
-                    "problems": [str(p) for p in parsed.problems]}
+        return vif_json(self)
 
-        return {
-            "vif": f"{self.guest_domid}/{self.devid}",
-            "bridge": self.bridge,
-            "backend_state": str(self.backend_state) if self.backend_state is not None
-            else None,
-            "frontend_state": str(self.frontend_state) if self.frontend_state is not None
-            else None,
-            "connected": self.backend_state is XenbusState.CONNECTED
-            and self.frontend_state is XenbusState.CONNECTED,
-            "backend": adv(self.backend),
-            "frontend": adv(self.frontend),
-            "negotiated": {"to_guest": attrs.asdict(self.result.to_guest),
-                           "from_guest": attrs.asdict(self.result.from_guest)},
-            "backend_status": self.backend_status,
-            "frontend_status": self.frontend_status,
-            "kernel": {device: dict(features) for device, features in self.kernel.items()},
-        }
+
+# ----------------------------------------------------------------------------- finding vifs
 
 
 def list_vifs(store: Store, backend_domid: int, guest: int | None = None) -> list[VifPaths]:
@@ -89,6 +153,41 @@ def list_vifs(store: Store, backend_domid: int, guest: int | None = None) -> lis
     return found
 
 
+def own_domid(store: Store) -> int | None:
+    """Return the domid of the domain this connection belongs to (its relative ``domid``
+    node, which libxl writes for every domain and dom0's init writes for dom0), or None."""
+    try:
+        raw = node_text(store.try_read("domid"))
+    except XenStoreError:
+        return None
+    return int(raw) if raw is not None and raw.isascii() and raw.isdigit() and \
+        len(raw) <= 5 else None
+
+
+def list_own_frontends(store: Store, guest_domid: int) -> list[VifPaths]:
+    """Return the vifs of guest ``guest_domid`` as the guest sees them: each
+    ``device/vif/<devid>`` whose ``backend`` key names a canonical backend directory of it
+    (what the guest agent follows; anything else is left out)."""
+    found: list[VifPaths] = []
+    root = frontend_vif_root(guest_domid)
+    try:
+        devids = sorted(int(d) for d in store.directory(root) if d.isdigit())
+    except XenStoreError:
+        return []
+    for devid in devids:
+        try:
+            raw = node_text(store.try_read(f"{root}/{devid}/backend"))
+        except XenStoreError:
+            continue
+        parsed = parse_backend_dir(raw) if raw is not None else None
+        if parsed is not None and parsed[1:] == (guest_domid, devid):
+            found.append(VifPaths(parsed[0], guest_domid, devid))
+    return found
+
+
+# ----------------------------------------------------------------------------- reading
+
+
 def _opt(txn: Transaction, path: str) -> bytes | None:
     try:
         return txn.read(path)
@@ -100,28 +199,46 @@ def _text(raw: bytes | None) -> str | None:
     return raw.decode("ascii", "replace")[:200] if raw is not None else None
 
 
+def _end(txn: Transaction, role: Role, directory: str) -> EndReport:
+    keys = {k: _opt(txn, f"{directory}/{k}") for k in READ_KEYS}
+    raw_result = _opt(txn, f"{directory}/{RESULT_KEY}")
+    published: LinkResult | None = None
+    problem: str | None = None
+    if raw_result is not None:
+        try:
+            published = parse_result(raw_result)
+        except ResultValueError as error:
+            problem = str(error)
+    return EndReport(directory, parse_state(_opt(txn, f"{directory}/state")),
+                     parse_advertisement(role, directory, keys), published, problem,
+                     _text(_opt(txn, f"{directory}/{STATUS_KEY}")))
+
+
 def collect(store: Store, vifs: Iterable[VifPaths]) -> list[VifReport]:
     """Return a report for each vif (one transaction each)."""
     reports = []
     for paths in vifs:
         def read(txn: Transaction, paths: VifPaths = paths) -> VifReport:
-            back = {k: _opt(txn, f"{paths.backend_dir}/{k}") for k in READ_KEYS}
-            front = {k: _opt(txn, f"{paths.frontend_dir}/{k}") for k in READ_KEYS}
-            backend = parse_advertisement(Role.BACKEND, paths.backend_dir, back)
-            frontend = parse_advertisement(Role.FRONTEND, paths.frontend_dir, front)
+            back = _end(txn, Role.BACKEND, paths.backend_dir)
+            front = _end(txn, Role.FRONTEND, paths.frontend_dir)
             return VifReport(
-                paths.guest_domid, paths.devid,
-                parse_state(_opt(txn, f"{paths.backend_dir}/state")),
-                parse_state(_opt(txn, f"{paths.frontend_dir}/state")),
-                backend, frontend,
-                decide(backend.advertisement, frontend.advertisement),
-                _text(_opt(txn, f"{paths.backend_dir}/{STATUS_KEY}")),
-                _text(_opt(txn, f"{paths.frontend_dir}/{STATUS_KEY}")),
-                _text(_opt(txn, f"{paths.backend_dir}/bridge")),
+                paths.guest_domid, paths.devid, back.state, front.state,
+                back.advertised, front.advertised,
+                decide(back.advertised.advertisement, front.advertised.advertisement),
+                back.status, front.status,
+                node_text(_opt(txn, f"{paths.backend_dir}/bridge")),
+                backend_domid=paths.backend_domid, backend_end=back, frontend_end=front,
+                domain=node_text(_opt(txn, f"{domain_path(paths.guest_domid)}/name")),
+                mac=node_text(_opt(txn, f"{paths.backend_dir}/mac")
+                              or _opt(txn, f"{paths.frontend_dir}/mac")),
+                vifname=node_text(_opt(txn, f"{paths.backend_dir}/vifname")),
             )
 
         reports.append(run_transaction(store, read))
     return reports
+
+
+# ----------------------------------------------------------------------------- text
 
 
 def _flags(flags: FamilyFlags) -> str:
@@ -135,9 +252,23 @@ def _adv(parsed: ParsedAdvertisement) -> str:
     return f"tx {_flags(advertisement.tx)} rx {_flags(advertisement.rx)}{mark}"
 
 
+def ethtool_text(state: FeatureState) -> str:
+    """Return a feature's value as ``ethtool -k`` prints it: ``on``/``off``, then ``[fixed]``
+    for a feature the driver does not let change, or ``[requested on|off]`` when what was asked
+    for is not what is in effect."""
+    shown = "on" if state.active else "off"
+    if state.fixed:
+        return f"{shown} [fixed]"
+    if state.requested != state.active:
+        return f"{shown} [requested {'on' if state.requested else 'off'}]"
+    return shown
+
+
 def render_table(reports: list[VifReport]) -> str:
     """Return a fixed-width table: one line per vif. In the result columns ``4+6`` means blank
-    checksums may cross for both families, ``-`` that every checksum is computed."""
+    checksums may cross for both families, ``-`` that every checksum is computed. A vif's
+    kernel device, when read, follows on lines of its own, one feature a line as ethtool
+    prints it."""
     header = ("VIF", "BRIDGE", "STATE B/F", "BACKEND ADVERTISES", "FRONTEND ADVERTISES",
               "TO-GUEST", "FROM-GUEST", "BACKEND STATUS", "FRONTEND STATUS")
     rows = [header]
@@ -153,12 +284,109 @@ def render_table(reports: list[VifReport]) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
              for row in rows]
     for r in reports:
-        for device, features in r.kernel.items():
-            shown = " ".join(f"{name}={'on' if on else 'off'}"
-                             for name, on in sorted(features.items()))
-            lines.append(f"  {r.guest_domid}/{r.devid} kernel {device}: {shown}")
+        if r.kernel is None:
+            continue
+        where = f"  {r.guest_domid}/{r.devid} {r.kernel.end.value} {r.kernel.device}"
+        if r.kernel.error is not None:
+            lines.append(f"{where}: cannot read: {r.kernel.error}")
+            continue
+        lines.append(f"{where}:")
+        lines.extend(f"      {name}: {ethtool_text(state)}"
+                     for name, state in sorted(r.kernel.features.items()))
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- JSON
+
+
+def _flags_json(flags: FamilyFlags) -> dict[str, bool]:
+    return {"ipv4": flags.ipv4, "ipv6": flags.ipv6}
+
+
+def _result_json(result: LinkResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {"to_guest": _flags_json(result.to_guest),
+            "from_guest": _flags_json(result.from_guest)}
+
+
+def _state_json(state: XenbusState | None) -> dict[str, Any] | None:
+    return None if state is None else {"value": int(state), "name": str(state)}
+
+
+def _end_json(end: EndReport) -> dict[str, Any]:
+    advertised = end.advertised
+    return {
+        "directory": end.directory,
+        "state": _state_json(end.state),
+        "advertised": {
+            "source": advertised.source,
+            "tx": _flags_json(advertised.advertisement.tx),
+            "rx": _flags_json(advertised.advertisement.rx),
+            "problems": [{"path": p.path, "value": p.value[:64].decode("ascii", "replace"),
+                          "reason": p.reason} for p in advertised.problems],
+        },
+        "result": _result_json(end.published),
+        "result_problem": end.result_problem,
+        "status": end.status,
+    }
+
+
+def _kernel_json(kernel: KernelView) -> dict[str, Any]:
+    return {
+        "end": kernel.end.value,
+        "device": kernel.device,
+        "features": {name: {"active": state.active, "requested": state.requested,
+                            "fixed": state.fixed, "shown": ethtool_text(state)}
+                     for name, state in sorted(kernel.features.items())},
+        "error": kernel.error,
+    }
+
+
+def _agent_json(agent: AgentView) -> dict[str, Any]:
+    return {
+        "role": agent.role.value,
+        "own_state": _state_json(agent.own_state),
+        "peer_state": _state_json(agent.peer_state),
+        "result": _result_json(agent.result),
+        "enforcement": None if agent.status is None else {
+            "status": agent.status, "unsafe": agent.unsafe, "retry": agent.retry,
+            "details": list(agent.details)},
+        "refused": agent.refused,
+    }
+
+
+def vif_json(report: VifReport) -> dict[str, Any]:
+    """Return the JSON record of one vif (the ``vif`` definition of the shipped schema)."""
+    assert report.backend_end is not None and report.frontend_end is not None
+    record: dict[str, Any] = {
+        "domid": report.guest_domid,
+        "devid": report.devid,
+        "backend_domid": report.backend_domid,
+        "domain": report.domain,
+        "bridge": report.bridge,
+        "mac": report.mac,
+        "vifname": report.vifname,
+        "connected": report.connected,
+        "agreed": report.agreed,
+        "negotiated": _result_json(report.result),
+        "backend": _end_json(report.backend_end),
+        "frontend": _end_json(report.frontend_end),
+    }
+    if report.kernel is not None:
+        record["kernel"] = _kernel_json(report.kernel)
+    if report.agent is not None:
+        record["agent"] = _agent_json(report.agent)
+    return record
+
+
 def render_json(reports: list[VifReport]) -> str:
-    return json.dumps([report.as_json() for report in reports], indent=2, sort_keys=True)
+    """Return the JSON list of the vif records of ``reports``."""
+    return json.dumps([vif_json(report) for report in reports], indent=2, sort_keys=True)
+
+
+def json_schema() -> dict[str, Any]:
+    """Return the JSON Schema (draft 2020-12) every ``--json`` output follows."""
+    text = resources.files("xenoffload").joinpath(SCHEMA_RESOURCE).read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema

@@ -130,8 +130,8 @@ def main() -> int:
                 shown = subprocess.run(xenoffload("show", "--json", "--xenstore", sock),
                                        capture_output=True, text=True, check=True)
                 vifs = json.loads(shown.stdout)
-                if len(vifs) == 4 and all(v["connected"] and v["backend_status"] and
-                                          v["frontend_status"] for v in vifs):
+                if len(vifs) == 4 and all(v["agreed"] and v["backend"]["status"] and
+                                          v["frontend"]["status"] for v in vifs):
                     ok = True
                     break
                 time.sleep(0.1)
@@ -142,8 +142,9 @@ def main() -> int:
             expected = {f"{d}/{n}": n == 1 for d in GUESTS for n in (0, 1)}
             for vif in vifs:
                 suppressed = vif["negotiated"]["to_guest"]["ipv4"]
-                if suppressed != expected[vif["vif"]]:
-                    print(f"UNEXPECTED: vif {vif['vif']} suppression={suppressed}")
+                name = f"{vif['domid']}/{vif['devid']}"
+                if suppressed != expected[name]:
+                    print(f"UNEXPECTED: vif {name} suppression={suppressed}")
                     ok = False
             if real and ok:
                 for devid in (0, 1):

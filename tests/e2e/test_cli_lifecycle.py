@@ -68,12 +68,13 @@ def test_guest_appears_both_ends_connect_with_the_policy_result_and_matching_ker
     shown = run_cli("show", "--xenstore", netlab.socket, "--json", "--kernel", "netlink",
                     "--netns", netlab.netns[0])
     assert shown.returncode == 0, shown.stderr
-    rows = {row["vif"]: row for row in json.loads(shown.stdout)}
+    rows = {f"{row['domid']}/{row['devid']}": row for row in json.loads(shown.stdout)}
     assert rows["1/0"]["connected"] and rows["1/1"]["connected"]
     assert rows["1/1"]["negotiated"]["to_guest"] == {"ipv4": True, "ipv6": True}
     assert rows["1/0"]["negotiated"]["from_guest"] == {"ipv4": False, "ipv6": False}
-    vif11 = rows["1/1"]["kernel"][f"{netlab.netns[0]}/vif1.1"]
-    assert vif11["tx-checksum-ip-generic"] is True
+    vif11 = rows["1/1"]["kernel"]
+    assert vif11["device"] == f"{netlab.netns[0]}/vif1.1"
+    assert vif11["features"]["tx-checksum-ip-generic"]["active"] is True
     assert backend.running()
 
 
@@ -218,7 +219,7 @@ def test_device_removal_is_forgotten_cleanly(netlab: Lab) -> None:
     agents = netlab.conn_ids("xenoffload-")
     assert not netlab.mutations_under(removed.backend_dir, requests, agents)
     shown = run_cli("show", "--xenstore", netlab.socket, "--json", "1")
-    assert [row["vif"] for row in json.loads(shown.stdout)] == ["1/0"]
+    assert [(row["domid"], row["devid"]) for row in json.loads(shown.stdout)] == [(1, 0)]
     netlab.vifs.remove(removed)
     assert netlab.settled({(1, 0): COMPUTED, (2, 1): SUPPRESSED})
     assert backend.running() and guests[0].running()

@@ -170,6 +170,15 @@ def _writable_file(text: str) -> Path:
     return path
 
 
+def _directory(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not writable")
+    return path
+
+
 # ----------------------------------------------------------------------------- policy
 
 
@@ -671,6 +680,18 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
                        args.netns, args.log)
 
 
+def cmd_units(args: argparse.Namespace) -> int:
+    from xenoffload.units import TEMPLATES, render, write_files
+
+    if args.output is None:
+        for name in TEMPLATES:
+            print(f"# ---- {name}\n{render(name, args.command)}")
+        return EXIT_OK
+    for path in write_files(args.output, args.command):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
 def cmd_conformance(args: argparse.Namespace) -> int:
     from xenoffload.conformance.command import run_command_suite
 
@@ -830,6 +851,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", metavar="FILE",
                    help="where the background part logs (default: nowhere)")
     p.set_defaults(func=cmd_hotplug)
+
+    p = command("units", help="write the systemd units and the hotplug wrapper for this "
+                              "installation",
+                description="Render xenoffload-backend.service, xenoffload-guest.service and "
+                            "vif-bridge-xenoffload with this installation's own command "
+                            "(docs/getting-started.md).")
+    p.add_argument("--output", type=_directory, metavar="DIR",
+                   help="write the files here (e.g. /etc/systemd/system; copy the wrapper to "
+                        "/etc/xen/scripts); default: print them")
+    p.add_argument("--command", metavar="CMD",
+                   help="the command to run instead of this installation's entry point")
+    p.set_defaults(func=cmd_units)
 
     p = command("conformance", help="run the protocol conformance suite against a frontend "
                                     "or backend implementation",

@@ -135,13 +135,14 @@ class EndKey:
 
 def _start_time(pid: int) -> str | None:
     """Return the start time of process ``pid`` (clock ticks since boot, /proc/PID/stat field
-    22), or None if it does not run."""
+    22), or None if it does not run (no such process, or a zombie: it has ended)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
-    return stat.rpartition(")")[2].split()[19]
+    fields = stat.rpartition(")")[2].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 @attrs.frozen

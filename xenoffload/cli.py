@@ -305,7 +305,7 @@ def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
         runner = Runner(lambda: _connect_raw(path), logic)
         runner.stop_event = stop
         if args.once:
-            runner.backoff_max = 0.5
+            _connect(path).close()  # unreachable: one line and exit 3, no retries
             try:
                 runner.run_once(settle_seconds=args.settle, max_seconds=args.timeout)
             except StoreUnavailable as error:

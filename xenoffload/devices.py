@@ -48,14 +48,14 @@ class DevicePattern:
             sample = value.format(**dict.fromkeys(fields, 32751))
             value.format(**dict.fromkeys(fields, 0))
         except (KeyError, IndexError) as error:
-            raise PatternError(f"--device-pattern {value!r}: unknown placeholder {error}; "
+            raise PatternError(f"device pattern {value!r}: unknown placeholder {error}; "
                                f"use {', '.join('{' + f + '}' for f in fields)}") from None
         except ValueError as error:
-            raise PatternError(f"--device-pattern {value!r}: {error}") from None
+            raise PatternError(f"device pattern {value!r}: {error}") from None
         try:
             DeviceRef(sample)
         except ValueError:
-            raise PatternError(f"--device-pattern {value!r} gives {sample!r}, not a network "
+            raise PatternError(f"device pattern {value!r} gives {sample!r}, not a network "
                                f"device name (1-15 bytes, no '/', ':' or white space)") from None
 
     def name(self, vif: VifIdentity) -> str:

@@ -1,0 +1,157 @@
+"""Every bad input through the real command: one line on stderr, a documented exit code, never
+a traceback (docs/cli.md, "Exit codes"). One row per input; ``{sock}`` is a live embedded
+xenstored with guest 1 (``guest1``, vifs 0 on xenbr0 and 1 on xenpriv0) laid out as libxl does,
+``{guest1}`` its guest socket, ``{tmp}`` the test's directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xenoffload.cli import (
+    EXIT_BUSY,
+    EXIT_CONFIG,
+    EXIT_NOT_FOUND,
+    EXIT_OUTCOME,
+    EXIT_USAGE,
+    EXIT_XENSTORE,
+)
+
+from e2e.lab import Lab
+
+NOT_UTF8 = b"[default]\nto-guest = true # caf\xe9\n"
+NESTED = b"[default]\nto-guest = " + b"[" * 2000 + b"]" * 2000 + b"\n"
+
+# (id, arguments, exit code, a fragment of the one line on stderr)
+ROWS = [
+    ("pattern unknown placeholder", ["backend-agent", "--device-pattern", "foo{{x}}"],
+     EXIT_USAGE, "unknown placeholder 'x'"),
+    ("pattern not a device name", ["backend-agent", "--device-pattern", "a/b"],
+     EXIT_USAGE, "not a network device name"),
+    ("pattern positional field", ["guest-agent", "--device-pattern", "eth{{}}"],
+     EXIT_USAGE, "device pattern"),
+    ("guest pattern with domid", ["guest-agent", "--device-pattern", "vif{{domid}}"],
+     EXIT_USAGE, "unknown placeholder 'domid'"),
+    ("negative domid", ["backend-agent", "--domid", "-1"], EXIT_USAGE, "not a domid"),
+    ("reserved domid", ["guest-agent", "--domid", "32752"], EXIT_USAGE, "not a domid"),
+    ("timeout nan", ["backend-agent", "--once", "--timeout", "nan"], EXIT_USAGE,
+     "--timeout"),
+    ("timeout negative", ["guest-agent", "--once", "--settle", "-1"], EXIT_USAGE, "--settle"),
+    ("demo timeout inf", ["demo", "--timeout", "inf"], EXIT_USAGE, "--timeout"),
+    ("huge domid in set", ["set", "99999999999999999999999/0", "--tx", "on",
+                           "--xenstore", "{sock}"], EXIT_USAGE, "not a domid"),
+    ("huge devid in set", ["set", "1/99999999", "--tx", "on", "--xenstore", "{sock}"],
+     EXIT_USAGE, "not a devid or MAC"),
+    ("set without a target", ["set", "--tx", "on", "--xenstore", "{sock}"], EXIT_USAGE,
+     "name exactly one of"),
+    ("set vif and bridge", ["set", "1/0", "--bridge", "xenbr0", "--tx", "on",
+                            "--xenstore", "{sock}"], EXIT_USAGE, "got DOMAIN/DEVICE, --bridge"),
+    ("clear with tx", ["set", "1/0", "--clear", "--tx", "on", "--xenstore", "{sock}"],
+     EXIT_USAGE, "takes no --tx"),
+    ("ipv6 alone", ["set", "1/0", "--ipv6", "on", "--xenstore", "{sock}"], EXIT_USAGE,
+     "give --tx and/or --rx"),
+    ("set nothing", ["set", "1/0", "--xenstore", "{sock}"], EXIT_USAGE, "give --tx"),
+    ("tx not on/off", ["set", "1/0", "--tx", "yes", "--xenstore", "{sock}"], EXIT_USAGE,
+     "expected on or off"),
+    ("bridge with slash", ["set", "--bridge", "a/b", "--tx", "on", "--xenstore", "{sock}"],
+     EXIT_USAGE, "not a bridge name"),
+    ("bridge too long", ["set", "--bridge", "b" * 16, "--tx", "on", "--xenstore", "{sock}"],
+     EXIT_USAGE, "not a bridge name"),
+    ("vif spec with bad device", ["show", "1/eth0", "--xenstore", "{sock}"], EXIT_USAGE,
+     "not a devid or MAC"),
+    ("set unknown domid", ["set", "99/0", "--tx", "on", "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "no vif 99/0"),
+    ("set unknown devid", ["set", "1/9", "--tx", "on", "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "no vif 1/9"),
+    ("set unknown name", ["set", "nosuch/0", "--tx", "on", "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "no domain named 'nosuch'"),
+    ("set unknown MAC", ["set", "1/00:16:3e:99:99:99", "--tx", "on", "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "with MAC 00:16:3e:99:99:99"),
+    ("clear a vif never set", ["set", "1/0", "--clear", "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "nothing to clear"),
+    ("clear vif that does not exist", ["set", "5/5", "--clear", "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "no vif 5/5"),
+    ("clear a bridge never set", ["set", "--bridge", "nosuch", "--clear",
+                                  "--xenstore", "{sock}"], EXIT_NOT_FOUND, "nothing to clear"),
+    ("show unknown name", ["show", "nosuch", "--xenstore", "{sock}"], EXIT_NOT_FOUND,
+     "no domain named"),
+    ("show unknown vif", ["show", "guest1/7", "--xenstore", "{sock}"], EXIT_NOT_FOUND,
+     "no vif 1/7"),
+    ("local outside a guest", ["set", "--local", "0", "--tx", "on", "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "has no vif 0"),
+    ("no XenStore: show", ["show", "--xenstore", "{tmp}/none.sock"], EXIT_XENSTORE,
+     "XenStore unavailable at"),
+    ("no XenStore: set", ["set", "1/0", "--tx", "on", "--xenstore", "{tmp}/none.sock"],
+     EXIT_XENSTORE, "XenStore unavailable at"),
+    ("no XenStore: backend once", ["backend-agent", "--once", "--toggles", "none",
+                                   "--no-config", "--xenstore", "{tmp}/none.sock"],
+     EXIT_XENSTORE, "XenStore unavailable at"),
+    ("no XenStore: guest once", ["guest-agent", "--once", "--toggles", "none", "--no-config",
+                                 "--xenstore", "{tmp}/none.sock"], EXIT_XENSTORE,
+     "XenStore unavailable at"),
+    ("guest domid unreadable", ["guest-agent", "--once", "--toggles", "none", "--no-config",
+                                "--xenstore", "{guest2}"], EXIT_USAGE, "pass --domid N"),
+    ("policy file missing", ["backend-agent", "--once", "--config", "{tmp}/none.toml",
+                             "--xenstore", "{sock}"], EXIT_CONFIG, "none.toml"),
+    ("policy not UTF-8", ["backend-agent", "--once", "--config", "{tmp}/latin1.toml",
+                          "--xenstore", "{sock}"], EXIT_CONFIG, "not UTF-8"),
+    ("policy nested 2000 deep", ["guest-agent", "--once", "--config", "{tmp}/nested.toml",
+                                 "--xenstore", "{guest1}"], EXIT_CONFIG, "nested too deeply"),
+    ("policy unknown key", ["backend-agent", "--once", "--config", "{tmp}/unknown.toml",
+                            "--xenstore", "{sock}"], EXIT_CONFIG, "unknown top-level keys"),
+    ("config and no-config", ["backend-agent", "--config", "x", "--no-config"], EXIT_USAGE,
+     "not allowed with"),
+    ("junit in a missing directory", ["conformance", "--role", "backend", "--impl", "true",
+                                      "--junit", "{tmp}/nodir/report.xml"], EXIT_USAGE,
+     "does not exist"),
+    ("unknown scenario", ["conformance", "--role", "backend", "--impl", "true",
+                          "--scenario", "R99-nothing"], EXIT_USAGE, "unknown scenario"),
+    ("units into a missing directory", ["units", "--output", "{tmp}/nodir"], EXIT_USAGE,
+     "not a directory"),
+    ("hotplug not a vif path", ["hotplug", "online", "--xenstore", "{sock}"], EXIT_USAGE,
+     "not a vif backend path"),
+    ("unknown command", ["frobnicate"], EXIT_USAGE, "invalid choice"),
+    ("write refused by XenStore", ["set", "--local", "0", "--tx", "on", "--xenstore",
+                                   "{guest3}"], EXIT_OUTCOME, "EACCES"),
+]
+
+
+@pytest.fixture
+def world(lab: Lab, tmp_path: Path) -> dict[str, str]:
+    lab.add_guest(1, ["xenbr0", "xenpriv0"])
+    lab.add_guest(3, ["xenbr0"])
+    # Guest 3 may not write its own override directory (a dom0 administrator's choice).
+    from xenoffload.store.base import Access, Perm
+
+    lab.toolstack.write("/local/domain/3/xenoffload", b"")
+    lab.toolstack.set_perms("/local/domain/3/xenoffload", [Perm(Access.NONE, 0),
+                                                          Perm(Access.READ, 3)])
+    (tmp_path / "latin1.toml").write_bytes(NOT_UTF8)
+    (tmp_path / "nested.toml").write_bytes(NESTED)
+    (tmp_path / "unknown.toml").write_text("[defaults]\nto-guest = true\n")
+    return {"sock": lab.socket, "guest1": lab.guest_socket(1), "guest2": lab.guest_socket(2),
+            "guest3": lab.guest_socket(3), "tmp": str(tmp_path)}
+
+
+@pytest.mark.parametrize(("args", "code", "fragment"), [row[1:] for row in ROWS],
+                         ids=[row[0] for row in ROWS])
+def test_bad_input_gets_one_line_and_its_exit_code(world: dict[str, str], args: list[str],
+                                                   code: int, fragment: str) -> None:
+    argv = [arg.format(**world) for arg in args]
+    done = subprocess.run([sys.executable, "-m", "xenoffload", *argv], capture_output=True,
+                          text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(lines) == 1, lines
+    assert fragment in lines[0]
+
+
+def test_every_exit_code_is_documented() -> None:
+    cli_md = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    for code in (0, EXIT_OUTCOME, EXIT_USAGE, EXIT_XENSTORE, EXIT_CONFIG, EXIT_BUSY,
+                 EXIT_NOT_FOUND, 130):
+        assert f"\n| {code} |" in cli_md, code

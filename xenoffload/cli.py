@@ -525,7 +525,7 @@ def _selected_reports(store: Store, args: argparse.Namespace) -> tuple[list[VifR
         if spec.has_device:
             devid = resolve_vif(store, spec, guest, backend_domid)
     vifs = list_vifs(store, backend_domid, guest)
-    if own is not None and own != backend_domid and guest in (None, own):
+    if own is not None and guest in (None, own):
         known = set(vifs)
         vifs += [v for v in list_own_frontends(store, own) if v not in known]
     if devid is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_root, require_tool
 from e2e.lab import AgentProcess, Lab, lab_context
 
 
@@ -14,6 +15,16 @@ from e2e.lab import AgentProcess, Lab, lab_context
 def lab(tmp_path: Path) -> Iterator[Lab]:
     """Embedded xenstored (dom0 + guests 1-3 sockets) and a toolstack; no kernel devices."""
     with lab_context(tmp_path, with_netns=False) as world:
+        yield world
+
+
+@pytest.fixture
+def netlab(tmp_path: Path) -> Iterator[Lab]:
+    """The same with a namespace per domain and a veth pair per vif (root, ip, ethtool)."""
+    require_root()
+    require_tool("ip", "iproute2")
+    require_tool("ethtool", "ethtool")
+    with lab_context(tmp_path, with_netns=True) as world:
         yield world
 
 

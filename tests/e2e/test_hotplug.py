@@ -6,17 +6,22 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from .lab import Lab
+import pytest
+
+from .lab import Lab, wait_until
 
 
 def hotplug(lab: Lab, action: str, xenbus_path: str, config: str | None = None,
-            wait: float = 20.0) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, XENBUS_PATH=xenbus_path, vif="vif1.1")
-    args = [sys.executable, "-m", "xenoffload", "hotplug", action, "--xenstore", lab.socket,
-            "--toggles", "dry-run", "--wait", str(wait)]
-    if config:
-        args += ["--config", config]
+            wait: float = 20.0, vif: str = "vif1.1",
+            log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, XENBUS_PATH=xenbus_path, vif=vif)
+    args = [sys.executable, "-m", "xenoffload", "-v", "hotplug", action, "--xenstore",
+            lab.socket, "--toggles", "dry-run", "--wait", str(wait)]
+    args += ["--config", config] if config else ["--no-config"]
+    if log is not None:
+        args += ["--log", str(log)]
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=30,
                           check=False)
 
@@ -57,4 +62,42 @@ def test_hook_refuses_a_path_that_is_not_a_vif_backend(lab: Lab) -> None:
 
 
 def test_offline_has_nothing_to_undo(lab: Lab) -> None:
-    assert hotplug(lab, "offline", "backend/vif/1/0").returncode == 0
+    lab.add_guest(1, ["xenbr0"])
+    done = hotplug(lab, "offline", "backend/vif/1/0")
+    assert done.returncode == 0
+    assert "nothing to undo" in done.stderr
+
+
+def _connect_stock_frontend(lab: Lab, backend_dir: str, frontend_dir: str) -> None:
+    """A stock netfront connects (legacy keys only), then netback does."""
+    store = lab.toolstack
+    store.write(f"{frontend_dir}/state", b"4")
+    store.write(f"{backend_dir}/state", b"4")
+
+
+@pytest.mark.parametrize(("vifname", "vif_env", "device"), [
+    ("web0", "vif1.0", "web0"),     # xl vifname=: the stock script renamed the device
+    (None, "vif1.0", "vif1.0"),     # xl's $vif
+    (None, "", "vif1.0"),           # neither: netback's own name
+])
+def test_online_applies_to_the_device_xl_named(lab: Lab, tmp_path: Path, vifname: str | None,
+                                               vif_env: str, device: str) -> None:
+    vif = lab.add_guest(1, ["xenbr0"])[0]
+    if vifname:
+        lab.toolstack.write(f"{vif.backend_dir}/vifname", vifname.encode())
+    lab.toolstack.write(f"{vif.backend_dir}/state", b"2")
+    log = tmp_path / "hook.log"
+    done = hotplug(lab, "online", "backend/vif/1/0", vif=vif_env, log=log)
+    assert done.returncode == 0, done.stderr
+    _connect_stock_frontend(lab, vif.backend_dir, vif.frontend_dir)
+    wait_until(lambda: "negotiated" in log.read_text(), 20, "the background part applied")
+    assert f"{device} backend:" in log.read_text()
+
+
+def test_add_and_remove_are_the_emulated_nic_and_do_nothing(lab: Lab) -> None:
+    vif = lab.add_guest(1, ["xenbr0"])[0]
+    for action in ("add", "remove"):
+        done = hotplug(lab, action, "backend/vif/1/0", vif="vif1.0-emu")
+        assert done.returncode == 0
+        assert "emulated NIC" in done.stderr
+    assert lab.toolstack.try_read(f"{vif.backend_dir}/feature-csum-tx") is None

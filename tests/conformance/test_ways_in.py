@@ -71,11 +71,13 @@ def test_cli_refuses_an_unknown_scenario(tmp_path: Path) -> None:
 def test_pytest_plugin_runs_the_scenarios_against_a_command(tmp_path: Path) -> None:
     base = [sys.executable, "-m", "pytest", "-p", "xenoffload.conformance", "-q",
             "-p", "no:cacheprovider", "--conformance-scenario", "R1-own-directory-only"]
-    good = run([*base, "--impl", f"backend:{BACKEND}", "--impl", f"frontend:{FRONTEND}"],
+    good = run([*base, "--conformance-impl", f"backend:{BACKEND}", "--conformance-impl",
+                f"frontend:{FRONTEND}"],
                tmp_path)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "2 passed" in good.stdout
-    bad = run([*base, "--impl", f"backend:{sys.executable} {MUTANTS} backend outside-dir"],
+    bad = run([*base, "--conformance-impl",
+               f"backend:{sys.executable} {MUTANTS} backend outside-dir"],
               tmp_path)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "conformance[backend:R1-own-directory-only]" in bad.stdout

@@ -7,8 +7,8 @@ implementation under test (IUT) for one role, plays the other end step by step
 lists the scenarios, each citing a rule of docs/protocol.md. Ways in:
 
 * ``xenoffload conformance --role backend --impl 'COMMAND' [--junit FILE]``;
-* ``pytest -p xenoffload.conformance --impl backend:COMMAND`` (this module is the plugin; it
-  is also registered as a ``pytest11`` entry point and does nothing without ``--impl``);
+* ``pytest -p xenoffload.conformance --conformance-impl backend:COMMAND`` (this module is the plugin; it
+  is also registered as a ``pytest11`` entry point and does nothing without ``--conformance-impl``);
 * :func:`~xenoffload.conformance.runner.run_scenario` with any
   :class:`~xenoffload.conformance.subjects.Subject`.
 
@@ -34,7 +34,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
-    """pytest hook: one test item per scenario for each ``--impl``."""
+    """pytest hook: one test item per scenario for each ``--conformance-impl``."""
     from xenoffload.conformance.plugin import collect
 
     collect(session, config, items)

@@ -1,9 +1,9 @@
-"""The pytest plugin: ``pytest -p xenoffload.conformance --impl backend:COMMAND`` turns every
+"""The pytest plugin: ``pytest -p xenoffload.conformance --conformance-impl backend:COMMAND`` turns every
 scenario of the catalogue into a test item for that implementation.
 
-Options: ``--impl ROLE:COMMAND`` (repeatable, one per role), ``--conformance-scenario ID``
+Options: ``--conformance-impl ROLE:COMMAND`` (repeatable, one per role), ``--conformance-scenario ID``
 (repeatable), ``--conformance-mode full|companion|all``, ``--conformance-timeout SECONDS``.
-Without ``--impl`` the plugin adds nothing (it is also loaded through its entry point).
+Without ``--conformance-impl`` the plugin adds nothing (it is also loaded through its entry point).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = ["ConformanceFailure", "ConformanceItem", "addoption", "collect"]
 
 def addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("xenoffload-conformance", "xenoffload protocol conformance")
-    group.addoption("--impl", action="append", default=[], metavar="ROLE:COMMAND",
+    group.addoption("--conformance-impl", action="append", default=[], metavar="ROLE:COMMAND",
                     help="run the conformance scenarios against COMMAND playing ROLE "
                          "(backend or frontend); repeatable")
     group.addoption("--conformance-scenario", action="append", default=[], metavar="ID",
@@ -75,14 +75,14 @@ class ConformanceItem(pytest.Item):
 def _parse_impl(text: str) -> tuple[Role, str]:
     role, sep, command = text.partition(":")
     if not sep or role not in ("backend", "frontend") or not command.strip():
-        raise pytest.UsageError(f"--impl expects ROLE:COMMAND with ROLE backend or frontend, "
+        raise pytest.UsageError(f"--conformance-impl expects ROLE:COMMAND with ROLE backend or frontend, "
                                 f"got {text!r}")
     return Role(role), command
 
 
 def _items(session: pytest.Session, config: pytest.Config) -> Iterator[ConformanceItem]:
     ids = tuple(config.getoption("conformance_scenario"))
-    for text in config.getoption("impl"):
+    for text in config.getoption("conformance_impl"):
         role, command = _parse_impl(text)
         subject = CommandSubject(command)
         try:
@@ -97,5 +97,5 @@ def _items(session: pytest.Session, config: pytest.Config) -> Iterator[Conforman
 
 
 def collect(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Append one item per scenario and ``--impl``."""
+    """Append one item per scenario and ``--conformance-impl``."""
     items.extend(_items(session, config))

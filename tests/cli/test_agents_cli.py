@@ -4,7 +4,12 @@ guest agent never guesses a kernel device; ``show --kernel`` prints what ethtool
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +102,32 @@ def test_show_kernel_reports_an_unreadable_device_as_an_error_not_a_feature(
     (record,) = json.loads(done.stdout)
     assert record["kernel"]["features"] == {}
     assert "vif1.0" in record["kernel"]["error"]
+
+
+@pytest.mark.parametrize("role", ["backend", "guest"])
+def test_agents_tell_systemd_they_are_ready_once_they_act(lab: Lab, tmp_path: Path,
+                                                          role: str) -> None:
+    """Type=notify: READY=1 comes after the first attach (watches registered, vifs scanned),
+    so `systemctl start` returns when the agent acts."""
+    lab.add_guest(1, ["xenbr0"])
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)
+        listener.settimeout(20)
+        xenstore = lab.socket if role == "backend" else lab.guest_socket(1)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "xenoffload", f"{role}-agent", "--xenstore", xenstore,
+             "--toggles", "none", "--no-config"],
+            env=dict(os.environ, NOTIFY_SOCKET=address), stderr=subprocess.DEVNULL)
+        try:
+            message = listener.recv(4096).decode()
+            assert message.startswith("READY=1\n"), message
+            token = f"xenoffload-{role}"
+            assert lab.conn_ids(token), "ready before its watch was registered"
+            process.send_signal(signal.SIGTERM)
+            assert listener.recv(4096) == b"STOPPING=1"
+            assert process.wait(20) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import require_root, require_tool
 from e2e.lab import AgentProcess, Lab, lab_context
 

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import require_root, require_tool
 from e2e.lab import Lab, run_cli, wait_until
 

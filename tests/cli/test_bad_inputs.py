@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from e2e.lab import Lab
 
 from xenoffload.cli import (
     EXIT_BUSY,
@@ -19,8 +20,6 @@ from xenoffload.cli import (
     EXIT_USAGE,
     EXIT_XENSTORE,
 )
-
-from e2e.lab import Lab
 
 NOT_UTF8 = b"[default]\nto-guest = true # caf\xe9\n"
 NESTED = b"[default]\nto-guest = " + b"[" * 2000 + b"]" * 2000 + b"\n"

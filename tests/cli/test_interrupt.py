@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from e2e.lab import wait_until
+
 from xenoffload.cli import EXIT_INTERRUPTED
 
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from e2e.lab import AgentProcess, Lab, run_cli, wait_until
+
 from xenoffload.agentlock import EndKey, Holder, lock_dir, read_holder
 from xenoffload.cli import EXIT_BUSY
 from xenoffload.schema import Role

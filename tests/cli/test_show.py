@@ -8,8 +8,8 @@ from typing import Any
 
 import jsonschema
 import pytest
-
 from e2e.lab import Lab, run_cli
+
 from xenoffload.cli import EXIT_OK, EXIT_OUTCOME
 from xenoffload.show import json_schema
 

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import require_tool
 from e2e.lab import run_cli
+
 from xenoffload.units import TEMPLATES, entry_point
 
 UNITS = ("xenoffload-backend.service", "xenoffload-guest.service")

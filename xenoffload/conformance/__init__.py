@@ -7,8 +7,9 @@ implementation under test (IUT) for one role, plays the other end step by step
 lists the scenarios, each citing a rule of docs/protocol.md. Ways in:
 
 * ``xenoffload conformance --role backend --impl 'COMMAND' [--junit FILE]``;
-* ``pytest -p xenoffload.conformance --conformance-impl backend:COMMAND`` (this module is the plugin; it
-  is also registered as a ``pytest11`` entry point and does nothing without ``--conformance-impl``);
+* ``pytest -p xenoffload.conformance --conformance-impl backend:COMMAND`` (this module is the
+  plugin; it is also registered as a ``pytest11`` entry point and does nothing without
+  ``--conformance-impl``);
 * :func:`~xenoffload.conformance.runner.run_scenario` with any
   :class:`~xenoffload.conformance.subjects.Subject`.
 

@@ -1,9 +1,10 @@
-"""The pytest plugin: ``pytest -p xenoffload.conformance --conformance-impl backend:COMMAND`` turns every
-scenario of the catalogue into a test item for that implementation.
+"""The pytest plugin: ``pytest -p xenoffload.conformance --conformance-impl backend:COMMAND``
+turns every scenario of the catalogue into a test item for that implementation.
 
-Options: ``--conformance-impl ROLE:COMMAND`` (repeatable, one per role), ``--conformance-scenario ID``
-(repeatable), ``--conformance-mode full|companion|all``, ``--conformance-timeout SECONDS``.
-Without ``--conformance-impl`` the plugin adds nothing (it is also loaded through its entry point).
+Options: ``--conformance-impl ROLE:COMMAND`` (repeatable, one per role),
+``--conformance-scenario ID`` (repeatable), ``--conformance-mode full|companion|all``,
+``--conformance-timeout SECONDS``. Without ``--conformance-impl`` the plugin adds nothing (it
+is also loaded through its entry point).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class ConformanceItem(pytest.Item):
 def _parse_impl(text: str) -> tuple[Role, str]:
     role, sep, command = text.partition(":")
     if not sep or role not in ("backend", "frontend") or not command.strip():
-        raise pytest.UsageError(f"--conformance-impl expects ROLE:COMMAND with ROLE backend or frontend, "
-                                f"got {text!r}")
+        raise pytest.UsageError(f"--conformance-impl expects ROLE:COMMAND with ROLE backend or "
+                                f"frontend, got {text!r}")
     return Role(role), command
 
 

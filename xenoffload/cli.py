@@ -37,9 +37,9 @@ if TYPE_CHECKING:  # the agents are imported only by the commands that run them
     from xenoffload.agents.backend import BackendAgent
     from xenoffload.agents.guest import GuestAgent
     from xenoffload.endpoint import VifEndpoint
+    from xenoffload.enforce import Enforcers
     from xenoffload.paths import VifPaths
     from xenoffload.show import AgentView, VifReport
-    from xenoffload.toggles.base import Toggles
 
 __all__ = ["main", "build_parser", "resolve_xenstore", "CliError", "EXIT_OK", "EXIT_OUTCOME",
            "EXIT_USAGE", "EXIT_XENSTORE", "EXIT_CONFIG", "EXIT_BUSY", "EXIT_NOT_FOUND",
@@ -387,14 +387,13 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
     from xenoffload.agents.backend import BackendAgent
     from xenoffload.devices import backend_device
     from xenoffload.endpoint import Enforcer
-    from xenoffload.enforce import TogglesEnforcer
     from xenoffload.machine import Mode
     from xenoffload.policy import VifIdentity
 
-    toggles = _make_toggles(args.toggles)
+    enforcers = _make_enforcers(args.toggles, args.tc)
 
     def enforcer(vif: VifIdentity) -> Enforcer | None:
-        if toggles is None:
+        if enforcers is None:
             return None
         try:
             device = backend_device(vif, args.device_pattern, args.netns)
@@ -403,13 +402,17 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
                         "default name", vif.domid, vif.devid, vif.vifname)
             device = backend_device(VifIdentity(vif.domid, vif.devid), args.device_pattern,
                                     args.netns)
-        return TogglesEnforcer(toggles, device)
+        return enforcers.for_device(device)
 
     stop = None if args.once else _stop_on_signals()
-    return _run_agent(
-        args, Role.BACKEND, resolve_xenstore(args.xenstore), args.domid,
-        lambda policy: BackendAgent(policy, args.domid, Mode(args.mode), enforcer),
-        stop or threading.Event())
+    try:
+        return _run_agent(
+            args, Role.BACKEND, resolve_xenstore(args.xenstore), args.domid,
+            lambda policy: BackendAgent(policy, args.domid, Mode(args.mode), enforcer),
+            stop or threading.Event())
+    finally:
+        if enforcers is not None:
+            enforcers.close()
 
 
 def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
@@ -453,7 +456,6 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
     from xenoffload.agents.guest import GuestAgent
     from xenoffload.devices import GuestDeviceEnforcer
     from xenoffload.endpoint import Enforcer
-    from xenoffload.enforce import TogglesEnforcer
     from xenoffload.machine import Mode
     from xenoffload.policy import VifIdentity
     from xenoffload.toggles.base import DeviceRef
@@ -463,31 +465,37 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
     domid = args.domid if args.domid is not None else _guest_domid(path, stop)
     if domid is None:
         return EXIT_OK  # stopped while waiting for XenStore
-    toggles = _make_toggles(args.toggles)
+    enforcers = _make_enforcers(args.toggles, args.tc)
     pattern: DevicePattern | None = args.device_pattern
     if pattern is None and args.toggles == "dry-run":
         # Simulated devices touch nothing: name them as netfront would.
         pattern = DevicePattern(Role.FRONTEND, "eth{devid}")
 
     def enforcer(vif: VifIdentity) -> Enforcer | None:
-        if toggles is None:
+        if enforcers is None:
             return None
         if pattern is not None:
-            return TogglesEnforcer(toggles, DeviceRef(pattern.name(vif), args.netns))
-        return GuestDeviceEnforcer(toggles, vif.devid, args.netns)
+            return enforcers.for_device(DeviceRef(pattern.name(vif), args.netns))
+        return GuestDeviceEnforcer(enforcers, vif.devid, args.netns)
 
-    return _run_agent(
-        args, Role.FRONTEND, path, domid,
-        lambda policy: GuestAgent(policy, domid, Mode(args.mode), enforcer),
-        stop or threading.Event())
+    try:
+        return _run_agent(
+            args, Role.FRONTEND, path, domid,
+            lambda policy: GuestAgent(policy, domid, Mode(args.mode), enforcer),
+            stop or threading.Event())
+    finally:
+        if enforcers is not None:
+            enforcers.close()
 
 
-def _make_toggles(kind: str) -> Toggles | None:
+def _make_enforcers(kind: str, tc: bool) -> Enforcers | None:
+    """Return the kernel mechanisms of ``--toggles KIND`` (None for ``none``), with tc when
+    ``--tc`` is given (docs/toggles.md)."""
     if kind == "none":
         return None
-    from xenoffload.toggles import make_toggles
+    from xenoffload.enforce import make_enforcers
 
-    return make_toggles("netlink" if kind == "netlink" else "dry-run")
+    return make_enforcers("netlink" if kind == "netlink" else "dry-run", tc=tc)
 
 
 # ----------------------------------------------------------------------------- show, set
@@ -547,10 +555,10 @@ def _with_kernel(reports: list[VifReport], args: argparse.Namespace,
     from xenoffload.devices import backend_device, sysfs_netfront
     from xenoffload.policy import VifIdentity
     from xenoffload.show import KernelView
+    from xenoffload.toggles import make_toggles
     from xenoffload.toggles.base import DeviceRef, ToggleError
 
-    toggles = _make_toggles(args.kernel)
-    assert toggles is not None
+    toggles = make_toggles("netlink")
     enriched = []
     for report in reports:
         vif = VifIdentity(report.guest_domid, report.devid, vifname=report.vifname)
@@ -675,7 +683,7 @@ def cmd_hotplug(args: argparse.Namespace) -> int:
         source = str(args.config) if args.config is not None else (
             DEFAULT_CONFIG[Role.BACKEND] if os.path.exists(DEFAULT_CONFIG[Role.BACKEND])
             else None)
-    return run_hotplug(args.action, load_hook_policy(source), args.toggles,
+    return run_hotplug(args.action, load_hook_policy(source), args.toggles, args.tc,
                        resolve_xenstore(args.xenstore), args.wait, args.device_pattern,
                        args.netns, args.log)
 
@@ -763,6 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
         config(p, role)
         p.add_argument("--toggles", choices=("netlink", "dry-run", "none"), default="netlink",
                        help="how to apply results to kernel devices (default netlink)")
+        p.add_argument("--tc", action="store_true",
+                       help="also enforce with tc where ethtool cannot (docs/toggles.md)")
         p.add_argument("--mode", choices=("companion", "full"), default="companion",
                        help="companion: beside kernel drivers that own `state` (default); "
                             "full: this process is the device model and owns `state`")
@@ -843,6 +853,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("online", "offline", "add", "remove"))
     config(p, Role.BACKEND)
     p.add_argument("--toggles", choices=("netlink", "dry-run", "none"), default="netlink")
+    p.add_argument("--tc", action="store_true",
+                   help="also enforce with tc where ethtool cannot (docs/toggles.md)")
     p.add_argument("--wait", type=_seconds, default=60.0, metavar="SECONDS",
                    help="how long the background part waits for Connected")
     p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",

@@ -11,6 +11,7 @@ run on a machine without Xen vifs must never switch a real NIC's features).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -18,7 +19,10 @@ from xenoffload.endpoint import Enforcement
 from xenoffload.negotiation import LinkResult
 from xenoffload.policy import VifIdentity
 from xenoffload.schema import Role
-from xenoffload.toggles.base import DeviceRef, Toggles
+from xenoffload.toggles.base import DeviceRef
+
+if TYPE_CHECKING:
+    from xenoffload.enforce import Enforcers
 
 __all__ = ["DevicePattern", "PatternError", "backend_device", "sysfs_netfront",
            "GuestDeviceEnforcer", "SYSFS_XEN_DEVICES"]
@@ -91,18 +95,16 @@ class GuestDeviceEnforcer:
     in sysfs at every apply (a vif hot-plugged later is found then). While sysfs shows none it
     applies nothing and reports ``no-device`` (retried), never a guessed ``eth<devid>``."""
 
-    toggles: Toggles
+    enforcers: Enforcers
     devid: int
     netns: str | None = None
     root: Path = SYSFS_XEN_DEVICES
 
     def enforce(self, role: Role, result: LinkResult) -> Enforcement:
-        from xenoffload.enforce import TogglesEnforcer
-
         name = sysfs_netfront(self.devid, self.root)
         if name is None:
             where = self.root / f"vif-{self.devid}" / "net"
             return Enforcement(f"no-device: no Xen vif {self.devid} in sysfs", retry=True,
                                details=(f"{where} lists no device; name it with "
                                         f"--device-pattern",))
-        return TogglesEnforcer(self.toggles, DeviceRef(name, self.netns)).enforce(role, result)
+        return self.enforcers.for_device(DeviceRef(name, self.netns)).enforce(role, result)

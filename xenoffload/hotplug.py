@@ -79,7 +79,7 @@ def _device_name(environ: Mapping[str, str]) -> str | None:
         return None
 
 
-def run_hotplug(action: str, policy: Policy, toggles_kind: str, xenstore: str,
+def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xenstore: str,
                 wait: float, device_pattern: DevicePattern | None, netns: str | None,
                 log_path: str | None = None,
                 environ: Mapping[str, str] | None = None) -> int:
@@ -147,12 +147,14 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, xenstore: str,
     finally:
         store.close()
     return _finish_in_background([vif_lock, permit], identity, backend_domid, link_policy,
-                                 toggles_kind, xenstore, wait, device_pattern, netns, log_path,
+                                 toggles_kind, tc, xenstore, wait, device_pattern, netns,
+                                 log_path,
                                  what)
 
 
 def _finish_in_background(locks: list[HeldLock], identity: VifIdentity, backend_domid: int,
-                          link_policy: LinkPolicy, toggles_kind: str, xenstore: str, wait: float,
+                          link_policy: LinkPolicy, toggles_kind: str, tc: bool, xenstore: str,
+                          wait: float,
                           device_pattern: DevicePattern | None, netns: str | None,
                           log_path: str | None, what: str) -> int:
     """Fork; the parent returns 0 once the child holds the locks (they are shared with it
@@ -170,13 +172,13 @@ def _finish_in_background(locks: list[HeldLock], identity: VifIdentity, backend_
     os.write(ready_write, b"1")
     os.close(ready_write)
     _detach(log_path)
-    code = _negotiate(identity, backend_domid, link_policy, toggles_kind, xenstore, wait,
+    code = _negotiate(identity, backend_domid, link_policy, toggles_kind, tc, xenstore, wait,
                       device_pattern, netns)
     os._exit(code)
 
 
 def _negotiate(identity: VifIdentity, backend_domid: int, link_policy: LinkPolicy,
-               toggles_kind: str, xenstore: str, wait: float,
+               toggles_kind: str, tc: bool, xenstore: str, wait: float,
                device_pattern: DevicePattern | None, netns: str | None) -> int:
     from xenoffload.store.pyxs_store import connect_store
     from xenoffload.toolstack import NegotiationTimeout, negotiate_vif
@@ -184,16 +186,15 @@ def _negotiate(identity: VifIdentity, backend_domid: int, link_policy: LinkPolic
     guest, devid = identity.domid, identity.devid
     enforcer: Enforcer | None = None
     if toggles_kind != "none":
-        from xenoffload.enforce import TogglesEnforcer
-        from xenoffload.toggles import make_toggles
+        from xenoffload.enforce import make_enforcers
 
-        toggles = make_toggles("netlink" if toggles_kind == "netlink" else "dry-run")
         try:
             device = backend_device(identity, device_pattern, netns)
         except ValueError as error:
             log.error("hotplug: vif %d/%d: %s", guest, devid, error)
             return 1
-        enforcer = TogglesEnforcer(toggles, device)
+        enforcer = make_enforcers("netlink" if toggles_kind == "netlink" else "dry-run",
+                                  tc=tc).for_device(device)
     try:
         store = connect_store(xenstore)
         result = negotiate_vif(store, backend_domid, guest, devid, link_policy, enforcer,

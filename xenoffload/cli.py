@@ -23,12 +23,18 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from xenoffload import __version__
 from xenoffload.agentlock import EndBusy, EndKey, acquire_agent, held
-from xenoffload.devices import DevicePattern, PatternError
-from xenoffload.names import NotFound, VifSpec, parse_domid, parse_vif_spec
+from xenoffload.devices import DevicePattern
+from xenoffload.names import (
+    NotFound,
+    VifSpec,
+    parse_bridge_pattern,
+    parse_domid,
+    parse_vif_spec,
+)
 from xenoffload.policy import Policy, PolicyError, builtin_policy, load_policy
 from xenoffload.schema import Role
 from xenoffload.store.base import Store, StoreUnavailable, XenStoreError
@@ -53,6 +59,8 @@ DEFAULT_CONFIG = {Role.BACKEND: "/etc/xenoffload/policy.toml",
                   Role.FRONTEND: "/etc/xenoffload/guest.toml"}
 
 log = logging.getLogger("xenoffload")
+
+T = TypeVar("T")
 
 
 class CliError(Exception):
@@ -97,62 +105,53 @@ def _on_off(text: str) -> bool:
     return text == "on"
 
 
-def _domid(text: str) -> int:
-    try:
-        return parse_domid(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _devid(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 5 or int(text) > 0xFFFF:
-        raise argparse.ArgumentTypeError(f"not a devid (0..65535): {text!r}")
-    return int(text)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or value <= 0 or value > 86400:
-        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400], got {text!r}")
-    return value
-
-
-def _pattern(role: Role) -> Callable[[str], DevicePattern]:
-    def parse(text: str) -> DevicePattern:
+def _checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """Return an argparse type that parses with ``parse``; its ValueError becomes the one-line
+    usage error."""
+    def convert(text: str) -> T:
         try:
-            return DevicePattern(role, text)
-        except PatternError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return parse
-
-
-def _netns(text: str) -> str:
-    if not text or "/" in text or text in (".", "..") or len(text) > 255:
-        raise argparse.ArgumentTypeError(f"not a network namespace name: {text!r}")
-    return text
-
-
-def _bridge(text: str) -> str:
-    from xenoffload.names import parse_bridge_pattern
-
-    try:
-        return parse_bridge_pattern(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _vif_spec(need_device: bool) -> Callable[[str], VifSpec]:
-    def parse(text: str) -> VifSpec:
-        try:
-            return parse_vif_spec(text, need_device)
+            return parse(text)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
 
-    return parse
+    return convert
+
+
+def _devid_value(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or int(text) > 0xFFFF:
+        raise ValueError(f"not a devid (0..65535): {text!r}")
+    return int(text)
+
+
+def _seconds_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0 or value > 86400:
+        raise ValueError(f"expected seconds in (0, 86400], got {text!r}")
+    return value
+
+
+def _netns_value(text: str) -> str:
+    if not text or "/" in text or text in (".", "..") or len(text) > 255:
+        raise ValueError(f"not a network namespace name: {text!r}")
+    return text
+
+
+_domid = _checked(parse_domid)
+_devid = _checked(_devid_value)
+_seconds = _checked(_seconds_value)
+_netns = _checked(_netns_value)
+_bridge = _checked(parse_bridge_pattern)
+
+
+def _pattern(role: Role) -> Callable[[str], DevicePattern]:
+    return _checked(lambda text: DevicePattern(role, text))
+
+
+def _vif_spec(need_device: bool) -> Callable[[str], VifSpec]:
+    return _checked(lambda text: parse_vif_spec(text, need_device))
 
 
 def _writable_file(text: str) -> Path:

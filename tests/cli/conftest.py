@@ -6,25 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require_root, require_tool
-from e2e.lab import AgentProcess, Lab, lab_context
+from e2e.conftest import lab, netlab
+from e2e.lab import AgentProcess
 
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    """Embedded xenstored (dom0 + guests 1-3 sockets) and a toolstack; no kernel devices."""
-    with lab_context(tmp_path, with_netns=False) as world:
-        yield world
-
-
-@pytest.fixture
-def netlab(tmp_path: Path) -> Iterator[Lab]:
-    """The same with a namespace per domain and a veth pair per vif (root, ip, ethtool)."""
-    require_root()
-    require_tool("ip", "iproute2")
-    require_tool("ethtool", "ethtool")
-    with lab_context(tmp_path, with_netns=True) as world:
-        yield world
+__all__ = ["Processes", "lab", "netlab", "processes"]  # lab, netlab: the end-to-end fixtures
 
 
 class Processes:

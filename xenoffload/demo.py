@@ -28,10 +28,10 @@ from xenoffload.agents.guest import GuestAgent
 from xenoffload.agents.runner import Runner
 from xenoffload.enforce import TogglesEnforcer
 from xenoffload.machine import Mode
-from xenoffload.negotiation import LinkPolicy, LinkResult
+from xenoffload.negotiation import LinkResult
 from xenoffload.netns import Namespaces, netns_available
-from xenoffload.policy import Policy, parse_policy
-from xenoffload.schema import FamilyFlags
+from xenoffload.policy import builtin_policy, parse_policy
+from xenoffload.schema import FamilyFlags, Role
 from xenoffload.show import collect, list_vifs, render_table
 from xenoffload.store.base import Store
 from xenoffload.store.pyxs_store import connect_store
@@ -50,8 +50,8 @@ DEMO_VIFS = ((0, "eth0", "xenbr0"), (1, "eth1", "xenpriv0"))
 DEMO_BACKEND_POLICY = parse_policy({"rule": [{"name": "private NFS network",
                                               "bridge": "xenpriv0", "to-guest": True,
                                               "from-guest": True}]})
-#: The guest agent defers to what its backend offers (see docs/agents.md).
-DEMO_GUEST_POLICY = Policy(LinkPolicy(FamilyFlags.both(True), FamilyFlags.both(True)))
+#: The guest agent's built-in policy: it defers to what its backend offers (docs/agents.md).
+DEMO_GUEST_POLICY = builtin_policy(Role.FRONTEND)
 EXPECTED = {0: LinkResult(),
             1: LinkResult(FamilyFlags.both(True), FamilyFlags.both(True))}
 CHECKSUM_FEATURES = ("tx-checksum-ipv4", "tx-checksum-ipv6", "tx-checksum-ip-generic",

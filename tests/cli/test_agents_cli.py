@@ -130,3 +130,17 @@ def test_agents_tell_systemd_they_are_ready_once_they_act(lab: Lab, tmp_path: Pa
             if process.poll() is None:
                 process.kill()
                 process.wait(10)
+
+
+@pytest.mark.parametrize("role", ["backend", "guest"])
+def test_both_daemons_wait_for_an_absent_xenstore_and_stop_cleanly(tmp_path: Path,
+                                                                   processes: Processes,
+                                                                   role: str) -> None:
+    """No XenStore: the daemons (not --once) wait for it, retrying with backoff, both alike;
+    SIGTERM ends them with exit 0."""
+    agent = processes.start(role, f"{role}-agent", "--toggles", "none", "--no-config",
+                            "--xenstore", str(tmp_path / "absent.sock"))
+    wait_until(lambda: agent.log().count("retrying in") >= 3, 20, "three retries")
+    assert agent.running()
+    assert agent.stop() == 0
+    assert "Traceback" not in agent.log()

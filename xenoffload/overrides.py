@@ -3,8 +3,9 @@
 An override is a node under ``<home>/xenoffload/policy`` (``<home>`` = ``/local/domain/<domid>``
 of the domain whose agent it steers; the directory is created owner-only): ``vif/<domid>/<devid>``
 for one vif seen from dom0, ``vif/<devid>`` for a guest's own vif, ``bridge/<name>`` for every
-vif on a bridge. The value is a list of ``direction[-family]=on|off`` tokens, e.g.
-``to-guest=on from-guest=off to-guest-ipv6=off``; omitted ones are not overridden.
+vif on a bridge (a name or a glob, written with :func:`encode_name`). The value is a list of
+``direction[-family]=on|off`` tokens, e.g. ``to-guest=on from-guest=off to-guest-ipv6=off``;
+omitted ones are not overridden.
 Overrides become policy rules appended after the configuration file's (they win).
 """
 

@@ -202,3 +202,21 @@ def test_the_emulated_twin_of_an_hvm_vif_is_left_alone(lab: Lab, hooks: None) ->
     assert _hook_holder(lab, 0) is None
 
 
+
+
+def test_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
+    """A record whose pid now belongs to another process (another start time) is stale:
+    superseding it signals nothing. Here the pid is a live ``sleep``'s."""
+    from xenoffload.agentlock import supersede
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        lock = tmp_path / "x.vif-1-0"
+        lock.write_text(Holder(sleeper.pid, "1", "hotplug online vif 1/0", "then").line())
+        assert supersede(lock) is None
+        assert sleeper.poll() is None  # still running: not signalled
+        live = Holder.parse(lock.read_text())
+        assert live is not None and not live.alive
+    finally:
+        sleeper.kill()
+        sleeper.wait(10)

@@ -220,3 +220,20 @@ def test_a_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait(10)
+
+
+def test_the_lock_works_between_agents_of_one_process(tmp_path: Path) -> None:
+    """flock(2) locks belong to open files, not processes: two agents embedded in one
+    process (the in-process tests' way) exclude each other too, and letting go frees it."""
+    from xenoffload.agentlock import EndBusy, acquire_agent, held
+
+    end = EndKey.of(Role.FRONTEND, 7, str(tmp_path / "xs.sock"))
+    with held(acquire_agent(end, "first", tmp_path)):
+        with pytest.raises(EndBusy, match="first .* already acts for the frontend end of "
+                                          "domain 7"):
+            acquire_agent(end, "second", tmp_path)
+        other = EndKey.of(Role.FRONTEND, 8, str(tmp_path / "xs.sock"))
+        with held(acquire_agent(other, "another end", tmp_path)):
+            pass
+    with held(acquire_agent(end, "second", tmp_path)):
+        pass

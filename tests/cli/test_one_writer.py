@@ -229,8 +229,8 @@ def test_the_lock_works_between_agents_of_one_process(tmp_path: Path) -> None:
 
     end = EndKey.of(Role.FRONTEND, 7, str(tmp_path / "xs.sock"))
     with held(acquire_agent(end, "first", tmp_path)):
-        with pytest.raises(EndBusy, match="first .* already acts for the frontend end of "
-                                          "domain 7"):
+        with pytest.raises(EndBusy, match=r"first .* already acts for the frontend end of "
+                                          r"domain 7"):
             acquire_agent(end, "second", tmp_path)
         other = EndKey.of(Role.FRONTEND, 8, str(tmp_path / "xs.sock"))
         with held(acquire_agent(other, "another end", tmp_path)):

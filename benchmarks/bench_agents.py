@@ -58,7 +58,7 @@ from xenoffload.toggles.base import DeviceRef
 from xenoffload.toggles.recording import RecordingToggles, profile_for_name
 from xenoffload.toolstack import VifSpec, create_domain, create_vif
 from xenoffload.xenbus import XenbusState
-from xenoffload.xenstored.wire import op_name
+from xenoffload.xs.wire import op_name
 
 GUESTS, VIFS_PER_GUEST = 250, 4
 ROOT = "/local/domain/0/backend/vif"

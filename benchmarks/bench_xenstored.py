@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from xenoffload.store.pyxs_store import PyxsStore
-from xenoffload.xenstored.wire import HEADER, Op
+from xenoffload.xs.wire import HEADER, Op
 
 CLIENTS = 8
 PATH = "/bench/key"

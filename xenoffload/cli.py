@@ -38,6 +38,7 @@ from xenoffload.names import (
 from xenoffload.policy import Policy, PolicyError, builtin_policy, load_policy
 from xenoffload.schema import Role
 from xenoffload.store.base import Store, StoreUnavailable, XenStoreError
+from xenoffload.store.location import daemon_socket_path, default_xenstore_path
 
 if TYPE_CHECKING:  # the agents are imported only by the commands that run them
     from xenoffload.agents.backend import BackendAgent
@@ -73,17 +74,9 @@ class CliError(Exception):
 
 
 def resolve_xenstore(explicit: str | None) -> str:
-    """Return the XenStore endpoint: ``--xenstore``, else ``XENSTORED_PATH``, else
-    /var/run/xenstored/socket if it exists, else /dev/xen/xenbus."""
-    if explicit:
-        return explicit
-    env = os.environ.get("XENSTORED_PATH")
-    if env:
-        return env
-    socket_path = "/var/run/xenstored/socket"
-    if os.path.exists(socket_path):
-        return socket_path
-    return "/dev/xen/xenbus"
+    """Return the XenStore endpoint: ``--xenstore`` if given, else libxenstore's default
+    (:func:`~xenoffload.store.location.default_xenstore_path`)."""
+    return explicit or default_xenstore_path()
 
 
 def _connect(path: str) -> Store:
@@ -709,6 +702,126 @@ def cmd_conformance(args: argparse.Namespace) -> int:
         raise CliError(EXIT_USAGE, f"unknown scenario {error}") from None
 
 
+def cmd_xenstored(args: argparse.Namespace) -> int:
+    """Run the embedded xenstored (docs/xenstored.md) until SIGTERM/SIGINT."""
+    from xenoffload.xenstored.daemon import DaemonOptions, run
+    from xenoffload.xenstored.server import ServerLimits
+    from xenoffload.xs.model import Quotas
+
+    quota_values = dict(args.quota)
+    for flag, name in (("entry_nb", "nodes"), ("entry_size", "node-size"),
+                       ("watch_nb", "watches"), ("transaction", "transactions"),
+                       ("perm_nb", "permissions"), ("path_max", "path-max")):
+        if getattr(args, flag) is not None:
+            quota_values[name] = getattr(args, flag)
+    fields = {_QUOTA_FIELDS[name]: value for name, value in quota_values.items()}
+    if "path_length" in fields:  # as C's -M: never beyond XENSTORE_REL_PATH_MAX
+        fields["path_length"] = min(fields["path_length"], Quotas().path_length)
+    quotas = Quotas(**fields)
+    limits = ServerLimits(
+        watch_event_timeout=dict(args.timeout).get("watch-event",
+                                                   ServerLimits().watch_event_timeout),
+        max_guest_connections=args.max_guest_connections, reserved_fds=args.reserved_fds)
+    options = DaemonOptions(
+        socket_path=args.socket or daemon_socket_path(), domains=tuple(args.domain),
+        trace_path=args.trace, quotas=quotas, limits=limits, pidfile=args.pidfile,
+        background=args.background, log_file=args.log_file)
+    return run(options)
+
+
+#: ``-Q NAME=N`` names (C xenstored's, with its aliases) and the Quotas field each sets.
+_QUOTA_FIELDS = {
+    "nodes": "nodes", "watches": "watches", "transactions": "transactions",
+    "outstanding": "outstanding", "transaction-nodes": "transaction_nodes",
+    "memory": "memory", "node-size": "node_size", "path-max": "path_length",
+    "path-length": "path_length", "permissions": "perms", "node-permissions": "perms",
+}
+
+
+def _count_value(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        raise ValueError(f"expected a number >= 0, got {text!r}")
+    return int(text)
+
+
+def _named_count(text: str, names: Sequence[str], shown: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or name not in names:
+        raise ValueError(f"expected {shown}, got {text!r}")
+    return name, _count_value(value)
+
+
+def _quota_value(text: str) -> tuple[str, int]:
+    return _named_count(text, list(_QUOTA_FIELDS),
+                        f"NAME=N with NAME one of {', '.join(_QUOTA_FIELDS)}")
+
+
+def _timeout_value(text: str) -> tuple[str, int]:
+    return _named_count(text, ["watch-event"], "watch-event=SECONDS")
+
+
+def _domain_socket_value(text: str) -> tuple[int, str]:
+    domid, sep, path = text.partition(":")
+    if not sep or not domid.isascii() or not domid.isdigit() or not path or int(domid) == 0:
+        raise ValueError(f"expected DOMID:PATH with DOMID > 0, got {text!r}")
+    return int(domid), path
+
+
+_count = _checked(_count_value)
+_quota_arg = _checked(_quota_value)
+_timeout_arg = _checked(_timeout_value)
+_domain_arg = _checked(_domain_socket_value)
+
+
+def _add_xenstored_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", metavar="PATH",
+                   help="privileged (dom0) socket; default $XENSTORED_PATH, else "
+                        "${XENSTORED_RUNDIR:-/var/run/xenstored}/socket")
+    p.add_argument("--domain", metavar="DOMID:PATH", type=_domain_arg, action="append",
+                   default=[], help="add a guest socket: connections on PATH are "
+                                    "unprivileged and act as domain DOMID (repeatable)")
+    p.add_argument("-T", "--trace", "--trace-file", dest="trace", metavar="FILE",
+                   help="append every request/reply to FILE (xenstored -T format)")
+    limits = p.add_argument_group("quotas (per guest domain; C xenstored's flags)")
+    limits.add_argument("-E", "--entry-nb", type=_count, metavar="N",
+                        help="nodes a domain may own (1000)")
+    limits.add_argument("-S", "--entry-size", type=_count, metavar="BYTES",
+                        help="size of one node (2048)")
+    limits.add_argument("-W", "--watch-nb", type=_count, metavar="N",
+                        help="watches per domain (128)")
+    limits.add_argument("-t", "--transaction", type=_count, metavar="N",
+                        help="open transactions per domain (10)")
+    limits.add_argument("-A", "--perm-nb", type=_count, metavar="N",
+                        help="permission entries per node (5)")
+    limits.add_argument("-M", "--path-max", type=_count, metavar="N",
+                        help="path length below the domain's home, at most 2048 (2048)")
+    limits.add_argument("-Q", "--quota", type=_quota_arg, action="append", default=[],
+                        metavar="NAME=N",
+                        help="set a quota by name: nodes, watches, transactions, outstanding "
+                             "(20), transaction-nodes (1024), memory (2621440 bytes; 0: none), "
+                             "node-size, path-max, permissions (repeatable)")
+    limits.add_argument("-w", "--timeout", type=_timeout_arg, action="append", default=[],
+                        metavar="watch-event=SECONDS",
+                        help="drop a guest's watch events unread for that long (20; 0: never)")
+    limits.add_argument("--max-guest-connections", type=_count, default=32, metavar="N",
+                        help="connections per guest socket (32; 0: no cap)")
+    limits.add_argument("--reserved-fds", type=_count, default=64, metavar="N",
+                        help="file descriptors no guest connection may take (64)")
+    daemon = p.add_argument_group("process")
+    daemon.add_argument("-F", "--pidfile", "--pid-file", dest="pidfile", metavar="FILE",
+                        help="write the serving process' pid to FILE once it serves")
+    mode = daemon.add_mutually_exclusive_group()
+    mode.add_argument("--background", action="store_true",
+                      help="fork once every socket listens: the command returns then (0), or "
+                           "1 if the daemon could not start")
+    mode.add_argument("-N", "--no-fork", action="store_false", dest="background",
+                      help="stay in the foreground (the default)")
+    daemon.add_argument("--log-file", metavar="FILE",
+                        help="append the log to FILE instead of stderr (in the background: "
+                             "instead of nowhere)")
+    p.set_defaults(func=cmd_xenstored)
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -725,7 +838,7 @@ _EPILOG = ("Exit codes: 0 ok, 1 unexpected outcome, 2 usage, 3 XenStore unreacha
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the command line parser of every subcommand but ``xenstored``."""
+    """Return the command line parser of every subcommand."""
     parser = _Parser(
         prog="xenoffload",
         description="Negotiated checksum offload for Xen paravirtual network devices.",
@@ -754,9 +867,13 @@ def build_parser() -> argparse.ArgumentParser:
         group.add_argument("--no-config", action="store_true",
                            help="ignore the default policy file: built-in policy")
 
-    # Dispatched in main() before parsing; listed here for --help.
-    sub.add_parser("xenstored", help="run the embedded XenStore server (see its --help)",
-                   add_help=False)
+    _add_xenstored_arguments(command(
+        "xenstored", help="run the embedded XenStore server",
+        description="Run the embedded XenStore daemon (docs/xenstored.md): a privileged dom0 "
+                    "socket plus one socket per emulated guest, with C xenstored's quotas. "
+                    "Foreground unless --background; READY=1 goes to $NOTIFY_SOCKET once "
+                    "every socket listens. Exit status 0 after SIGTERM/SIGINT, 1 when a "
+                    "socket cannot be bound."))
 
     for name, func, helptext, role in (
             ("backend-agent", cmd_backend_agent, "negotiate every vif of this driver domain",
@@ -901,12 +1018,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["xenstored"]:
-            # Its own parser takes every option (argparse's REMAINDER would not take
-            # "--socket").
-            from xenoffload.xenstored.server import serve_main
-
-            return serve_main(argv[1:])
         parser = build_parser()
         try:
             args = parser.parse_args(argv)

@@ -39,7 +39,7 @@ from xenoffload.toggles.base import DeviceRef, Toggles
 from xenoffload.toggles.recording import NETBACK_VIF, NETFRONT_ETH, RecordingToggles
 from xenoffload.toolstack import VifSpec, create_domain, create_vif
 from xenoffload.xenbus import XenbusState
-from xenoffload.xenstored.server import EmbeddedXenstored
+from xenoffload.xenstored.harness import EmbeddedXenstored
 
 __all__ = ["run_demo", "DEMO_BACKEND_POLICY", "DEMO_VIFS", "EXPECTED"]
 

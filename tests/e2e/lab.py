@@ -39,7 +39,8 @@ from xenoffload.store.pyxs_store import PyxsStore, connect_store
 from xenoffload.toggles.base import ApplyResult, DeviceRef, FeatureState, Toggles
 from xenoffload.toolstack import VifSpec, create_domain, create_vif
 from xenoffload.xenbus import XenbusState
-from xenoffload.xenstored.server import EmbeddedXenstored, RequestRecord
+from xenoffload.xenstored.harness import EmbeddedXenstored
+from xenoffload.xenstored.server import RequestRecord
 
 ALL = FamilyFlags(True, True)
 SUPPRESSED = LinkResult(ALL, ALL)  # blank checksums may cross both ways, both families

@@ -201,7 +201,7 @@ def test_commits_failing_with_eagain_many_times_in_a_row(
     world.converged()
     sets = len(world.toggles.sets)
 
-    netlab.xenstored.model.fail_next_commits(300)  # > 4 agents' worth of 64 retries
+    netlab.xenstored.fail_next_commits(300)  # > 4 agents' worth of 64 retries
     write_override(netlab.toolstack, "/local/domain/0", "vif/1/0", ON)
 
     expected = {**EXPECTED, (1, 0): SUPPRESSED}

@@ -15,8 +15,8 @@ import pytest
 from xenoffload.store.base import Access, Perm, Store
 from xenoffload.store.memory import MemoryXenStore
 from xenoffload.store.pyxs_store import PyxsStore
-from xenoffload.xenstored.model import XenStoreModel
-from xenoffload.xenstored.server import EmbeddedXenstored
+from xenoffload.xenstored.harness import EmbeddedXenstored
+from xenoffload.xs.locked import LockedModel
 
 GUESTS = (1, 2)
 
@@ -24,7 +24,7 @@ GUESTS = (1, 2)
 class Backend:
     """Opens stores as a given domain and injects faults, whatever the backend."""
 
-    def __init__(self, name: str, model: XenStoreModel) -> None:
+    def __init__(self, name: str, model: LockedModel) -> None:
         self.name = name
         self.model = model
         self.stores: list[Store] = []
@@ -33,7 +33,7 @@ class Backend:
         raise NotImplementedError
 
     def fail_next_commits(self, count: int) -> None:
-        self.model.fail_next_commits(count)
+        raise NotImplementedError
 
     def close(self) -> None:
         for store in self.stores:
@@ -44,6 +44,9 @@ class MemoryBackend(Backend):
     def __init__(self) -> None:
         self.xs = MemoryXenStore()
         super().__init__("memory", self.xs.model)
+
+    def fail_next_commits(self, count: int) -> None:
+        self.xs.fail_next_commits(count)
 
     def connect(self, domid: int = 0) -> Store:
         store = self.xs.connect(domid)
@@ -58,6 +61,9 @@ class PyxsBackend(Backend):
                                         {domid: f"{self.tmp}/dom{domid}" for domid in GUESTS})
         self.server.start()
         super().__init__("pyxs", self.server.model)
+
+    def fail_next_commits(self, count: int) -> None:
+        self.server.fail_next_commits(count)
 
     def connect(self, domid: int = 0) -> Store:
         path = self.server.socket_path if domid == 0 else self.server.domain_sockets[domid]

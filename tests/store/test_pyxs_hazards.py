@@ -21,10 +21,9 @@ from xenoffload.store.pyxs_store import (
     _AnyOpReceiver,
     _Router,
     connect_store,
-    default_store_path,
 )
-from xenoffload.xenstored.server import EmbeddedXenstored
-from xenoffload.xenstored.wire import Op
+from xenoffload.xenstored.harness import EmbeddedXenstored
+from xenoffload.xs.wire import Op
 
 
 @pytest.fixture
@@ -263,11 +262,6 @@ def test_long_directories_are_read_with_directory_part(xenstored: EmbeddedXensto
 
 
 # default path lookup
-
-
-def test_default_path_prefers_xenstored_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XENSTORED_PATH", "/somewhere/socket")
-    assert default_store_path() == "/somewhere/socket"
 
 
 def test_connect_store_uses_xenstored_path(monkeypatch: pytest.MonkeyPatch,

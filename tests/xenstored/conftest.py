@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from xenoffload.xenstored.server import EmbeddedXenstored
-from xenoffload.xenstored.wire import Frame, FrameParser, Op
+from xenoffload.xenstored.harness import EmbeddedXenstored
+from xenoffload.xs.wire import Frame, FrameParser, Op
 
 
 @pytest.fixture

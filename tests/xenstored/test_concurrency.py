@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from xenoffload.store.pyxs_store import PyxsStore
-from xenoffload.xenstored.server import EmbeddedXenstored
+from xenoffload.xenstored.harness import EmbeddedXenstored
 
 WORKERS = 4
 ROUNDS = 25

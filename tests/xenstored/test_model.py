@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from xenoffload.store.base import Access, Perm, WatchEvent, XenStoreError
-from xenoffload.xenstored.dispatch import handle_request
-from xenoffload.xenstored.model import Connection, Quotas, XenStoreModel
-from xenoffload.xenstored.wire import Op
+from xenoffload.xs.dispatch import handle_request
+from xenoffload.xs.errors import XenStoreError
+from xenoffload.xs.model import Connection, Quotas, XenStoreModel
+from xenoffload.xs.values import Access, Perm, WatchEvent
+from xenoffload.xs.wire import Op
 
 
 def errno(call: object, *args: object) -> str:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from xenoffload.xenstored.dispatch import handle_request
-from xenoffload.xenstored.model import XenStoreModel
-from xenoffload.xenstored.wire import Op
+from xenoffload.xs.dispatch import handle_request
+from xenoffload.xs.model import XenStoreModel
+from xenoffload.xs.wire import Op
 
 #: The real trace, committed beside the conformance suite (a copy of shared/fixtures).
 TRACE = Path(__file__).resolve().parents[1] / "conformance/fixtures/real-xen-vif-negotiation.trace"

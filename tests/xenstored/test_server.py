@@ -15,9 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xenoffload.cli import main
 from xenoffload.store.pyxs_store import PyxsStore
-from xenoffload.xenstored.server import EmbeddedXenstored, RequestRecord
-from xenoffload.xenstored.wire import HEADER, Frame, Op
+from xenoffload.xenstored.harness import EmbeddedXenstored
+from xenoffload.xenstored.server import RequestRecord
+from xenoffload.xs.wire import HEADER, Frame, Op
 
 from .conftest import RawClient
 
@@ -207,19 +209,14 @@ def test_python_m_serves_until_signalled_and_removes_its_sockets(sockdir: str,
         assert any("GET_DOMAIN_PATH (3 )" in line for line in lines)
 
 
-def test_serve_main_rejects_a_bad_domain_argument(capsys: pytest.CaptureFixture[str]) -> None:
-    from xenoffload.xenstored.server import serve_main
-
-    with pytest.raises(SystemExit) as excinfo:
-        serve_main(["--socket", "/tmp/x", "--domain", "zero:/tmp/y"])
-    assert excinfo.value.code == 2
+def test_xenstored_command_rejects_a_bad_domain_argument(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["xenstored", "--socket", "/tmp/x", "--domain", "zero:/tmp/y"]) == 2
     assert "DOMID:PATH" in capsys.readouterr().err
 
 
-def test_serve_main_reports_an_unusable_socket_path(sockdir: str) -> None:
-    from xenoffload.xenstored.server import serve_main
-
+def test_xenstored_command_reports_an_unusable_socket_path(sockdir: str) -> None:
     blocker = f"{sockdir}/file"
     with open(blocker, "w", encoding="ascii") as handle:
         handle.write("not a socket")
-    assert serve_main(["--socket", blocker]) == 1
+    assert main(["xenstored", "--socket", blocker]) == 1

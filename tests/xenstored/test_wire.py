@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenoffload.xenstored.dispatch import handle_request
-from xenoffload.xenstored.model import PAYLOAD_MAX, XenStoreModel
-from xenoffload.xenstored.wire import HEADER, Frame, FrameParser, Op, ProtocolError, op_name
+from xenoffload.xs.dispatch import handle_request
+from xenoffload.xs.model import XenStoreModel
+from xenoffload.xs.wire import HEADER, PAYLOAD_MAX, Frame, FrameParser, Op, ProtocolError, op_name
 
 frames = st.builds(Frame, st.integers(0, 30), st.integers(0, 2**32 - 1),
                    st.integers(0, 2**32 - 1), st.binary(max_size=300))

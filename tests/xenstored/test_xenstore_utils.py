@@ -12,8 +12,8 @@ import time
 import pytest
 from conftest import require_tool
 
-from xenoffload.store.base import Access, Perm
-from xenoffload.xenstored.server import EmbeddedXenstored
+from xenoffload.xenstored.harness import EmbeddedXenstored
+from xenoffload.xs.values import Access, Perm
 
 pytestmark = pytest.mark.system
 

@@ -25,7 +25,8 @@ from xenoffload.schema import Role
 from xenoffload.store.base import StoreUnavailable, XenStoreError
 from xenoffload.store.pyxs_store import PyxsStore, connect_store
 from xenoffload.toolstack import VifSpec, create_domain, create_vif
-from xenoffload.xenstored.server import EmbeddedXenstored, RequestRecord
+from xenoffload.xenstored.harness import EmbeddedXenstored
+from xenoffload.xenstored.server import RequestRecord
 
 __all__ = ["GUEST_DOMID", "DEVID", "BACKEND_DOMID", "VIF", "Lab", "LabTimeout", "Timing"]
 

@@ -43,7 +43,7 @@ from xenoffload.store.base import (
 from xenoffload.store.pyxs_store import PyxsStore
 from xenoffload.toolstack import destroy_vif
 from xenoffload.xenbus import XenbusState
-from xenoffload.xenstored.wire import Op
+from xenoffload.xs.wire import Op
 
 __all__ = [
     "Actor",

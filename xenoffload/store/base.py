@@ -1,22 +1,29 @@
 """The XenStore interface every adapter implements, and the values it speaks in.
 
 Adapters (in-memory, pyxs over a socket or /dev/xen/xenbus) implement :class:`Store`.
-Everything above them (endpoints, agents, conformance) is written against this module only.
+Everything above them (endpoints, agents, conformance) is written against this module only; the
+value types and errors it speaks in come from :mod:`xenoffload.xs` and are re-exported here.
 
 Paths are ``str``; values are ``bytes`` (a hostile guest may write any bytes, so nothing here
 decodes values). Errors from the store are :class:`XenStoreError` carrying the errno *name*
 XenStore uses on the wire ("ENOENT", "EACCES", "EAGAIN", ...).
+
+Batches: :meth:`Store.read_batch`, :meth:`Store.write_batch`, :meth:`Store.start_transactions`
+and :meth:`Store.end_transactions` send every request of the batch before waiting for the first
+reply, so the work of many transactions (many vifs) travels in a few round trips on one
+connection. The protocol allows it: requests carry distinct ids, and xenstored answers in order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 import attrs
+
+from xenoffload.xs.errors import StoreUnavailable, TransactionAborted, XenStoreError
+from xenoffload.xs.values import Access, Perm, WatchEvent, format_perms, parse_perm
 
 __all__ = [
     "Access",
@@ -28,103 +35,12 @@ __all__ = [
     "StoreOps",
     "Transaction",
     "Store",
+    "WriteGroup",
     "format_perms",
     "parse_perm",
     "run_transaction",
     "ensure_watch",
-    "TxPrimitives",
-    "BoundOps",
 ]
-
-
-class Access(enum.Enum):
-    """One XenStore permission letter."""
-
-    NONE = "n"
-    READ = "r"
-    WRITE = "w"
-    BOTH = "b"
-
-    @property
-    def can_read(self) -> bool:
-        return self in (Access.READ, Access.BOTH)
-
-    @property
-    def can_write(self) -> bool:
-        return self in (Access.WRITE, Access.BOTH)
-
-
-_PERM_RE = re.compile(r"\A([nrwb])(\d{1,10})\Z")
-
-
-@attrs.frozen
-class Perm:
-    """One entry of a node's permission list, e.g. ``r1``.
-
-    The first entry of a list names the node's owner and the access every domain not listed
-    later gets; later entries grant per-domain access.
-    """
-
-    access: Access
-    domid: int = attrs.field(validator=attrs.validators.and_(attrs.validators.ge(0),
-                                                             attrs.validators.lt(2**32)))
-
-    def __str__(self) -> str:
-        return f"{self.access.value}{self.domid}"
-
-
-def parse_perm(text: str) -> Perm:
-    """Return the :class:`Perm` written as ``text`` (``n0``, ``r1``, ...).
-
-    Raises ValueError for anything else.
-    """
-    match = _PERM_RE.match(text)
-    if match is None:
-        raise ValueError(f"not a XenStore permission: {text!r}")
-    return Perm(Access(match.group(1)), int(match.group(2)))
-
-
-def format_perms(perms: Sequence[Perm]) -> str:
-    """Return the list as xenstore-ls prints it, e.g. ``n0 r1``."""
-    return " ".join(str(perm) for perm in perms)
-
-
-@attrs.frozen
-class WatchEvent:
-    """A watch fired: ``path`` changed (or the watch was just registered), ``token`` is the
-    watcher's. Carries no value: a client must re-read."""
-
-    path: str
-    token: str
-
-
-class XenStoreError(Exception):
-    """XenStore answered a request with an error.
-
-    ``errno_name`` is the name XenStore puts on the wire (``"ENOENT"``, ``"EAGAIN"`` ...);
-    ``path`` the path the request named, when there was one.
-    """
-
-    def __init__(self, errno_name: str, path: str | None = None, op: str | None = None) -> None:
-        self.errno_name = errno_name
-        self.path = path
-        self.op = op
-        where = f" {op}" if op else ""
-        at = f" {path}" if path is not None else ""
-        super().__init__(f"XenStore{where}{at}: {errno_name}")
-
-
-class StoreUnavailable(Exception):
-    """The connection to XenStore is lost or cannot be made (daemon gone, socket closed,
-    request timed out). The caller reconnects; nothing of the store's content is implied."""
-
-
-class TransactionAborted(Exception):
-    """:func:`run_transaction` gave up after too many EAGAIN conflicts in a row."""
-
-    def __init__(self, attempts: int) -> None:
-        self.attempts = attempts
-        super().__init__(f"transaction conflicted (EAGAIN) {attempts} times in a row")
 
 
 class StoreOps(Protocol):
@@ -193,11 +109,55 @@ class Transaction(StoreOps, Protocol):
         ...
 
 
+def _value_pairs(values: Iterable[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
+    return tuple((path, bytes(value)) for path, value in values)
+
+
+@attrs.frozen
+class WriteGroup:
+    """One transaction's share of :meth:`Store.write_batch`: read ``guard`` (if any), then write
+    ``values`` in order, all inside ``transaction`` (None: outside any transaction)."""
+
+    transaction: Transaction | None
+    guard: str | None
+    values: tuple[tuple[str, bytes], ...] = attrs.field(converter=_value_pairs)
+
+
 class Store(StoreOps, Protocol):
     """One connection to XenStore, as one domain."""
 
     def transaction(self) -> Transaction:
         """Start a transaction on this connection."""
+        ...
+
+    def start_transactions(self, count: int) -> list[Transaction]:
+        """Start ``count`` transactions, every TRANSACTION_START sent before the first reply is
+        awaited; return them in order. If any start fails, those that started are aborted and
+        the first error is raised (XenStoreError, e.g. ENOSPC past a guest's quota)."""
+        ...
+
+    def read_batch(self, requests: Sequence[tuple[Transaction | None, str]]) -> list[bytes | None]:
+        """Read each ``(transaction or None, path)``, every READ sent before the first reply is
+        awaited; return the values in order, None where the node does not exist or may not be
+        read (ENOENT, EACCES). Any other error is raised once every reply came."""
+        ...
+
+    def write_batch(self, groups: Sequence[WriteGroup]) -> list[bool]:
+        """Send every group's guard READ then its WRITEs, all groups pipelined; return per group
+        whether its guard exists (True without a guard; a guard that may not be read counts as
+        missing). A group whose guard is missing may have written (re-creating parents)
+        inside its transaction: the caller must then abort that transaction, never commit
+        it. Any write error (or guard error other than ENOENT/EACCES) is raised once every
+        reply came; the transactions stay open for the caller to end."""
+        ...
+
+    def end_transactions(self, ends: Sequence[tuple[Transaction, bool]]) -> list[bool]:
+        """End each ``(transaction, commit)``: commit (True) or abort (False), every
+        TRANSACTION_END sent before the first reply is awaited; return per transaction whether
+        its writes were applied: True for a commit that succeeded, False for a conflict
+        (EAGAIN: nothing written, redo it) and for an abort. Any other error (ENOSPC from the
+        node quota at commit, ENOENT for a transaction already ended) is raised once every
+        reply came."""
         ...
 
     def watch(self, path: str, token: str) -> None:
@@ -210,8 +170,16 @@ class Store(StoreOps, Protocol):
         ...
 
     def next_event(self, timeout: float | None) -> WatchEvent | None:
-        """Return the next watch event, waiting at most ``timeout`` seconds (None: forever);
-        None on timeout. Raises StoreUnavailable when the connection is lost."""
+        """Return the next watch event, waiting at most ``timeout`` seconds (None: forever; 0:
+        only an event already queued); None on timeout. Raises StoreUnavailable when the
+        connection is lost."""
+        ...
+
+    def next_events(self, timeout: float | None, limit: int) -> list[WatchEvent]:
+        """Wait at most ``timeout`` seconds (None: forever; 0: not at all) for the first event,
+        then return it with every event already queued, up to ``limit`` in all, without
+        waiting further; an empty list on timeout. Raises StoreUnavailable when the connection
+        is lost."""
         ...
 
     def get_domain_path(self, domid: int) -> str:
@@ -221,69 +189,6 @@ class Store(StoreOps, Protocol):
     def close(self) -> None:
         """Close the connection; further calls raise StoreUnavailable."""
         ...
-
-
-class TxPrimitives(Protocol):
-    """What an adapter implements once, for any transaction id (0: outside a transaction);
-    :class:`BoundOps` turns it into the public operations."""
-
-    def _read(self, path: str, tx_id: int) -> bytes: ...
-    def _try_read(self, path: str, tx_id: int) -> bytes | None: ...
-    def _write(self, path: str, value: bytes, tx_id: int) -> None: ...
-    def _mkdir(self, path: str, tx_id: int) -> None: ...
-    def _rm(self, path: str, tx_id: int) -> None: ...
-    def _directory(self, path: str, tx_id: int) -> list[str]: ...
-    def _get_perms(self, path: str, tx_id: int) -> tuple[Perm, ...]: ...
-    def _set_perms(self, path: str, perms: Sequence[Perm], tx_id: int) -> None: ...
-    def _read_many(self, paths: Sequence[str], tx_id: int) -> list[bytes | None]: ...
-
-    def _write_many(self, values: Sequence[tuple[str, bytes]], tx_id: int,
-                    guard: str | None = None) -> bool:
-        """Write ``values`` (pipelined after a read of ``guard``); return whether ``guard``
-        exists (True without one)."""
-        ...
-
-
-class BoundOps:
-    """The :class:`StoreOps` of an adapter's primitives bound to one transaction id: a store
-    binds itself to 0, a transaction its store to its id."""
-
-    _primitives: TxPrimitives
-    tx_id: int
-
-    def read(self, path: str) -> bytes:
-        return self._primitives._read(path, self.tx_id)
-
-    def try_read(self, path: str) -> bytes | None:
-        return self._primitives._try_read(path, self.tx_id)
-
-    def write(self, path: str, value: bytes) -> None:
-        self._primitives._write(path, value, self.tx_id)
-
-    def mkdir(self, path: str) -> None:
-        self._primitives._mkdir(path, self.tx_id)
-
-    def rm(self, path: str) -> None:
-        self._primitives._rm(path, self.tx_id)
-
-    def directory(self, path: str) -> list[str]:
-        return self._primitives._directory(path, self.tx_id)
-
-    def get_perms(self, path: str) -> tuple[Perm, ...]:
-        return self._primitives._get_perms(path, self.tx_id)
-
-    def set_perms(self, path: str, perms: Sequence[Perm]) -> None:
-        self._primitives._set_perms(path, perms, self.tx_id)
-
-    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
-        return self._primitives._read_many(paths, self.tx_id)
-
-    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
-        self._primitives._write_many(values, self.tx_id)
-
-    def write_many_if_exists(self, guard: str, values: Sequence[tuple[str, bytes]]) -> bool:
-        """See :meth:`Transaction.write_many_if_exists`."""
-        return self._primitives._write_many(values, self.tx_id, guard=guard)
 
 
 def ensure_watch(store: Store, path: str, token: str) -> None:

@@ -6,7 +6,7 @@ replies and events, and the packet type. Requests are built and awaited here rat
 
 1. Connection loss kills the router thread and ``RVar.get()`` would block forever: every call
    waits on the reply's condition with a deadline and watches the router thread; loss or a
-   timeout raises :class:`~xenoffload.store.base.StoreUnavailable` and the store is closed for
+   timeout raises :class:`~xenoffload.xs.errors.StoreUnavailable` and the store is closed for
    good (reconnect by building a new one: :func:`connect_store`).
 2. A reply with an unknown request id kills the router: same detection as (1).
 3. ``Monitor.wait()`` spins on foreign events: events are taken from the monitor's queue with a
@@ -21,7 +21,13 @@ replies and events, and the packet type. Requests are built and awaited here rat
 8. Request ids would overflow uint32 and the global counter has no lock: ids come from a locked
    per-store counter wrapping at 2**32 and skipping ids still in flight.
 
-DIRECTORY replies larger than one message fall back to DIRECTORY_PART, which pyxs lacks.
+Everything above the wire (node operations, transactions, batches, DIRECTORY_PART for long
+child lists, which pyxs lacks) is :class:`~xenoffload.store.adapter.StoreAdapter`'s, shared
+with the in-memory store; this module only sends requests and waits for replies. The names of
+pyxs' internals it needs (the private ``Packet``, the router's reply table, thread, terminator
+and connection, a reply variable's condition and target, a monitor's queue, a connection's
+transport) are all reached through :mod:`xenoffload.store.pyxs_internals`, which checks them
+when it is imported.
 """
 
 from __future__ import annotations
@@ -43,55 +49,34 @@ from pyxs.connection import UnixSocketConnection, XenBusConnection
 from pyxs.exceptions import ConnectionError as PyxsConnectionError
 from pyxs.exceptions import PyXSError
 
-from xenoffload.store.base import (
-    BoundOps,
-    Perm,
-    StoreUnavailable,
-    WatchEvent,
-    XenStoreError,
-    parse_perm,
-)
-from xenoffload.xenstored.model import PAYLOAD_MAX
-from xenoffload.xenstored.wire import HEADER, Op, op_name
-
-try:  # pyxs' Packet lives in a private module; it is the only private name used here.
-    from pyxs._internal import Packet
-except ImportError as err:  # pragma: no cover - depends on the installed pyxs
-    raise ImportError("pyxs 0.4.x is required (pyxs._internal.Packet not found)") from err
+from xenoffload.store import pyxs_internals as internals
+from xenoffload.store.adapter import StoreAdapter
+from xenoffload.store.location import default_xenstore_path
+from xenoffload.xs import requests
+from xenoffload.xs.errors import StoreUnavailable, XenStoreError
+from xenoffload.xs.requests import Request
+from xenoffload.xs.values import WatchEvent
+from xenoffload.xs.wire import HEADER, PAYLOAD_MAX, Op, op_name
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "PyxsStore",
-    "PyxsTransaction",
     "connect_store",
-    "default_store_path",
 ]
 
 log = logging.getLogger(__name__)
 
 #: Seconds a request may take before the store gives up on the connection.
 DEFAULT_TIMEOUT = 10.0
-_XENBUS_PATH = "/dev/xen/xenbus"
-_SOCKET_PATH = "/var/run/xenstored/socket"
 _POLL = 0.05
 
 
-def default_store_path() -> str:
-    """Return where XenStore is reached by default: ``$XENSTORED_PATH``, else
-    /var/run/xenstored/socket if it exists, else /dev/xen/xenbus."""
-    env = os.environ.get("XENSTORED_PATH")
-    if env:
-        return env
-    if os.path.exists(_SOCKET_PATH) or not os.path.exists(_XENBUS_PATH):
-        return _SOCKET_PATH
-    return _XENBUS_PATH
-
-
 def connect_store(path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> PyxsStore:
-    """Connect to XenStore at ``path`` (default :func:`default_store_path`) and return the store.
+    """Connect to XenStore at ``path`` (default
+    :func:`~xenoffload.store.location.default_xenstore_path`) and return the store.
 
-    A character device (or a path under /dev/) is opened as XenBus, anything else as a Unix
-    socket. Raises StoreUnavailable when the connection cannot be made.
+    A character device (or a path under /dev/ or /proc/) is opened as XenBus, anything else as
+    a Unix socket. Raises StoreUnavailable when the connection cannot be made.
     """
     return PyxsStore(path, timeout=timeout)
 
@@ -101,7 +86,6 @@ class _AnyOpReceiver:
     Packet and raises (killing the router) on types it does not know, such as the replies to
     DIRECTORY_PART and RESET_WATCHES."""
 
-    transport: Any
     path: str
     if TYPE_CHECKING:  # provided by the pyxs connection class
         is_connected: bool
@@ -111,14 +95,15 @@ class _AnyOpReceiver:
     def recv(self) -> Any:
         if not self.is_connected:
             raise PyxsConnectionError("not connected")
+        transport = internals.connection_transport(self)
         try:
-            header = self.transport.recv(HEADER.size)
+            header = transport.recv(HEADER.size)
             op, req_id, tx_id, size = HEADER.unpack(header)
-            payload = self.transport.recv(size) if size else b""
+            payload = transport.recv(size) if size else b""
         except (OSError, struct.error) as err:
             self.close()
             raise PyxsConnectionError(f"error while reading from {self.path!r}: {err}") from err
-        return Packet._make((op, req_id, tx_id, size, payload))
+        return internals.make_packet(op, req_id, tx_id, payload)
 
 
 class _UnixConnection(_AnyOpReceiver, UnixSocketConnection):  # type: ignore[misc]
@@ -137,18 +122,14 @@ class _Router(Router):  # type: ignore[misc]
         try:
             super().__call__()
         except (PyXSError, OSError, ValueError) as err:
-            log.debug("pyxs router for %s stopped: %r", self.connection, err)
+            log.debug("pyxs router for %s stopped: %r", internals.router_connection(self), err)
 
 
 def _is_xenbus(path: str) -> bool:
     try:
         return stat.S_ISCHR(os.stat(path).st_mode)
     except OSError:
-        return path.startswith("/dev/")
-
-
-def _encode_path(path: str) -> bytes:
-    return path.encode("ascii", "replace")
+        return path.startswith(("/dev/", "/proc/"))
 
 
 class _Pending(NamedTuple):
@@ -156,47 +137,22 @@ class _Pending(NamedTuple):
 
     rvar: Any
     req_id: int
-    op: int
-    tx_id: int
-    path: str | None
+    request: Request
 
 
-class PyxsTransaction(BoundOps):
-    """A transaction of a :class:`PyxsStore` (its own tx id; several may be open at once)."""
-
-    def __init__(self, store: PyxsStore, tx_id: int) -> None:
-        self._store = self._primitives = store
-        self.tx_id = tx_id
-
-    def commit(self) -> bool:
-        """Commit; return False on EAGAIN (nothing was written)."""
-        try:
-            self._store._request(Op.TRANSACTION_END, b"T\0", self.tx_id)
-        except XenStoreError as err:
-            if err.errno_name == "EAGAIN":
-                return False
-            raise
-        return True
-
-    def abort(self) -> None:
-        """Discard the transaction."""
-        self._store._request(Op.TRANSACTION_END, b"F\0", self.tx_id)
-
-
-class PyxsStore(BoundOps):
+class PyxsStore(StoreAdapter):
     """A XenStore connection through pyxs; implements :class:`~xenoffload.store.base.Store`.
 
-    ``path`` is a Unix socket or the XenBus device (default :func:`default_store_path`);
-    ``timeout`` bounds every request. Thread-safe. After StoreUnavailable the store stays
-    unusable: build a new one to reconnect.
+    ``path`` is a Unix socket or the XenBus device (default
+    :func:`~xenoffload.store.location.default_xenstore_path`); ``timeout`` bounds every
+    request. Thread-safe. After StoreUnavailable the store stays unusable: build a new one to
+    reconnect.
     """
-
-    tx_id = 0
 
     def __init__(self, path: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
                  router: Router | None = None) -> None:
-        self._primitives = self
-        self.path = path if path is not None else default_store_path()
+        super().__init__()
+        self.path = path if path is not None else default_xenstore_path()
         self.timeout = timeout
         if router is None:
             connection = (_XenBusConnection(self.path) if _is_xenbus(self.path)
@@ -208,14 +164,17 @@ class PyxsStore(BoundOps):
             client.connect()
         except (PyXSError, OSError) as err:
             with contextlib.suppress(OSError):
-                router.connection.close()
+                internals.router_connection(router).close()
             raise StoreUnavailable(f"cannot connect to XenStore at {self.path}: {err}") from err
         # Hazard 6: Client.monitor() refuses XenBus; a Monitor over a copy works everywhere.
         self._monitor = Monitor(copy.copy(client))
+        self._events = internals.monitor_events(self._monitor)
+        self._in_flight = internals.pending_replies(router)
+        self._router_thread = internals.router_thread(router)
         self._lock = threading.Lock()
         self._next_req_id = 0
         self._watch_serial = 0
-        self._wire_tokens: dict[tuple[str, str], bytes] = {}
+        self._wire_tokens: dict[tuple[str, str], str] = {}
         self._watches: dict[bytes, tuple[str, str]] = {}
         self._broken: str | None = None
 
@@ -228,12 +187,14 @@ class PyxsStore(BoundOps):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------ Store API
+    # ------------------------------------------------------------ the adapter's part
 
-    def transaction(self) -> PyxsTransaction:
-        """Start a transaction."""
-        reply = self._request(Op.TRANSACTION_START, b"\0", 0)
-        return PyxsTransaction(self, int(reply.rstrip(b"\0") or b"0"))
+    def exchange(self, batch: Sequence[Request]) -> list[bytes | XenStoreError]:
+        """Send every request (pipelined: none waits for a reply), then wait for each reply,
+        every wait bounded by ``timeout``. Raises StoreUnavailable on connection loss, a
+        timeout or a reply that does not match its request."""
+        pendings = [self._send(request) for request in batch]
+        return [self._wait(pending) for pending in pendings]
 
     def watch(self, path: str, token: str) -> None:
         """Register a watch; EEXIST if this store already watches (path, token)."""
@@ -241,14 +202,14 @@ class PyxsStore(BoundOps):
             if (path, token) in self._wire_tokens:
                 raise XenStoreError("EEXIST", path, "WATCH")
             self._watch_serial += 1
-            wire_token = f"{token}#{self._watch_serial}".encode("latin-1", "replace")
+            wire_token = f"{token}#{self._watch_serial}"
+            wire_key = requests.encode_string(wire_token)  # what events carry back
             self._wire_tokens[(path, token)] = wire_token
-            self._watches[wire_token] = (path, token)
+            self._watches[wire_key] = (path, token)
         # Subscribe first: the initial event may overtake the WATCH reply.
-        self._router.subscribe(wire_token, self._monitor)
+        self._router.subscribe(wire_key, self._monitor)
         try:
-            self._request(Op.WATCH, _encode_path(path) + b"\0" + wire_token + b"\0", 0,
-                          path=path)
+            self.call(requests.watch(path, wire_token))
         except BaseException:
             self._forget_watch(path, token)  # hazard 4: no leaked registration
             raise
@@ -260,33 +221,35 @@ class PyxsStore(BoundOps):
         if wire_token is None:
             raise XenStoreError("ENOENT", path, "UNWATCH")
         try:
-            self._request(Op.UNWATCH, _encode_path(path) + b"\0" + wire_token + b"\0", 0,
-                          path=path)
+            self.call(requests.unwatch(path, wire_token))
         finally:
             self._forget_watch(path, token)
 
-    def next_event(self, timeout: float | None) -> WatchEvent | None:
-        """Return the next event of a current watch, waiting at most ``timeout`` seconds; None
-        on timeout. Raises StoreUnavailable when the connection is lost."""
+    def next_events(self, timeout: float | None, limit: int) -> list[WatchEvent]:
+        """Wait at most ``timeout`` seconds for the first event of a current watch, then return
+        it with every event already queued, up to ``limit``; an empty list on timeout. Raises
+        StoreUnavailable when the connection is lost."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+        events: list[WatchEvent] = []
+        while len(events) < limit:
             self._check_alive()
-            wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
-            if wait <= 0:
-                return None
             try:
-                raw_path, raw_token = self._monitor.events.get(timeout=wait)
+                raw_path, raw_token = self._events.get_nowait()
             except queue.Empty:
-                continue
+                if events:
+                    break
+                wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
+                if wait <= 0:
+                    break
+                try:
+                    raw_path, raw_token = self._events.get(timeout=wait)
+                except queue.Empty:
+                    continue
             with self._lock:
                 watched = self._watches.get(raw_token)
-            if watched is None:
-                continue  # hazard 3: stale or foreign event, dropped here instead of spinning
-            return WatchEvent(raw_path.decode("latin-1"), watched[1])
-
-    def get_domain_path(self, domid: int) -> str:
-        reply = self._request(Op.GET_DOMAIN_PATH, str(domid).encode("ascii") + b"\0", 0)
-        return reply.rstrip(b"\0").decode("latin-1")
+            if watched is not None:  # hazard 3: stale or foreign events are dropped here
+                events.append(WatchEvent(raw_path.decode("latin-1"), watched[1]))
+        return events
 
     def close(self) -> None:
         """Close the connection; further calls raise StoreUnavailable. Idempotent."""
@@ -297,26 +260,9 @@ class PyxsStore(BoundOps):
 
     # ------------------------------------------------------------ extras
 
-    def introduce_domain(self, domid: int, mfn: int = 0, port: int = 1) -> None:
-        """INTRODUCE (hazard 7: sent regardless of /proc/xen/capabilities)."""
-        payload = b"".join(str(n).encode("ascii") + b"\0" for n in (domid, mfn, port))
-        self._request(Op.INTRODUCE, payload, 0)
-
-    def release_domain(self, domid: int) -> None:
-        """RELEASE ``domid``."""
-        self._request(Op.RELEASE, str(domid).encode("ascii") + b"\0", 0)
-
-    def is_domain_introduced(self, domid: int) -> bool:
-        reply = self._request(Op.IS_DOMAIN_INTRODUCED, str(domid).encode("ascii") + b"\0", 0)
-        return reply.rstrip(b"\0") == b"T"
-
-    def set_target(self, domid: int, target: int) -> None:
-        payload = str(domid).encode("ascii") + b"\0" + str(target).encode("ascii") + b"\0"
-        self._request(Op.SET_TARGET, payload, 0)
-
     def reset_watches(self) -> None:
         """RESET_WATCHES: the server forgets every watch and transaction of this connection."""
-        self._request(Op.RESET_WATCHES, b"", 0)
+        super().reset_watches()
         with self._lock:
             watched = list(self._wire_tokens)
         for path, token in watched:
@@ -325,8 +271,11 @@ class PyxsStore(BoundOps):
     def raw_request(self, op: int, payload: bytes, tx_id: int = 0) -> bytes:
         """Send any request (e.g. a hostile guest's bytes); return the reply payload.
 
-        Raises XenStoreError for an ERROR reply, StoreUnavailable on connection loss."""
-        return self._request(op, payload, tx_id)
+        Raises XenStoreError for an ERROR reply (or E2BIG for a payload over 4096 bytes),
+        StoreUnavailable on connection loss."""
+        if len(payload) > PAYLOAD_MAX:
+            raise XenStoreError("E2BIG", None, op_name(op))
+        return self.call(Request(op, tx_id, payload))
 
     def set_request_id(self, next_req_id: int) -> None:
         """Set the next request id (tests of the 2**32 wrap)."""
@@ -338,7 +287,7 @@ class PyxsStore(BoundOps):
     def _check_alive(self) -> None:
         if self._broken is not None:
             raise StoreUnavailable(self._broken)
-        if not self._router.thread.is_alive() or not self._router.is_connected:
+        if not self._router_thread.is_alive() or not self._router.is_connected:
             self._fail("connection to XenStore lost")
 
     def _fail(self, reason: str) -> NoReturn:
@@ -350,178 +299,66 @@ class PyxsStore(BoundOps):
 
     def _terminate_router(self) -> None:
         """Stop the router thread without risking pyxs' unbounded join."""
-        router = self._router
+        router, thread = self._router, self._router_thread
         with contextlib.suppress(OSError):
-            if router.is_connected and router.thread.is_alive():
-                router.w_terminator.sendall(b"\0")
-        if router.thread.is_alive() and router.thread is not threading.current_thread():
-            router.thread.join(1.0)
-        if router.thread.is_alive():
+            if router.is_connected and thread.is_alive():
+                internals.wake_router(router)
+        if thread.is_alive() and thread is not threading.current_thread():
+            thread.join(1.0)
+        if thread.is_alive():
             with contextlib.suppress(OSError, AttributeError):
-                router.connection.close()
+                internals.router_connection(router).close()
 
     def _take_req_id(self) -> int:
         with self._lock:
             req_id = self._next_req_id
-            while req_id in self._router.rvars:
+            while req_id in self._in_flight:
                 req_id = (req_id + 1) % 2**32
             self._next_req_id = (req_id + 1) % 2**32
             return req_id
 
-    def _request(self, op: int, payload: bytes, tx_id: int, path: str | None = None) -> bytes:
-        return self._wait(self._send(op, payload, tx_id, path))
-
-    def _send(self, op: int, payload: bytes, tx_id: int, path: str | None = None) -> _Pending:
-        """Send one request; return what :meth:`_wait` needs to collect its reply. Several
-        may be outstanding at once (the router matches replies by request id)."""
-        name = op_name(op)
-        if len(payload) > PAYLOAD_MAX:
-            raise XenStoreError("E2BIG", path, name)
+    def _send(self, request: Request) -> _Pending:
+        """Send one request; return what :meth:`_wait` needs to collect its reply."""
         self._check_alive()
         req_id = self._take_req_id()
-        packet = Packet._make((op, req_id, tx_id, len(payload), payload))
+        packet = internals.make_packet(request.op, req_id, request.tx_id, request.payload)
         try:
             rvar = self._router.send(packet)
         except (PyXSError, OSError) as err:
-            self._router.rvars.pop(req_id, None)
+            self._in_flight.pop(req_id, None)
             self._fail(f"connection to XenStore lost: {err}")
-        return _Pending(rvar, req_id, op, tx_id, path)
+        return _Pending(rvar, req_id, request)
 
-    def _wait(self, pending: _Pending) -> bytes:
-        """Wait (bounded by ``timeout``) for the reply to a sent request and return its
-        payload. Raises XenStoreError for an error reply, StoreUnavailable when the
-        connection is lost or the daemon does not answer in time."""
-        rvar, req_id, op, tx_id, path = pending
-        name = op_name(op)
+    def _wait(self, pending: _Pending) -> bytes | XenStoreError:
+        """Wait (bounded by ``timeout``) for the reply to a sent request; return its payload
+        or the XenStoreError of an ERROR reply. Raises StoreUnavailable when the connection
+        is lost or the daemon does not answer in time."""
+        rvar, req_id, request = pending
+        condition = internals.reply_condition(rvar)
         deadline = time.monotonic() + self.timeout
-        with rvar.condition:
-            while rvar.target is None:
+        with condition:
+            while internals.reply_packet(rvar) is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._router.rvars.pop(req_id, None)
-                    self._fail(f"XenStore did not answer {name} within {self.timeout} s")
-                if not self._router.thread.is_alive():
+                    self._in_flight.pop(req_id, None)
+                    self._fail(f"XenStore did not answer {request.name} within "
+                               f"{self.timeout} s")
+                if not self._router_thread.is_alive():
                     self._fail("connection to XenStore lost")
-                rvar.condition.wait(min(remaining, _POLL))
-        reply = rvar.target
+                condition.wait(min(remaining, _POLL))
+        reply = internals.reply_packet(rvar)
         if reply.op == Op.ERROR:
-            errno_name = reply.payload.rstrip(b"\0").decode("ascii", "replace")
-            raise XenStoreError(errno_name, path, name)
-        if reply.op != op or reply.tx_id != tx_id:
-            self._fail(f"unexpected reply {op_name(reply.op)} to {name}")
+            return request.error(requests.decode_error(reply.payload))
+        if reply.op != request.op or reply.tx_id != request.tx_id:
+            self._fail(f"unexpected reply {op_name(reply.op)} to {request.name}")
         return bytes(reply.payload)
-
-    def _read_many(self, paths: Sequence[str], tx_id: int) -> list[bytes | None]:
-        pendings = [self._send(Op.READ, _encode_path(path) + b"\0", tx_id, path=path)
-                    for path in paths]
-        values: list[bytes | None] = []
-        first_error: XenStoreError | None = None
-        for pending in pendings:
-            try:
-                values.append(self._wait(pending))
-            except XenStoreError as err:
-                values.append(None)
-                if err.errno_name not in ("ENOENT", "EACCES") and first_error is None:
-                    first_error = err
-        if first_error is not None:
-            raise first_error
-        return values
-
-    def _write_many(self, values: Sequence[tuple[str, bytes]], tx_id: int,
-                    guard: str | None = None) -> bool:
-        """Pipeline the writes (after a READ of ``guard``, if given); return whether the guard
-        exists (True without one). Raises the first write error once all replies came."""
-        guard_pending = (self._send(Op.READ, _encode_path(guard) + b"\0", tx_id, path=guard)
-                         if guard is not None else None)
-        pendings = [self._send(Op.WRITE, _encode_path(path) + b"\0" + bytes(value), tx_id,
-                               path=path) for path, value in values]
-        exists = True
-        first_error: XenStoreError | None = None
-        if guard_pending is not None:
-            try:
-                self._wait(guard_pending)
-            except XenStoreError as err:
-                if err.errno_name != "ENOENT":
-                    first_error = err
-                exists = False
-        for pending in pendings:
-            try:
-                self._wait(pending)
-            except XenStoreError as err:
-                first_error = first_error or err
-        if first_error is not None:
-            raise first_error
-        return exists
-
-    def _mkdir(self, path: str, tx_id: int) -> None:
-        self._ack(Op.MKDIR, path, tx_id)
-
-    def _rm(self, path: str, tx_id: int) -> None:
-        self._ack(Op.RM, path, tx_id)
-
-    def _ack(self, op: int, path: str, tx_id: int) -> None:
-        self._request(op, _encode_path(path) + b"\0", tx_id, path=path)
-
-    def _read(self, path: str, tx_id: int) -> bytes:
-        return self._request(Op.READ, _encode_path(path) + b"\0", tx_id, path=path)
-
-    def _try_read(self, path: str, tx_id: int) -> bytes | None:
-        try:
-            return self._read(path, tx_id)
-        except XenStoreError as err:
-            if err.errno_name == "ENOENT":
-                return None
-            raise
-
-    def _write(self, path: str, value: bytes, tx_id: int) -> None:
-        # Hazard 5: empty and non-printable values go out unchanged.
-        self._request(Op.WRITE, _encode_path(path) + b"\0" + bytes(value), tx_id, path=path)
-
-    def _directory(self, path: str, tx_id: int) -> list[str]:
-        try:
-            reply = self._request(Op.DIRECTORY, _encode_path(path) + b"\0", tx_id, path=path)
-        except XenStoreError as err:
-            if err.errno_name != "E2BIG":
-                raise
-            return self._directory_parts(path, tx_id)
-        return [name.decode("latin-1") for name in reply.split(b"\0")[:-1]]
-
-    def _directory_parts(self, path: str, tx_id: int) -> list[str]:
-        """Read a long child list with DIRECTORY_PART, restarting if the node changes."""
-        for _ in range(16):
-            names: list[bytes] = []
-            generation: bytes | None = None
-            offset = 0
-            while True:
-                payload = _encode_path(path) + b"\0" + str(offset).encode("ascii") + b"\0"
-                reply = self._request(Op.DIRECTORY_PART, payload, tx_id, path=path)
-                gen, _, body = reply.partition(b"\0")
-                if generation is None:
-                    generation = gen
-                elif gen != generation:
-                    break  # the directory changed between parts: start over
-                complete = body == b"\0" or body.endswith(b"\0\0") or not body
-                chunk = body[:-1] if complete else body
-                names.extend(chunk.split(b"\0")[:-1])
-                offset += len(chunk)
-                if complete:
-                    return [name.decode("latin-1") for name in names]
-        raise XenStoreError("EAGAIN", path, "DIRECTORY_PART")
-
-    def _get_perms(self, path: str, tx_id: int) -> tuple[Perm, ...]:
-        reply = self._request(Op.GET_PERMS, _encode_path(path) + b"\0", tx_id, path=path)
-        return tuple(parse_perm(text.decode("ascii")) for text in reply.split(b"\0")[:-1])
-
-    def _set_perms(self, path: str, perms: Sequence[Perm], tx_id: int) -> None:
-        payload = _encode_path(path) + b"\0" + b"".join(
-            str(perm).encode("ascii") + b"\0" for perm in perms)
-        self._request(Op.SET_PERMS, payload, tx_id, path=path)
 
     def _forget_watch(self, path: str, token: str) -> None:
         with self._lock:
             wire_token = self._wire_tokens.pop((path, token), None)
-            if wire_token is not None:
-                self._watches.pop(wire_token, None)
-        if wire_token is not None:
+            wire_key = requests.encode_string(wire_token) if wire_token is not None else None
+            if wire_key is not None:
+                self._watches.pop(wire_key, None)
+        if wire_key is not None:
             with contextlib.suppress(ValueError):
-                self._router.unsubscribe(wire_token, self._monitor)
+                self._router.unsubscribe(wire_key, self._monitor)

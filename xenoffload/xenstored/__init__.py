@@ -1,6 +1,6 @@
-"""An embedded XenStore daemon: sans-I/O model, wire codec and a Unix-socket server.
+"""The embedded XenStore daemon: serves :mod:`xenoffload.xs`'s model on Unix sockets.
 
-:mod:`~xenoffload.xenstored.model` holds the semantics, :mod:`~xenoffload.xenstored.wire` the
-frame codec, :mod:`~xenoffload.xenstored.dispatch` turns frames into model calls and
-:mod:`~xenoffload.xenstored.server` serves them on Unix sockets.
+:mod:`~xenoffload.xenstored.server` is the asyncio server and its limits,
+:mod:`~xenoffload.xenstored.harness` runs one in a thread for tests (with fault injection),
+:mod:`~xenoffload.xenstored.daemon` runs one as a process (``xenoffload xenstored``).
 """

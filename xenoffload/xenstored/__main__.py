@@ -1,7 +1,7 @@
-"""Entry point: ``python -m xenoffload.xenstored`` runs the embedded xenstored in the foreground."""
+"""Entry point: ``python -m xenoffload.xenstored ARGS`` is ``xenoffload xenstored ARGS``."""
 
 import sys
 
-from xenoffload.xenstored.server import serve_main
+from xenoffload.cli import main
 
-sys.exit(serve_main())
+sys.exit(main(["xenstored", *sys.argv[1:]]))

@@ -2,7 +2,7 @@
 
 :func:`handle_request` parses a payload the way C xenstored does (NUL-terminated strings,
 ``onearg`` requiring exactly one trailing NUL, lenient ``atoi`` numbers), checks privilege and
-the transaction id first, calls the :class:`~xenoffload.xenstored.model.XenStoreModel` and
+the transaction id first, calls the :class:`~xenoffload.xs.model.XenStoreModel` and
 returns ``(reply type, reply payload)``. Errors become ``(ERROR, b"<ERRNO>\\0")``. Nothing here
 can raise for any input bytes; that is what the fuzz tests check.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from xenoffload.store.base import Perm, XenStoreError, parse_perm
-from xenoffload.xenstored.model import PAYLOAD_MAX, Connection, XenStoreModel
-from xenoffload.xenstored.wire import Op, op_name
+from xenoffload.xs.errors import XenStoreError
+from xenoffload.xs.model import Connection, XenStoreModel
+from xenoffload.xs.values import Perm, parse_perm
+from xenoffload.xs.wire import PAYLOAD_MAX, Op, op_name
 
 __all__ = ["PRIVILEGED_OPS", "encode_event", "handle_request"]
 
@@ -25,7 +26,7 @@ PRIVILEGED_OPS = frozenset({Op.CONTROL, Op.INTRODUCE, Op.RELEASE, Op.IS_DOMAIN_I
 _NO_TX_OPS = frozenset({Op.WATCH, Op.UNWATCH})
 _OK = b"OK\0"
 _LEADING_INT = re.compile(rb"\s*([+-]?\d+)")
-_CONTROL_HELP = b"check\nhelp\nprint <string>\nquota\n\0"
+_CONTROL_HELP = b"check\nhelp\nprint <string>\nquota [<domid>]\n\0"
 
 
 class _BadRequest(Exception):
@@ -234,14 +235,36 @@ def _control(model: XenStoreModel, conn: Connection, tx_id: int, payload: bytes)
         return _OK
     if command == b"help":
         return _CONTROL_HELP
-    if command == b"quota":
-        quotas = model.quotas
-        text = (f"node size {quotas.node_size}\nnodes {quotas.nodes}\nwatches {quotas.watches}\n"
-                f"transactions {quotas.transactions}\nnode permissions {quotas.perms}\n"
-                f"transaction nodes {quotas.transaction_nodes}\n"
-                f"path length {quotas.path_length}\n")
+    if command == b"quota" and len(args) == 1:
+        return _quota_settings(model).encode("ascii") + b"\0"
+    if command == b"quota" and len(args) == 2:
+        domid = _atoi(args[1])
+        if not model.is_domain_introduced(conn, domid):
+            raise XenStoreError("ENOENT", None, "CONTROL")
+        usage = model.usage(domid)
+        text = f"Domain {domid}:\n" + "".join(
+            f"{name:<16}: {value:8d}\n" for name, value in (
+                ("nodes", usage.nodes), ("watches", usage.watches),
+                ("transactions", usage.transactions), ("memory", usage.memory)))
         return text.encode("ascii") + b"\0"
     raise _BadRequest
+
+
+def _quota_settings(model: XenStoreModel) -> str:
+    """C xenstored's ``quota`` listing (xenstored_control.c), with this model's values."""
+    quotas = model.quotas
+    rows = (("nodes", quotas.nodes, "Nodes per domain"),
+            ("watches", quotas.watches, "Watches per domain"),
+            ("transactions", quotas.transactions, "Transactions per domain"),
+            ("outstanding", quotas.outstanding, "Outstanding requests per domain"),
+            ("transaction-nodes", quotas.transaction_nodes,
+             "Max. number of accessed nodes per transaction"),
+            ("memory", quotas.memory, "Total Xenstore memory per domain (error level)"),
+            ("node-size", quotas.node_size, "Max. size of a node"),
+            ("path-max", quotas.path_length, "Max. length of a node path"),
+            ("permissions", quotas.perms, "Max. number of permissions per node"))
+    return "Quota settings:\n" + "".join(f"{name:<17}: {value:8d} {description}\n"
+                                          for name, value, description in rows)
 
 
 _Handler = Callable[[XenStoreModel, Connection, int, bytes], bytes]

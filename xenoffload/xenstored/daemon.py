@@ -1,0 +1,154 @@
+"""The embedded xenstored as a daemon process: foreground or background, pid file, readiness.
+
+:func:`run` serves until SIGTERM or SIGINT. It reports readiness once every socket listens:
+``READY=1`` to systemd (:mod:`xenoffload.sdnotify`, for ``Type=notify`` units), the pid file
+(``--pidfile``), and with ``background=True`` — what C xenstored does unless given
+``--no-fork`` — it forks, and the parent exits only when the child serves (status 0) or has
+failed to (status 1), so a script can start it and use it on the next line. The command line
+is ``xenoffload xenstored`` (:mod:`xenoffload.cli`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import attrs
+
+from xenoffload import sdnotify
+from xenoffload.xenstored.server import DEFAULT_SOCKET, ServerLimits, XenstoredServer
+from xenoffload.xs.model import Quotas, XenStoreModel
+
+__all__ = ["DaemonOptions", "EXIT_CANNOT_SERVE", "EXIT_OK", "run"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+#: The sockets cannot be bound (or the background child died before serving).
+EXIT_CANNOT_SERVE = 1
+
+
+@attrs.frozen
+class DaemonOptions:
+    """How to run the daemon (``xenoffload xenstored --help`` lists the flags)."""
+
+    socket_path: str = DEFAULT_SOCKET
+    domains: tuple[tuple[int, str], ...] = ()
+    trace_path: str | None = None
+    quotas: Quotas = Quotas()
+    limits: ServerLimits = ServerLimits()
+    pidfile: str | None = None
+    background: bool = False
+    log_file: str | None = None
+
+
+def run(options: DaemonOptions) -> int:
+    """Serve until SIGTERM/SIGINT; return the exit status: 0 after a clean shutdown (or, with
+    ``background``, in the parent once the child serves), 1 when the sockets cannot be bound."""
+    if options.background:
+        return _fork_and_wait(options)
+    return _serve(options, on_ready=None)
+
+
+def _fork_and_wait(options: DaemonOptions) -> int:
+    """Fork; the child serves and reports readiness through a pipe, the parent returns 0 once
+    it did, 1 if the child ended first."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        os.setsid()
+        _detach_stdio(options.log_file)
+
+        def ready() -> None:
+            os.write(write_end, b"R")
+            os.close(write_end)
+
+        code = EXIT_CANNOT_SERVE
+        try:
+            code = _serve(options, on_ready=ready)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        started = pipe.read(1) == b"R"
+    if started:
+        return EXIT_OK
+    _, status = os.waitpid(pid, 0)
+    log.error("xenstored did not start (exit status %d)", os.waitstatus_to_exitcode(status))
+    return EXIT_CANNOT_SERVE
+
+
+def _detach_stdio(log_file: str | None) -> None:
+    """Point stdin at /dev/null and stdout/stderr at ``log_file`` (or /dev/null), so that the
+    daemon holds no terminal and no caller's pipe open."""
+    null = os.open(os.devnull, os.O_RDWR)
+    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640) \
+        if log_file else null
+    os.dup2(null, 0)
+    os.dup2(target, 1)
+    os.dup2(target, 2)
+    for fd in {null, target}:
+        os.close(fd)
+
+
+def _serve(options: DaemonOptions, on_ready: Callable[[], None] | None) -> int:
+    if options.log_file and not options.background:
+        _redirect_stderr(options.log_file)
+    model = XenStoreModel(options.quotas)
+    server = XenstoredServer(model, options.socket_path, dict(options.domains),
+                             trace_path=options.trace_path, record=False, limits=options.limits)
+    try:
+        asyncio.run(_serve_until_signalled(server, options, on_ready))
+    except OSError as err:
+        log.error("cannot serve: %s", err)
+        return EXIT_CANNOT_SERVE
+    return EXIT_OK
+
+
+def _redirect_stderr(log_file: str) -> None:
+    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    sys.stderr.flush()
+    os.dup2(target, 2)
+    os.close(target)
+
+
+async def _serve_until_signalled(server: XenstoredServer, options: DaemonOptions,
+                                 on_ready: Callable[[], None] | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    wrote_pidfile = False
+    try:
+        await server.start()
+        if options.pidfile is not None:
+            _write_pidfile(options.pidfile)
+            wrote_pidfile = True
+        sockets = 1 + len(options.domains)
+        sdnotify.ready(f"serving {options.socket_path} and {sockets - 1} guest socket(s)")
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
+        log.info("signal received, shutting down")
+        sdnotify.stopping()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await server.close(remove_sockets=True)
+        if wrote_pidfile and options.pidfile is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(options.pidfile)
+
+
+def _write_pidfile(path: str) -> None:
+    """Write this process' pid to ``path`` atomically (a reader never sees a partial file)."""
+    partial = f"{path}.{os.getpid()}.tmp"
+    with open(partial, "w", encoding="ascii") as handle:
+        handle.write(f"{os.getpid()}\n")
+    os.replace(partial, path)

@@ -199,7 +199,10 @@ def _negotiate(identity: VifIdentity, backend_domid: int, link_policy: LinkPolic
         store = connect_store(xenstore)
         result = negotiate_vif(store, backend_domid, guest, devid, link_policy, enforcer,
                                Mode.COMPANION, wait)
-        log.info("hotplug: vif %d/%d negotiated %s", guest, devid, result.describe())
+        if result is None:
+            log.info("hotplug: vif %d/%d removed before it connected", guest, devid)
+        else:
+            log.info("hotplug: vif %d/%d negotiated %s", guest, devid, result.describe())
     except (NegotiationTimeout, StoreUnavailable, XenStoreError) as error:
         log.error("hotplug: vif %d/%d: %s", guest, devid, error)
         return 1

@@ -1,9 +1,12 @@
-"""The Python API for toolstacks: lay out a vif as libxl does, negotiate one vif, remove it.
+"""The Python API for toolstacks: lay out a domain and a vif as libxl does, negotiate one vif,
+remove it.
 
-``create_vif``/``destroy_vif`` write and remove exactly the nodes and permissions libxl
-writes for a vif (docs/integration.md), so the embedded server, tests, the demo and the
-benchmarks use real layouts. ``negotiate_vif`` runs one vif's backend negotiation to its end
-(for hotplug hooks and toolstacks that do not run the agent).
+``create_domain``/``create_vif``/``destroy_vif`` write and remove the nodes libxl writes, with
+exactly libxl's ownership (checked against a real xl trace, docs/integration.md), so the
+embedded server, tests, the demo and the benchmarks use real layouts — and a guest cannot do
+there what it cannot do under libxl (remove its home, create device directories).
+``negotiate_vif`` runs one vif's backend negotiation to its end (for hotplug hooks and
+toolstacks that do not run the agent).
 """
 
 from __future__ import annotations
@@ -40,32 +43,39 @@ class VifSpec:
 
 
 def create_domain(store: Store, domid: int, name: str) -> None:
-    """Create ``/local/domain/<domid>`` with ``name`` and ``domid``, owned by the guest."""
+    """Create the domain's home as libxl does (one transaction): ``/local/domain/<domid>``,
+    its ``name``, ``domid`` and ``device`` nodes owned by the toolstack and readable by the
+    guest (``n0 r<domid>``), its ``data`` directory owned by the guest (``n<domid>``)."""
     home = domain_path(domid)
+    toolstack_owned = [Perm(Access.NONE, 0), Perm(Access.READ, domid)]
 
     def body(txn: Transaction) -> None:
         txn.mkdir(home)
-        txn.set_perms(home, [Perm(Access.NONE, domid)])
+        txn.set_perms(home, toolstack_owned)
         for key, value in (("name", name), ("domid", str(domid))):
             txn.write(f"{home}/{key}", value.encode())
-            txn.set_perms(f"{home}/{key}", [Perm(Access.NONE, 0), Perm(Access.READ, domid)])
-        for sub in ("device", "data"):
-            txn.mkdir(f"{home}/{sub}")
-            txn.set_perms(f"{home}/{sub}", [Perm(Access.NONE, domid)])
+            txn.set_perms(f"{home}/{key}", toolstack_owned)
+        txn.mkdir(f"{home}/device")
+        txn.set_perms(f"{home}/device", toolstack_owned)
+        txn.mkdir(f"{home}/data")
+        txn.set_perms(f"{home}/data", [Perm(Access.NONE, domid)])
 
     run_transaction(store, body)
 
 
 def create_vif(store: Store, spec: VifSpec) -> VifPaths:
     """Write a vif's frontend and backend directories as libxl does (one transaction):
-    frontend dir ``[n<guest>, r<backend>]``, backend dir ``[n<backend>, r<guest>]``, both
-    ``state`` = 1, the backend's ``hotplug-status`` pre-written empty. Returns its paths."""
+    frontend dir and its keys ``[n<guest>, r<backend>]`` except ``mtu``
+    (``[n<backend>, r<guest>]``), backend dir and its keys ``[n<backend>, r<guest>]``, both
+    ``state`` = 1, the backend's ``hotplug-status`` pre-written empty. The frontend dir's
+    parent ``device/vif`` is created, if missing, with ``device``'s permissions (toolstack
+    owned), as libxl's MKDIR creates it. Returns its paths."""
     paths = spec.paths
     guest, backend = spec.guest_domid, spec.backend_domid
     front_perms = [Perm(Access.NONE, guest), Perm(Access.READ, backend)]
     back_perms = [Perm(Access.NONE, backend), Perm(Access.READ, guest)]
     frontend = {"backend": paths.backend_dir, "backend-id": str(backend), "state": "1",
-                "handle": str(spec.devid), "mac": spec.mac}
+                "handle": str(spec.devid), "mac": spec.mac, "trusted": "1"}
     toolstack_only = {"mtu": "1500"}
     backend_keys = {"frontend": paths.frontend_dir, "frontend-id": str(guest), "online": "1",
                     "state": "1", "script": spec.script, "mac": spec.mac,
@@ -106,7 +116,8 @@ def destroy_vif(store: Store, paths: VifPaths) -> None:
 
 
 class NegotiationTimeout(Exception):
-    """:func:`negotiate_vif` did not see both ends Connected in time."""
+    """:func:`negotiate_vif` did not see both ends Connected in time (the device is still
+    there)."""
 
 
 def negotiate_vif(
@@ -118,12 +129,15 @@ def negotiate_vif(
     enforcer: Enforcer | None = None,
     mode: Mode = Mode.COMPANION,
     timeout: float = 30.0,
-) -> LinkResult:
+) -> LinkResult | None:
     """Run the backend end of one vif until both ends are Connected and the result is applied;
-    return the result. Registers (and removes) its own watch on ``store``.
+    return the result, or None if the vif's directory was removed before that (the toolstack
+    destroyed the device: there is nothing left to negotiate, and that is not a failure).
+    Registers (and removes) its own watch on ``store``.
 
-    Raises NegotiationTimeout after ``timeout`` seconds, PeerLinkError for a vif whose
-    ``frontend`` link is not its own, XenStoreError/StoreUnavailable for store faults.
+    Raises NegotiationTimeout after ``timeout`` seconds without both ends Connected,
+    PeerLinkError for a vif whose ``frontend`` link is not its own,
+    XenStoreError/StoreUnavailable for store faults.
     """
     endpoint: VifEndpoint = backend_endpoint(store, backend_domid, guest_domid, devid, policy,
                                              enforcer, mode)
@@ -139,7 +153,7 @@ def negotiate_vif(
                     and peer is XenbusState.CONNECTED and not endpoint.needs_retry:
                 return endpoint.result
             if endpoint.gone:
-                raise NegotiationTimeout(f"{endpoint.own_dir} was removed")
+                return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise NegotiationTimeout(

@@ -10,9 +10,11 @@ import pytest
 from xenoffload.store.base import (
     Access,
     Perm,
+    Store,
     StoreUnavailable,
     Transaction,
     WatchEvent,
+    WriteGroup,
     XenStoreError,
     parse_perm,
     run_transaction,
@@ -141,8 +143,13 @@ def test_rm_removes_the_whole_subtree(backend: Backend) -> None:
 
 def test_rm_of_a_missing_node_with_existing_parent_is_no_error(backend: Backend) -> None:
     dom0 = backend.connect()
-    dom0.mkdir("/test")
+    dom0.write("/test/kept", b"1")
+    dom0.watch("/test", "tok")
+    drain(dom0)
     dom0.rm("/test/never-was")
+    assert dom0.directory("/test") == ["kept"]  # nothing removed, nothing created
+    assert dom0.try_read("/test/never-was") is None
+    assert dom0.next_event(0.2) is None  # and nothing fired
 
 
 def test_rm_of_a_node_whose_parent_is_missing_raises_enoent(backend: Backend) -> None:
@@ -485,3 +492,175 @@ def test_two_watches_with_different_tokens_both_fire(backend: Backend) -> None:
     drain(dom0)
     dom0.write("/test/x", b"1")
     assert sorted(e.token for e in drain(dom0)) == ["one", "two"]
+
+
+# ---------------------------------------------------------------- event batches
+
+
+def _five_events(backend: Backend) -> Store:
+    """A store with five events queued (its own writes: their events precede the replies)."""
+    dom0 = backend.connect()
+    dom0.watch("/test", "tok")
+    assert dom0.next_event(WAIT) == WatchEvent("/test", "tok")
+    for index in range(5):
+        dom0.write(f"/test/n{index}", b"1")
+    return dom0
+
+
+def test_next_event_zero_returns_an_event_already_queued(backend: Backend) -> None:
+    dom0 = _five_events(backend)
+    assert [dom0.next_event(0) for _ in range(6)] == [
+        *(WatchEvent(f"/test/n{index}", "tok") for index in range(5)), None]
+
+
+def test_next_events_takes_everything_queued_up_to_the_limit(backend: Backend) -> None:
+    dom0 = _five_events(backend)
+    assert dom0.next_events(WAIT, 3) == [WatchEvent(f"/test/n{i}", "tok") for i in range(3)]
+    assert dom0.next_events(0, 100) == [WatchEvent(f"/test/n{i}", "tok") for i in (3, 4)]
+    assert dom0.next_events(0, 100) == []
+
+
+def test_next_events_waits_for_the_first_event_only(backend: Backend) -> None:
+    dom0 = backend.connect()
+    dom0.watch("/test", "tok")
+    assert dom0.next_events(WAIT, 10) == [WatchEvent("/test", "tok")]
+    assert dom0.next_events(0.1, 10) == []
+
+
+# ---------------------------------------------------------------- transaction batches
+
+
+def test_start_transactions_opens_distinct_transactions(backend: Backend) -> None:
+    dom0 = backend.connect()
+    dom0.write_many([(f"/test/t{index}", b"") for index in range(3)])
+    txns = dom0.start_transactions(3)
+    assert len(txns) == 3
+    for index, txn in enumerate(txns):  # disjoint nodes: no conflict between them
+        txn.write(f"/test/t{index}", str(index).encode())
+        assert dom0.read(f"/test/t{index}") == b""  # not before the commit
+    assert dom0.end_transactions([(txn, True) for txn in txns]) == [True, True, True]
+    assert dom0.read_many(["/test/t0", "/test/t1", "/test/t2"]) == [b"0", b"1", b"2"]
+
+
+def test_end_transactions_reports_conflicts_and_aborts_per_transaction(
+        backend: Backend) -> None:
+    dom0, other = backend.connect(), backend.connect()
+    dom0.write("/test/shared", b"0")
+    clean, conflicted, aborted = dom0.start_transactions(3)
+    assert dom0.read_batch([(conflicted, "/test/shared")]) == [b"0"]
+    clean.write("/test/clean", b"1")
+    conflicted.write("/test/conflicted", b"1")
+    aborted.write("/test/aborted", b"1")
+    other.write("/test/shared", b"changed")
+    assert dom0.end_transactions([(clean, True), (conflicted, True), (aborted, False)]) == [
+        True, False, False]
+    assert dom0.read_many(["/test/clean", "/test/conflicted", "/test/aborted"]) == [
+        b"1", None, None]
+
+
+def test_end_transactions_raises_other_errors_after_ending_the_rest(backend: Backend) -> None:
+    dom0 = backend.connect()
+    first, second = dom0.start_transactions(2)
+    second.write("/test/second", b"2")
+    assert first.commit()
+    with pytest.raises(XenStoreError) as excinfo:
+        dom0.end_transactions([(first, True), (second, True)])  # first is already ended
+    assert errno_of(excinfo) == "ENOENT"
+    assert dom0.read("/test/second") == b"2"
+
+
+def test_start_transactions_past_the_quota_starts_none(backend: Backend) -> None:
+    dom0 = backend.connect()
+    make_vif(dom0)
+    guest = backend.connect(1)
+    with pytest.raises(XenStoreError) as excinfo:
+        guest.start_transactions(12)  # the quota lets a domain hold 11
+    assert errno_of(excinfo) == "ENOSPC"
+    assert backend.model.usage(1).transactions == 0
+    assert len(guest.start_transactions(11)) == 11
+
+
+def test_read_batch_reads_in_each_transaction_and_outside(backend: Backend) -> None:
+    dom0, other = backend.connect(), backend.connect()
+    dom0.write("/test/a", b"old")
+    first, second = dom0.start_transactions(2)
+    first.write("/test/a", b"first")
+    other.write("/test/b", b"b")
+    assert dom0.read_batch([(first, "/test/a"), (second, "/test/a"), (None, "/test/b"),
+                            (None, "/test/missing")]) == [b"first", b"old", b"b", None]
+    dom0.end_transactions([(first, False), (second, False)])
+
+
+def test_read_batch_gives_none_for_what_a_guest_may_not_read(backend: Backend) -> None:
+    dom0 = backend.connect()
+    frontend, backend_dir = make_vif(dom0)
+    dom0.write("/local/domain/0/secret", b"s")
+    guest = backend.connect(1)
+    assert guest.read_batch([(None, f"{frontend}/state"), (None, "/local/domain/0/secret"),
+                             (None, f"{backend_dir}/state")]) == [b"1", None, b"1"]
+
+
+def test_read_batch_raises_other_errors_after_every_reply(backend: Backend) -> None:
+    dom0 = backend.connect()
+    dom0.write("/test/a", b"1")
+    with pytest.raises(XenStoreError) as excinfo:
+        dom0.read_batch([(None, "/test/a"), (None, "/test//bad"), (None, "/test/a")])
+    assert errno_of(excinfo) == "EINVAL"
+    assert dom0.read("/test/a") == b"1"  # the connection is still in step
+
+
+def test_write_batch_reports_each_guard_and_a_missing_guard_is_aborted(
+        backend: Backend) -> None:
+    dom0 = backend.connect()
+    dom0.write("/dev/one/state", b"1")
+    dom0.write("/dev/three/state", b"1")
+    one, two, three = dom0.start_transactions(3)
+    exists = dom0.write_batch([
+        WriteGroup(one, "/dev/one", [("/dev/one/feature", b"1")]),
+        WriteGroup(two, "/dev/two", [("/dev/two/feature", b"2")]),
+        WriteGroup(three, None, [("/dev/three/feature", b"3"), ("/dev/three/more", b"")]),
+    ])
+    assert exists == [True, False, True]
+    assert dom0.end_transactions([(one, True), (two, False), (three, True)]) == [
+        True, False, True]
+    assert dom0.read_many(["/dev/one/feature", "/dev/three/feature", "/dev/three/more"]) == [
+        b"1", b"3", b""]
+    assert dom0.try_read("/dev/two") is None  # the missing device was not re-created
+
+
+def test_write_batch_outside_transactions_writes_at_once(backend: Backend) -> None:
+    dom0 = backend.connect()
+    assert dom0.write_batch([WriteGroup(None, None, [("/test/x", b"x"), ("/test/y", b"y")])]) \
+        == [True]
+    assert dom0.read_many(["/test/x", "/test/y"]) == [b"x", b"y"]
+
+
+def test_write_batch_raises_the_first_error_after_every_group(backend: Backend) -> None:
+    dom0 = backend.connect()
+    dom0.write("/local/domain/1/ok", b"")
+    dom0.set_perms("/local/domain/1/ok", [parse_perm("n1")])
+    guest = backend.connect(1)
+    first, second = guest.start_transactions(2)
+    with pytest.raises(XenStoreError) as excinfo:
+        guest.write_batch([WriteGroup(first, None, [("/local/domain/0/nope", b"x")]),
+                           WriteGroup(second, None, [("/local/domain/1/ok", b"y")])])
+    assert errno_of(excinfo) == "EACCES"
+    assert guest.end_transactions([(first, False), (second, True)]) == [False, True]
+    assert dom0.read("/local/domain/1/ok") == b"y"
+
+
+def test_batches_refuse_another_stores_transaction(backend: Backend) -> None:
+    dom0, other = backend.connect(), backend.connect()
+    foreign = other.transaction()
+    with pytest.raises(ValueError, match="not a transaction of"):
+        dom0.read_batch([(foreign, "/test")])
+    with pytest.raises(ValueError, match="not a transaction of"):
+        dom0.end_transactions([(foreign, True)])
+    foreign.abort()
+
+
+def test_write_group_is_a_frozen_value() -> None:
+    group = WriteGroup(None, "/g", [("/g/a", bytearray(b"1"))])
+    assert group.values == (("/g/a", b"1"),)
+    with pytest.raises(AttributeError):
+        group.guard = "/other"  # type: ignore[misc]

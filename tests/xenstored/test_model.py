@@ -317,11 +317,132 @@ def test_path_length_quota_is_einval_for_guests() -> None:
 
 
 def test_quotas_do_not_apply_to_dom0() -> None:
-    model, dom0, _ = small_quota_model(nodes=1, watches=0, transactions=0)
+    model, dom0, _ = small_quota_model(nodes=1, watches=0, transactions=0, memory=1)
+    before = model.node_count(0)
+    tx_ids = []
     for index in range(5):
-        model.write(dom0, f"/q/{index}", b"")
+        model.write(dom0, f"/q/{index}", b"x" * 100)
         model.watch(dom0, "/q", f"t{index}")
-        model.transaction_start(dom0)
+        tx_ids.append(model.transaction_start(dom0))
+    assert model.node_count(0) == before + 6  # /q and its five children
+    assert sorted(token for _, token in dom0.watches) == [f"t{index}" for index in range(5)]
+    assert sorted(dom0.transactions) == tx_ids == [1, 2, 3, 4, 5]
+    assert model.usage(0).transactions == 5
+    assert model.read(dom0, "/q/4") == b"x" * 100
+
+
+# ---------------------------------------------------------------- node quota at commit
+
+
+def test_node_quota_is_checked_again_at_commit() -> None:
+    model, _, guest = small_quota_model(nodes=10)
+    owned = model.node_count(5)  # its home
+    first, second = model.transaction_start(guest), model.transaction_start(guest)
+    for index in range(6):  # each transaction alone fits: 1 + 6 <= 10
+        model.write(guest, f"a/{index}", b"", first)
+        model.write(guest, f"b/{index}", b"", second)
+    model.transaction_end(guest, first, True)
+    assert model.node_count(5) == owned + 7
+    with pytest.raises(XenStoreError) as excinfo:
+        model.transaction_end(guest, second, True)
+    assert excinfo.value.errno_name == "ENOSPC"
+    assert model.node("/local/domain/5/b") is None  # nothing of it applied
+    assert model.node_count(5) == owned + 7
+    assert model.usage(5).transactions == 0
+
+
+def test_eleven_concurrent_transactions_cannot_exceed_the_node_quota() -> None:
+    """The issue's probe: each transaction fills the quota under its own parent."""
+    model, _, guest = small_quota_model()
+    tx_ids = [model.transaction_start(guest) for _ in range(11)]
+    for number, tx_id in enumerate(tx_ids):
+        for index in range(900):
+            model.write(guest, f"p{number}/{index // 100}/{index % 100}", b"", tx_id)
+    outcomes = []
+    for tx_id in tx_ids:
+        try:
+            model.transaction_end(guest, tx_id, True)
+            outcomes.append("OK")
+        except XenStoreError as err:
+            outcomes.append(err.errno_name)
+    assert outcomes == ["OK"] + ["ENOSPC"] * 10
+    assert model.node_count(5) <= model.quotas.nodes
+
+
+def test_commit_quota_comes_before_the_conflict_check() -> None:
+    """As C's do_transaction_end: ENOSPC, not EAGAIN, when both apply."""
+    model, _dom0, guest = small_quota_model(nodes=3)
+    tx_id = model.transaction_start(guest)
+    model.write(guest, "x/y", b"", tx_id)
+    model.write(guest, "other", b"")  # the guest owns 3 now; the home changed: a conflict too
+    with pytest.raises(XenStoreError) as excinfo:
+        model.transaction_end(guest, tx_id, True)
+    assert excinfo.value.errno_name == "ENOSPC"
+
+
+def test_dom0_commits_are_not_held_to_the_node_quota() -> None:
+    model, dom0, _ = small_quota_model(nodes=1)
+    tx_id = model.transaction_start(dom0)
+    model.write(dom0, "/local/domain/5/a/b/c", b"", tx_id)
+    model.set_perms(dom0, "/local/domain/5/a", [Perm(Access.NONE, 5)], tx_id)
+    model.transaction_end(dom0, tx_id, True)
+    assert model.node("/local/domain/5/a/b/c") is not None
+
+
+# ---------------------------------------------------------------- memory quota
+
+
+def test_memory_counts_what_a_domain_owns_watches_and_holds_open() -> None:
+    model, _, guest = small_quota_model()
+    idle = model.memory(5)
+    model.write(guest, "data", b"x" * 1000)
+    path = "/local/domain/5/data"
+    assert model.memory(5) == idle + len(path) + 16 + 8 + 1000 + len("data") + 1
+    model.watch(guest, "data", "tok")
+    assert model.memory(5) == idle + len(path) + 16 + 8 + 1000 + len("data") + 1 + len(path) + 3
+    tx_id = model.transaction_start(guest)
+    model.read(guest, "data", tx_id)
+    assert model.memory(5) > idle + 2 * 1000
+    model.transaction_end(guest, tx_id, False)
+    model.unwatch(guest, "data", "tok")
+    model.rm(guest, "data")
+    assert model.memory(5) == idle
+    assert model.usage(5).memory == idle
+
+
+def test_memory_quota_is_enomem_for_guests() -> None:
+    model, dom0, guest = small_quota_model(memory=20000, node_size=4096)
+    written = 0
+    with pytest.raises(XenStoreError) as excinfo:
+        for index in range(100):
+            model.write(guest, f"n{index}", b"x" * 1500)
+            written += 1
+    assert excinfo.value.errno_name == "ENOMEM"
+    assert 5 <= written < 14
+    assert model.memory(5) < 20000
+    model.write(dom0, "/local/domain/5/by-dom0", b"x" * 1500)  # dom0 is not refused
+
+
+def test_memory_quota_bounds_open_transactions() -> None:
+    model, _, guest = small_quota_model(memory=50000, node_size=4096)
+    tx_id = model.transaction_start(guest)
+    with pytest.raises(XenStoreError) as excinfo:
+        for index in range(100):
+            model.write(guest, f"t{index}", b"x" * 1500, tx_id)
+    assert excinfo.value.errno_name == "ENOMEM"
+    model.transaction_end(guest, tx_id, False)
+    assert model.usage(5).memory < 1000  # what the transaction held is released
+
+
+def test_charged_output_counts_against_the_memory_quota() -> None:
+    model, _, guest = small_quota_model(memory=10000)
+    model.charge(5, 9000)
+    assert not model.memory_exceeded(5, 0)
+    assert model.memory_exceeded(5, 2000)
+    assert errno(model.write, guest, "big", b"x" * 1500) == "ENOMEM"
+    model.charge(5, -9000)
+    model.write(guest, "big", b"x" * 1500)
+    assert not model.memory_exceeded(0, 10**9)  # dom0 has no memory quota
 
 
 # ---------------------------------------------------------------- wire-level parsing
@@ -373,3 +494,25 @@ def test_write_value_may_contain_nuls(model: XenStoreModel, dom0: Connection) ->
 
 def test_control_check_answers_ok(model: XenStoreModel, dom0: Connection) -> None:
     assert handle_request(model, dom0, Op.CONTROL, 0, b"check\0") == (Op.CONTROL, b"OK\0")
+
+
+def test_control_quota_lists_the_settings_as_c_does(model: XenStoreModel,
+                                                    dom0: Connection) -> None:
+    op, reply = handle_request(model, dom0, Op.CONTROL, 0, b"quota\0")
+    lines = reply.rstrip(b"\0").decode().splitlines()
+    assert op == Op.CONTROL and lines[0] == "Quota settings:"
+    assert "nodes            :     1000 Nodes per domain" in lines
+    assert "outstanding      :       20 Outstanding requests per domain" in lines
+    assert any(line.startswith("memory           :  2621440 ") for line in lines)
+
+
+def test_control_quota_of_a_domain_reports_its_usage(model: XenStoreModel,
+                                                     dom0: Connection) -> None:
+    guest = guest_home(model, dom0, 7)
+    model.watch(guest, "x", "t")
+    op, reply = handle_request(model, dom0, Op.CONTROL, 0, b"quota\x007\0")
+    assert op == Op.CONTROL
+    assert reply.decode().splitlines()[:3] == [
+        "Domain 7:", "nodes           :        1", "watches         :        1"]
+    assert handle_request(model, dom0, Op.CONTROL, 0, b"quota\x0099\0") == (
+        Op.ERROR, b"ENOENT\0")

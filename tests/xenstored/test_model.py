@@ -354,6 +354,8 @@ def test_node_quota_is_checked_again_at_commit() -> None:
 def test_eleven_concurrent_transactions_cannot_exceed_the_node_quota() -> None:
     """The issue's probe: each transaction fills the quota under its own parent."""
     model, _, guest = small_quota_model()
+    for number in range(11):  # existing parents: the transactions do not conflict
+        model.write(guest, f"p{number}", b"")
     tx_ids = [model.transaction_start(guest) for _ in range(11)]
     for number, tx_id in enumerate(tx_ids):
         for index in range(900):

@@ -15,9 +15,11 @@ What no guest can do to the server or to other domains (docs/xenstored.md, "Limi
   output queued. Watch events that would take a guest past its memory quota are dropped, as
   are events identical to one still queued and, after ``watch_event_timeout``, events the guest
   never read: what C xenstored does since XSA-326.
-- Connections are capped per guest socket, and file descriptors are kept in reserve for the
-  privileged socket, so no guest can lock dom0 out. A refused connection is closed at once;
-  refusals and accept errors are logged once per minute, not per attempt.
+- Connections are capped per guest socket (at most ``max_guest_connections``, and at most an
+  equal share of the file descriptors guests may use), and file descriptors are kept in
+  reserve for the privileged socket, so no guest can lock dom0 or another guest out. A refused
+  connection is closed at once; refusals and accept errors are logged once per minute, not per
+  attempt.
 - One connection gets at most :data:`FRAMES_PER_TURN` requests handled per turn of the event
   loop before the others get theirs.
 """
@@ -411,8 +413,14 @@ class XenstoredServer:
             self._loop.create_task(self._connect(listener, sock))
 
     def _guest_slot_free(self, listener: _Listener) -> bool:
+        """Whether a guest socket may take one more connection: below its cap, below its
+        share of the descriptors guests may use (no guest starves the others), and leaving
+        the reserve to dom0."""
+        guest_sockets = sum(1 for other in self._listeners if not other.privileged)
+        share = max(1, self._guest_budget // max(1, guest_sockets))
         cap = self.limits.max_guest_connections
-        if cap and listener.open >= cap:
+        limit = min(cap, share) if cap else share
+        if listener.open >= limit:
             self._notes.warning(f"cap {listener.path}",
                                 "refusing a connection on %s (dom%d): %d open, the limit",
                                 listener.path, listener.domid, listener.open)

@@ -76,14 +76,18 @@ class RawConnection:
 
 
 class ServerProcess:
-    """``python -m xenoffload.xenstored`` with a dom0 socket and guest sockets for domains 1
-    and 2; ``nofile`` lowers its file-descriptor limit; ``args`` are more command-line flags."""
+    """``python -m xenoffload.xenstored`` with a dom0 socket and guest sockets for the
+    ``attackers`` (domain 1 unless told otherwise) and the bystander domain 2; ``nofile``
+    lowers its file-descriptor limit; ``args`` are more command-line flags."""
 
     def __init__(self, sockdir: str, args: Sequence[str] = (), nofile: int | None = None,
-                 python_path: str = PACKAGE_ROOT) -> None:
+                 python_path: str = PACKAGE_ROOT, attackers: Sequence[int] = (ATTACKER,)
+                 ) -> None:
         self.sockdir = sockdir
         self.socket_path = f"{sockdir}/socket"
-        self.guest_sockets = {domid: f"{sockdir}/dom{domid}" for domid in (ATTACKER, BYSTANDER)}
+        self.attackers = tuple(attackers)
+        self.guest_sockets = {domid: f"{sockdir}/dom{domid}"
+                              for domid in (*self.attackers, BYSTANDER)}
         self.log_path = f"{sockdir}/log"
         command = [sys.executable, "-m", "xenoffload.xenstored", "--socket", self.socket_path]
         for domid, path in self.guest_sockets.items():
@@ -113,13 +117,14 @@ class ServerProcess:
                     time.sleep(0.02)
 
     def lay_out_domains(self) -> None:
-        """dom0 and both guests as libxl lays them out, and the attacker's big node."""
+        """dom0 and the guests as libxl lays them out, and each attacker's big node."""
         with PyxsStore(self.socket_path, timeout=10) as dom0:
             create_domain(dom0, 0, "Domain-0")
-            for domid in (ATTACKER, BYSTANDER):
+            for domid in self.guest_sockets:
                 create_domain(dom0, domid, f"guest{domid}")
-        with PyxsStore(self.guest_sockets[ATTACKER], timeout=10) as guest:
-            guest.write(BIG_NODE, BIG_VALUE)
+        for domid in self.attackers:
+            with PyxsStore(self.guest_sockets[domid], timeout=10) as guest:
+                guest.write(BIG_NODE, BIG_VALUE)
 
     def rss_kib(self) -> int:
         """The server's resident set size, KiB."""
@@ -278,19 +283,20 @@ class Held:
 
 
 def watch_flood(server: ServerProcess, held: Held, writes: int = 400,
-                watches: int = 129, token_size: int = 3900) -> Callable[[threading.Event], None]:
+                watches: int = 129, token_size: int = 3900, guest: int = ATTACKER
+                ) -> Callable[[threading.Event], None]:
     """Issue 13 #1: one connection holds ``watches`` watches with long tokens on its ``data``
     and never reads; another connection of the same guest writes ``writes`` distinct nodes
     under it. Each write fires ``watches`` events of ~4 KB at the reader that does not read."""
 
     def attack(stop: threading.Event) -> None:
-        reader = RawConnection(server.guest_sockets[ATTACKER], timeout=10)
+        reader = RawConnection(server.guest_sockets[guest], timeout=10)
         held.sockets.append(reader.sock)
         for index in range(watches):
             token = f"{index:04d}".encode() + b"t" * (token_size - 4)
             reply = reader.request(Op.WATCH, b"data\0" + token + b"\0")
             assert reply.op == Op.WATCH, reply
-        writer = RawConnection(server.guest_sockets[ATTACKER], timeout=10)
+        writer = RawConnection(server.guest_sockets[guest], timeout=10)
         try:
             for index in range(writes):
                 if stop.is_set():
@@ -303,7 +309,7 @@ def watch_flood(server: ServerProcess, held: Held, writes: int = 400,
 
 
 def reply_flood(server: ServerProcess, held: Held, connections: int = 20,
-                reads: int = 3000) -> Callable[[threading.Event], None]:
+                reads: int = 3000, guest: int = ATTACKER) -> Callable[[threading.Event], None]:
     """Issue 13 #2: ``connections`` guest connections pipeline ``reads`` READs each of a 1.9 KB
     node and never read a reply."""
     request = b"".join(frame(Op.READ, index, BIG_NODE.encode() + b"\0")
@@ -313,7 +319,7 @@ def reply_flood(server: ServerProcess, held: Held, connections: int = 20,
         pending = []
         for _ in range(connections):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(server.guest_sockets[ATTACKER])
+            sock.connect(server.guest_sockets[guest])
             held.sockets.append(sock)
             pending.append([sock, 0])
         idle_rounds = 0
@@ -354,8 +360,8 @@ def _connect_patiently(path: str, patience: float = 0.5) -> socket.socket | None
         time.sleep(0.001)
 
 
-def connection_flood(server: ServerProcess, held: Held,
-                     connections: int = 1100) -> Callable[[threading.Event], None]:
+def connection_flood(server: ServerProcess, held: Held, connections: int = 1100,
+                     guest: int = ATTACKER) -> Callable[[threading.Event], None]:
     """Issue 13 #3: the guest opens ``connections`` connections to its socket and holds
     them (sending nothing)."""
 
@@ -363,29 +369,30 @@ def connection_flood(server: ServerProcess, held: Held,
         for _ in range(connections):
             if stop.is_set():
                 return
-            sock = _connect_patiently(server.guest_sockets[ATTACKER])
+            sock = _connect_patiently(server.guest_sockets[guest])
             if sock is not None:
                 held.sockets.append(sock)
 
     return attack
 
 
-def transaction_flood(server: ServerProcess, transactions: int = 11,
-                      nodes: int = 900) -> tuple[Callable[[threading.Event], None], list[str]]:
+def transaction_flood(server: ServerProcess, transactions: int = 11, nodes: int = 900,
+                      guest: int = ATTACKER
+                      ) -> tuple[Callable[[threading.Event], None], list[str]]:
     """Issue 13 #4: ``transactions`` concurrent transactions of the guest, each creating
     ``nodes`` nodes under its own parent, then all committed. Returns the attack and the list
     it fills with each commit's outcome ("OK" or the errno)."""
     outcomes: list[str] = []
 
     def attack(stop: threading.Event) -> None:
-        with PyxsStore(server.guest_sockets[ATTACKER], timeout=30) as guest:
+        with PyxsStore(server.guest_sockets[guest], timeout=30) as store:
             # Each parent exists before: the transactions do not conflict with each other.
-            guest.write_many([(f"data/p{number}", b"") for number in range(transactions)])
-            txns = guest.start_transactions(transactions)
+            store.write_many([(f"data/p{number}", b"") for number in range(transactions)])
+            txns = store.start_transactions(transactions)
             for number, txn in enumerate(txns):
                 values = [(f"data/p{number}/{index // 100}/{index % 100}", b"")
                           for index in range(nodes)]
-                guest.write_batch([WriteGroup(txn, None, values)])
+                store.write_batch([WriteGroup(txn, None, values)])
                 if stop.is_set():
                     return
             for txn in txns:

@@ -175,3 +175,15 @@ def test_concurrent_transactions_cannot_exceed_the_node_quota(server: ServerProc
     assert_bounded(figures)
     assert outcomes == ["OK"] + ["ENOSPC"] * 10
     assert owned_nodes(server, ATTACKER) <= 1000
+
+
+def test_broken_framing_repeated_by_a_guest_is_logged_once(server: ServerProcess) -> None:
+    for _ in range(200):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(server.guest_sockets[ATTACKER])
+            sock.sendall(b"\xff" * 16)  # announces a payload far over 4096 bytes
+            sock.settimeout(5)
+            assert sock.recv(1) == b""  # dropped
+    log = server.log()
+    assert log.count("dropping connection") == 1, log
+    assert server.log_bytes() < 2000

@@ -18,8 +18,9 @@ What no guest can do to the server or to other domains (docs/xenstored.md, "Limi
 - Connections are capped per guest socket (at most ``max_guest_connections``, and at most an
   equal share of the file descriptors guests may use), and file descriptors are kept in
   reserve for the privileged socket, so no guest can lock dom0 or another guest out. A refused
-  connection is closed at once; refusals and accept errors are logged once per minute, not per
-  attempt.
+  connection is closed at once. Nothing a guest repeats fills the log: refusals, accept errors,
+  broken framing and dropped events are logged once per minute per kind, with a count of what
+  was held back.
 - One connection gets at most :data:`FRAMES_PER_TURN` requests handled per turn of the event
   loop before the others get theirs.
 """
@@ -513,8 +514,9 @@ class XenstoredServer:
                 frame = client.parser.next_frame()
             except ProtocolError as err:
                 assert client.conn is not None
-                log.warning("dropping connection %d (dom%d): %s", client.conn.conn_id,
-                            client.conn.domid, err)
+                self._notes.warning(f"framing dom{client.conn.domid}",
+                                    "dropping connection %d (dom%d): %s", client.conn.conn_id,
+                                    client.conn.domid, err)
                 client.closing = True
                 if client.transport is not None:
                     client.transport.close()

@@ -404,17 +404,23 @@ def transaction_flood(server: ServerProcess, transactions: int = 11, nodes: int 
     return attack, outcomes
 
 
-def owned_nodes(server: ServerProcess, domid: int) -> int:
-    """How many nodes ``domid`` owns, as the server's CONTROL quota reports it."""
+def domain_usage(server: ServerProcess, domid: int) -> dict[str, int]:
+    """What ``domid`` uses (nodes, watches, transactions, memory), as the server's CONTROL
+    ``quota <domid>`` reports it."""
     dom0 = RawConnection(server.socket_path)
     try:
         reply = dom0.request(Op.CONTROL, f"quota\0{domid}\0".encode())
     finally:
         dom0.close()
-    for line in reply.payload.decode().splitlines():
-        if line.startswith("nodes"):
-            return int(line.split(":")[1])
-    raise AssertionError(reply.payload)
+    assert reply.op == Op.CONTROL, reply
+    lines = reply.payload.rstrip(b"\0").decode().splitlines()[1:]
+    return {name.strip(): int(value) for name, _, value in
+            (line.partition(":") for line in lines)}
+
+
+def owned_nodes(server: ServerProcess, domid: int) -> int:
+    """How many nodes ``domid`` owns."""
+    return domain_usage(server, domid)["nodes"]
 
 
 @contextlib.contextmanager

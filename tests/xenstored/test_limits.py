@@ -23,9 +23,9 @@ from .attacks import (
     ATTACKER,
     Figures,
     Held,
-    RawConnection,
     ServerProcess,
     connection_flood,
+    domain_usage,
     measure,
     owned_nodes,
     raised_fd_limit,
@@ -74,15 +74,7 @@ def server(sockdir: str) -> Iterator[ServerProcess]:
 
 
 def _memory(server: ServerProcess, domid: int) -> int:
-    dom0 = RawConnection(server.socket_path)
-    try:
-        reply = dom0.request(Op.CONTROL, f"quota\0{domid}\0".encode())
-    finally:
-        dom0.close()
-    for line in reply.payload.decode().splitlines():
-        if line.startswith("memory"):
-            return int(line.split(":")[1])
-    raise AssertionError(reply.payload)
+    return domain_usage(server, domid)["memory"]
 
 
 def _drain(sock: socket.socket, timeout: float = 5.0) -> list[int]:

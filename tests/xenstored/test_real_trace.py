@@ -12,6 +12,7 @@ created itself; the 170th reads a `state` node that netback wrote on another con
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from xenoffload.xs.dispatch import handle_request
@@ -53,21 +54,28 @@ def _connection_lines(conn: str) -> tuple[list[tuple[str, str]], list[tuple[str,
     return requests, replies
 
 
-def test_xl_domain_creation_gets_the_replies_c_xenstored_gave() -> None:
-    requests, replies = _connection_lines(XL_CONNECTION)
-    assert len(requests) > INDEPENDENT_PREFIX
-    model = XenStoreModel()
+def replay_xl(model: XenStoreModel) -> Iterator[tuple[str, str, int, bytes]]:
+    """Replay xl's first INDEPENDENT_PREFIX requests on ``model`` (after dom0's initial nodes);
+    yield each request's type and trace form, and the model's reply type and payload."""
+    requests, _ = _connection_lines(XL_CONNECTION)
     setup = model.connect(0)
     for path, value in INITIAL.items():
         model.write(setup, path, value)
     xl = model.connect(0)
     tx_id = 0
-    for index, ((op, shown), expected) in enumerate(
-            zip(requests[:INDEPENDENT_PREFIX], replies, strict=False)):
+    for op, shown in requests[:INDEPENDENT_PREFIX]:
         reply_op, reply = handle_request(model, xl, Op[op], tx_id, _request_payload(op, shown))
-        got = (Op(reply_op).name, reply.decode("latin-1").replace("\0", " "))
-        assert got == expected, f"request {index}: {op} ({shown})"
+        yield op, shown, reply_op, reply
         if op == "TRANSACTION_START":
-            tx_id = int(expected[1])
+            tx_id = int(reply.rstrip(b"\0") or b"0")
         elif op == "TRANSACTION_END":
             tx_id = 0
+
+
+def test_xl_domain_creation_gets_the_replies_c_xenstored_gave() -> None:
+    requests, replies = _connection_lines(XL_CONNECTION)
+    assert len(requests) > INDEPENDENT_PREFIX
+    for index, ((op, shown, reply_op, reply), expected) in enumerate(
+            zip(replay_xl(XenStoreModel()), replies, strict=False)):
+        got = (Op(reply_op).name, reply.decode("latin-1").replace("\0", " "))
+        assert got == expected, f"request {index}: {op} ({shown})"

@@ -11,14 +11,11 @@ from xenoffload.store.memory import MemoryXenStore
 from xenoffload.store.pyxs_store import PyxsStore
 from xenoffload.toolstack import VifSpec, create_domain, create_vif, destroy_vif, negotiate_vif
 from xenoffload.xenstored.harness import EmbeddedXenstored
-from xenoffload.xs.dispatch import handle_request
 from xenoffload.xs.errors import XenStoreError
 from xenoffload.xs.model import XenStoreModel
 from xenoffload.xs.values import Access, Perm
-from xenoffload.xs.wire import Op
 
-from .test_real_trace import INDEPENDENT_PREFIX, INITIAL, XL_CONNECTION, _connection_lines
-from .test_real_trace import _request_payload as request_payload
+from .test_real_trace import replay_xl
 
 GUEST, DEVID = 1, 0
 #: What xl gave the vif in the trace.
@@ -28,19 +25,9 @@ TRACE_VIF = VifSpec(GUEST, DEVID, "00:16:3e:41:87:bb", "xenbr0",
 
 def _libxl_tree() -> XenStoreModel:
     """The store after xl's domain and vif creation, replayed from the trace."""
-    requests, _ = _connection_lines(XL_CONNECTION)
     model = XenStoreModel()
-    setup = model.connect(0)
-    for path, value in INITIAL.items():
-        model.write(setup, path, value)
-    xl = model.connect(0)
-    tx_id = 0
-    for op, shown in requests[:INDEPENDENT_PREFIX]:
-        _reply_op, reply = handle_request(model, xl, Op[op], tx_id, request_payload(op, shown))
-        if op == "TRANSACTION_START":
-            tx_id = int(reply.rstrip(b"\0"))
-        elif op == "TRANSACTION_END":
-            tx_id = 0
+    for _ in replay_xl(model):
+        pass
     return model
 
 

@@ -30,8 +30,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    """Every xenoffload module ``module`` (at ``path``) imports, resolved to module names."""
+def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
+    """Every xenoffload module ``module`` (at ``path``) imports: ``import a.b`` is ``a.b``;
+    ``from a import b`` is ``a.b`` when that is a module, else ``a`` (a name defined there).
+    A name that is neither resolves to the nearest enclosing module."""
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
@@ -43,27 +45,23 @@ def _imports(path: Path, module: str) -> set[str]:
             if node.level:
                 anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if name.startswith("xenoffload")}
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                found.add(submodule if submodule in modules else base)
+    resolved = set()
+    for name in found:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        if name.startswith("xenoffload") and name != module:
+            resolved.add(name)
+    return resolved
 
 
 def _graph() -> dict[str, set[str]]:
-    """Module -> the package modules it imports (names that are attributes, not modules,
-    resolve to their module)."""
+    """Module -> the package modules it imports."""
     paths = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for module, path in paths.items():
-        if module.endswith("__main__"):
-            continue
-        targets = set()
-        for name in _imports(path, module):
-            while name and name not in paths:
-                name = name.rpartition(".")[0]
-            if name and name != module:
-                targets.add(name)
-        graph[module] = targets
-    return graph
+    return {module: _imports(path, module, set(paths)) for module, path in paths.items()
+            if not module.endswith("__main__")}
 
 
 def _within(module: str, layer: str) -> bool:

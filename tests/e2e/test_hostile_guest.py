@@ -165,7 +165,9 @@ def test_thousands_of_junk_nodes_leave_the_agent_responsive(scene: Scene) -> Non
     model = lab.xenstored.model
     model.quotas = attrs.evolve(model.quotas, nodes=10_000)  # a generous xenstored
     for serial in range(3000):
-        parent = (HOSTILE_DIR, "/local/domain/2/device/vif", "/local/domain/2/device")[serial % 3]
+        # Where libxl lets a guest write: its vif directory and its data directory (device/
+        # and device/vif/ are the toolstack's: EACCES).
+        parent = (HOSTILE_DIR, f"{HOSTILE_DIR}/deep", "/local/domain/2/data")[serial % 3]
         scene.hostile.write(f"{parent}/junk-{serial // 100}/n{serial}", b"\xde\xad" * 8)
     scene.connect_hostile({**VALID_KEYS, "feature-csum-tx": b"maybe"})
     scene.assert_hostile_vif_safe()

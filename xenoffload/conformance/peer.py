@@ -211,10 +211,12 @@ class PlainWrite(Step):
 @attrs.frozen
 class SwitchState(Step):
     """Change the actor's ``state`` as a Linux driver does: a small transaction that reads
-    the state and writes the new one."""
+    the state and writes the new one. ``refusable``: a refusal (EACCES, as a guest gets once
+    the toolstack removed its device) ends the step, as a driver ignores it."""
 
     state: int
     by: Actor = Actor.PEER
+    refusable: bool = False
 
     def describe(self) -> str:
         return f"{_who(self.by)} switches state to {_state_name(self.state)}"
@@ -226,7 +228,11 @@ class SwitchState(Step):
             txn.try_read(path)
             txn.write(path, _wire(self.state))
 
-        _transact(ctx.store(self.by), switch, "state switch")
+        try:
+            _transact(ctx.store(self.by), switch, "state switch")
+        except XenStoreError as error:
+            if not (self.refusable and error.errno_name == "EACCES"):
+                raise
 
 
 @attrs.frozen

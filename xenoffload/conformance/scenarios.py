@@ -299,7 +299,7 @@ def _close_mid(iut: Role) -> tuple[Steps, Judges]:
 
 def _removed(iut: Role) -> tuple[Steps, Judges]:
     pre = (*handshake(iut, peer_keys(iut)), Settle())
-    steps = (*pre, RemoveDevice(), Settle(), SwitchState(S.CLOSING))
+    steps = (*pre, RemoveDevice(), Settle(), SwitchState(S.CLOSING, refusable=True))
     return steps, (NoWritesAfterRemoval(len(pre)),)
 
 

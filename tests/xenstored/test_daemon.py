@@ -150,3 +150,33 @@ def test_log_file_takes_the_log(sockdir: str) -> None:
     with open(log_file, encoding="utf-8") as handle:
         text = handle.read()
     assert "listening on" in text and "shutting down" in text
+
+
+def test_quota_flags_reach_the_server(sockdir: str) -> None:
+    main = f"{sockdir}/socket"
+    process = subprocess.Popen(
+        [*COMMAND, "--socket", main, "-E", "3", "-W", "7", "-M", "5000",
+         "-Q", "outstanding=5", "-Q", "memory=100000", "-Q", "node-permissions=2"],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(main):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.02)
+        with PyxsStore(main, timeout=5) as store:
+            settings = store.raw_request(0, b"quota\0").decode()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=10)
+    values = {line.split(":")[0].strip(): int(line.split(":")[1].split()[0])
+              for line in settings.rstrip("\0").splitlines()[1:]}
+    assert values == {"nodes": 3, "watches": 7, "transactions": 10, "outstanding": 5,
+                      "transaction-nodes": 1024, "memory": 100000, "node-size": 2048,
+                      "path-max": 2048, "permissions": 2}
+
+
+def test_an_unknown_quota_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from xenoffload.cli import main
+
+    assert main(["xenstored", "--socket", "/tmp/x", "-Q", "bogus=1"]) == 2
+    assert "NAME=N" in capsys.readouterr().err

@@ -220,3 +220,19 @@ def test_xenstored_command_reports_an_unusable_socket_path(sockdir: str) -> None
     with open(blocker, "w", encoding="ascii") as handle:
         handle.write("not a socket")
     assert main(["xenstored", "--socket", blocker]) == 1
+
+
+@pytest.mark.parametrize("name_length", [8, 104 - len("/tmp/xsXXXXXXXX/")])
+def test_a_socket_path_appears_only_once_it_listens(sockdir: str, name_length: int) -> None:
+    """Bound under a temporary name and renamed (or, when the longer name would not fit,
+    bound in place): a client that waits for the file never meets a refusing socket."""
+    from xenoffload.xenstored.server import _listening_socket
+
+    path = f"{sockdir}/{'s' * name_length}"
+    listener = _listening_socket(path)
+    try:
+        assert os.listdir(sockdir) == [os.path.basename(path)]  # no temporary name left
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+    finally:
+        listener.close()

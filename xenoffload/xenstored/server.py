@@ -276,6 +276,33 @@ def _claim_socket(path: str) -> None:
     raise OSError(errno.EADDRINUSE, f"a xenstored is already serving {path}")
 
 
+def _listening_socket(path: str) -> socket.socket:
+    """Return a non-blocking socket listening at ``path``. The path appears only once the
+    socket listens (bound under a temporary name, then renamed), so a client that waits for
+    the file to exist never finds it refusing connections."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    temporary = f"{path}.{os.getpid() % 0x10000:04x}~"
+    try:
+        try:
+            sock.bind(temporary)
+        except OSError:  # the longer name does not fit sun_path: bind in place
+            sock.bind(path)
+            temporary = path
+        try:
+            sock.listen(128)
+            if temporary != path:
+                os.rename(temporary, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _open_fds() -> int:
     """How many file descriptors this process has open (0 if it cannot tell)."""
     try:
@@ -333,15 +360,8 @@ class XenstoredServer:
         try:
             for path, domid, privileged in wanted:
                 _claim_socket(path)
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    sock.bind(path)
-                    self._bound.append(path)
-                    sock.listen(128)
-                    sock.setblocking(False)
-                except BaseException:
-                    sock.close()
-                    raise
+                sock = _listening_socket(path)
+                self._bound.append(path)
                 listener = _Listener(path, domid, privileged, sock)
                 self._listeners.append(listener)
                 self._loop.add_reader(sock, self._accept, listener)

@@ -377,6 +377,7 @@ def _stop_on_signals() -> threading.Event:
 
 def cmd_backend_agent(args: argparse.Namespace) -> int:
     from xenoffload.agents.backend import BackendAgent
+    from xenoffload.conformance.devicelog import device_logged
     from xenoffload.devices import backend_device
     from xenoffload.endpoint import Enforcer
     from xenoffload.machine import Mode
@@ -400,7 +401,8 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
     try:
         return _run_agent(
             args, Role.BACKEND, resolve_xenstore(args.xenstore), args.domid,
-            lambda policy: BackendAgent(policy, args.domid, Mode(args.mode), enforcer),
+            lambda policy: BackendAgent(policy, args.domid, Mode(args.mode),
+                                        device_logged(enforcer, args.device_log)),
             stop or threading.Event())
     finally:
         if enforcers is not None:
@@ -446,6 +448,7 @@ def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
 
 def cmd_guest_agent(args: argparse.Namespace) -> int:
     from xenoffload.agents.guest import GuestAgent
+    from xenoffload.conformance.devicelog import device_logged
     from xenoffload.devices import GuestDeviceEnforcer
     from xenoffload.endpoint import Enforcer
     from xenoffload.machine import Mode
@@ -473,7 +476,8 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
     try:
         return _run_agent(
             args, Role.FRONTEND, path, domid,
-            lambda policy: GuestAgent(policy, domid, Mode(args.mode), enforcer),
+            lambda policy: GuestAgent(policy, domid, Mode(args.mode),
+                                      device_logged(enforcer, args.device_log)),
             stop or threading.Event())
     finally:
         if enforcers is not None:
@@ -694,12 +698,15 @@ def cmd_units(args: argparse.Namespace) -> int:
 
 def cmd_conformance(args: argparse.Namespace) -> int:
     from xenoffload.conformance.command import run_command_suite
+    from xenoffload.conformance.runner import SelectionError
 
     try:
         return run_command_suite(Role(args.role), args.impl, args.junit, args.mode,
-                                 tuple(args.scenario), args.timeout)
-    except KeyError as error:
-        raise CliError(EXIT_USAGE, f"unknown scenario {error}") from None
+                                 tuple(args.scenario), args.timeout, grace=args.grace,
+                                 require_observable=args.require_observable,
+                                 keep_workdir=args.keep_workdir)
+    except SelectionError as error:
+        raise CliError(EXIT_USAGE, str(error)) from None
 
 
 def cmd_xenstored(args: argparse.Namespace) -> int:
@@ -903,6 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --once: JSON summary (schema: vif-report.schema.json)")
         p.add_argument("--netns", type=_netns, metavar="NAME",
                        help="network namespace of the devices")
+        p.add_argument("--device-log", type=_writable_file, metavar="FILE",
+                       help="append a line per result applied to a device (the conformance "
+                            "suite's device channel, docs/conformance.md)")
         if role is Role.BACKEND:
             p.add_argument("--domid", type=_domid, default=0, help="this driver domain (0)")
             p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",
@@ -1000,7 +1010,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=("backend", "frontend"), required=True,
                    help="the end COMMAND plays")
     p.add_argument("--impl", required=True, metavar="COMMAND",
-                   help="shell command; {config}, {mode} and {xenstore} are replaced")
+                   help="shell command; {config}, {mode}, {xenstore} and {device-log} are "
+                        "replaced")
     p.add_argument("--junit", type=_writable_file, metavar="FILE",
                    help="also write a JUnit XML report (checked before the run)")
     p.add_argument("--mode", choices=("full", "companion", "all"),
@@ -1009,6 +1020,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this scenario (repeatable)")
     p.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="how long to wait for the implementation at each step")
+    p.add_argument("--grace", type=_seconds, default=2.0, metavar="SECONDS",
+                   help="how long a change may go without any request from the "
+                        "implementation before it counts as ignored (default 2)")
+    p.add_argument("--require-observable", action="store_true",
+                   help="fail a scenario whose decisions could not be checked (no "
+                        "xenoffload-csum-result published, no {device-log})")
+    p.add_argument("--keep-workdir", action="store_true",
+                   help="keep each scenario's lab directory (request log, policy file, the "
+                        "implementation's output and device log) and name it")
     p.set_defaults(func=cmd_conformance)
 
     return parser

@@ -8,7 +8,7 @@ peer or the policy says.
 
 Run one as a command (it is an implementation like any other)::
 
-    python tests/conformance/mutants.py backend state-before-features
+    python tests/conformance/mutants.py backend state-before-features [--device-log FILE]
 """
 
 from __future__ import annotations
@@ -21,18 +21,25 @@ from typing import Any
 
 import attrs
 
-from xenoffload.agents.runner import AgentLogic
 from xenoffload.conformance.peer import linux_u
-from xenoffload.conformance.subjects import AgentHooks, AgentSubject
+from xenoffload.conformance.subjects import AgentHooks, AgentSubject, PolicyLogic
 from xenoffload.endpoint import Enforcement, Enforcer, VifEndpoint
 from xenoffload.machine import TRANSITIONS, Mode, WriteKeys
-from xenoffload.negotiation import LinkResult
-from xenoffload.schema import READ_KEYS, FamilyFlags, Role
+from xenoffload.negotiation import LinkPolicy, LinkResult
+from xenoffload.policy import Policy
+from xenoffload.schema import (
+    LEGACY_IPV6_CSUM_OFFLOAD,
+    LEGACY_NO_CSUM_OFFLOAD,
+    READ_KEYS,
+    RESULT_KEY,
+    FamilyFlags,
+    Role,
+)
 from xenoffload.store.base import Store, WatchEvent, XenStoreError
 from xenoffload.xenbus import XenbusState
 
 S = XenbusState
-_LEGACY = ("feature-no-csum-offload", "feature-ipv6-csum-offload")
+_LEGACY = (LEGACY_NO_CSUM_OFFLOAD, LEGACY_IPV6_CSUM_OFFLOAD)
 _VIF_DIR = re.compile(r"\A/local/domain/\d+/(backend/vif/\d+/\d+|device/vif/\d+)\Z")
 
 
@@ -159,10 +166,18 @@ class LenientState(StoreMutant):
 
 
 class NoLegacyRead(StoreMutant):
-    """R4: ignores the legacy netif.h keys of the peer."""
+    """R4: ignores the legacy netif.h keys of the peer (its own, which it wrote, it reads)."""
+
+    def __init__(self) -> None:
+        self.own_dirs: set[str] = set()
+
+    def write(self, store: ProxyStore, target: Any, path: str, value: bytes) -> None:
+        self.own_dirs.add(path.rsplit("/", 1)[0])
+        target.write(path, value)
 
     def read(self, store: ProxyStore, target: Any, path: str) -> bytes | None:
-        if path.rsplit("/", 1)[-1] in _LEGACY:
+        directory, _, name = path.rpartition("/")
+        if name in _LEGACY and directory not in self.own_dirs:
             return None
         return target.try_read(path)  # type: ignore[no-any-return]
 
@@ -179,7 +194,10 @@ class ResurrectsRemoved(StoreMutant):
     """R14: believes its vif directory still exists after removal (and writes into it)."""
 
     def read(self, store: ProxyStore, target: Any, path: str) -> bytes | None:
-        raw = target.try_read(path)
+        try:
+            raw = target.try_read(path)
+        except XenStoreError:  # a peer directory re-created by someone else (EACCES)
+            raw = None
         if raw is None and _VIF_DIR.match(path):
             return b""
         return raw  # type: ignore[no-any-return]
@@ -195,16 +213,51 @@ class RefreshesState(StoreMutant):
             target.write(state, target.try_read(state) or b"1")
 
 
-class BlankAlwaysKeys(StoreMutant):
-    """Half of the seed's bug: always advertises everything, whatever the policy."""
+class LegacyOutsideTransaction(StoreMutant):
+    """R8: writes the legacy keys at once, outside the transaction of its own keys."""
 
     def write(self, store: ProxyStore, target: Any, path: str, value: bytes) -> None:
-        name = path.rsplit("/", 1)[-1]
-        if name.startswith("feature-csum-") or name == "feature-ipv6-csum-offload":
-            value = b"1"
-        elif name == "feature-no-csum-offload":
-            value = b"0"
+        (store.inner if path.rsplit("/", 1)[-1] in _LEGACY else target).write(path, value)
+
+
+class RewritesStateOnApply(StoreMutant):
+    """R8: with every result it publishes, writes its state again (unchanged while
+    Connected: a transition that did not happen)."""
+
+    def write(self, store: ProxyStore, target: Any, path: str, value: bytes) -> None:
         target.write(path, value)
+        if path.endswith("/" + RESULT_KEY):
+            state = path.rsplit("/", 1)[0] + "/state"
+            current = target.try_read(state)
+            if current is not None:
+                target.write(state, current)
+
+
+class ReadsStateAlone(StoreMutant):
+    """R11: reads the snapshot, then acts on states read again outside it."""
+
+    def read(self, store: ProxyStore, target: Any, path: str) -> bytes | None:
+        value = target.try_read(path)
+        if path.endswith("/state") and target is not store.inner:
+            return store.inner.try_read(path)  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]
+
+
+class PublishesWrongResult(StoreMutant):
+    """R6: publishes "everything allowed" whatever it decided and applied."""
+
+    def write(self, store: ProxyStore, target: Any, path: str, value: bytes) -> None:
+        if path.endswith("/" + RESULT_KEY):
+            value = b"to-guest=ipv4+ipv6 from-guest=ipv4+ipv6"
+        target.write(path, value)
+
+
+class PublishesNoResult(StoreMutant):
+    """Publishes no result (optional in R6): its decisions cannot be checked."""
+
+    def write(self, store: ProxyStore, target: Any, path: str, value: bytes) -> None:
+        if not path.endswith("/" + RESULT_KEY):
+            target.write(path, value)
 
 
 @attrs.frozen
@@ -222,39 +275,88 @@ EVERYTHING = LinkResult(FamilyFlags.both(True), FamilyFlags.both(True))
 
 
 @attrs.define
-class Frozen:
-    """Stops handling events once it has applied a result (never renegotiates)."""
+class LogicWrapper:
+    """An agent's logic passed through; mutants override what they break."""
 
-    inner: AgentLogic
-    applied: list[bool]
+    inner: PolicyLogic
 
     def attach(self, store: Store) -> None:
         self.inner.attach(store)
 
     def handle(self, events: list[WatchEvent]) -> None:
-        if not self.applied:
-            self.inner.handle(events)
+        self.inner.handle(events)
 
     def tick(self) -> None:
         self.inner.tick()
 
+    def set_policy(self, policy: Policy) -> None:
+        self.inner.set_policy(policy)
+
 
 @attrs.define
-class Reapplies:
+class Frozen(LogicWrapper):
+    """Stops handling events once it has applied a result (never renegotiates)."""
+
+    applied: list[bool] = attrs.field(factory=list)
+
+    def handle(self, events: list[WatchEvent]) -> None:
+        if not self.applied:
+            self.inner.handle(events)
+
+
+@attrs.define
+class Reapplies(LogicWrapper):
     """Forgets what it applied before every batch of events, so it applies again."""
-
-    inner: AgentLogic
-
-    def attach(self, store: Store) -> None:
-        self.inner.attach(store)
 
     def handle(self, events: list[WatchEvent]) -> None:
         for endpoint in getattr(self.inner, "endpoints", {}).values():
             endpoint.machine.applied = None
         self.inner.handle(events)
 
+
+@attrs.define
+class IgnoresPolicyChange(LogicWrapper):
+    """R12: keeps the policy it started with (a reload is accepted and dropped)."""
+
+    def set_policy(self, policy: Policy) -> None:
+        pass
+
+
+@attrs.define
+class Polls(LogicWrapper):
+    """R11: reads its vifs' states over and over instead of waiting for events."""
+
+    store: Store | None = None
+
+    def attach(self, store: Store) -> None:
+        self.store = store
+        self.inner.attach(store)
+
     def tick(self) -> None:
         self.inner.tick()
+        if self.store is not None:
+            for _ in range(100):
+                self.store.try_read("/local/domain/0/backend/vif/1/0/state")
+
+
+@attrs.define
+class RearmsWatches(LogicWrapper):
+    """R11: registers a new watch on every path an event names (each fires at once: it spins
+    and the watches pile up)."""
+
+    store: Store | None = None
+    count: int = 0
+
+    def attach(self, store: Store) -> None:
+        self.store = store
+        self.inner.attach(store)
+
+    def handle(self, events: list[WatchEvent]) -> None:
+        self.inner.handle(events)
+        assert self.store is not None
+        for event in events:
+            self.count += 1
+            self.store.watch(event.path, f"rearm-{self.count}")
 
 
 @attrs.frozen
@@ -275,9 +377,16 @@ def _frozen() -> AgentHooks:
                       logic=lambda inner: Frozen(inner, applied))
 
 
+def _logic(wrapper: Callable[[PolicyLogic], LogicWrapper]) -> Callable[[], AgentHooks]:
+    return lambda: AgentHooks(logic=wrapper)
+
+
 def _blank_always() -> AgentHooks:
-    keys = BlankAlwaysKeys().hooks()
-    return attrs.evolve(keys, enforcer=lambda inner: FixedResult(inner, EVERYTHING))
+    # Whatever it is configured with, it advertises everything; whatever the peer says, it
+    # applies everything.
+    return AgentHooks(policy=lambda given: LinkPolicy(FamilyFlags.both(True),
+                                                      FamilyFlags.both(True)),
+                      enforcer=lambda inner: FixedResult(inner, EVERYTHING))
 
 
 #: Mutants built only from hooks: name -> (what it breaks, hooks factory).
@@ -297,10 +406,22 @@ HOOK_MUTANTS: dict[str, tuple[str, Callable[[], AgentHooks]]] = {
                          lambda: AgentHooks(enforcer=lambda inner: FixedResult(
                              inner, LinkResult()))),
     "frozen-after-connect": ("stops reacting once connected", _frozen),
-    "reapplies-every-event": ("re-applies its result on every event",
-                              lambda: AgentHooks(logic=Reapplies)),
+    "reapplies-every-event": ("re-applies its result on every event", _logic(Reapplies)),
     "companion-writes-state": ("rewrites state although the kernel driver owns it",
                                lambda: RefreshesState().hooks()),
+    "legacy-outside-transaction": ("writes its legacy keys outside its announcement",
+                                   lambda: LegacyOutsideTransaction().hooks()),
+    "rewrites-state-on-apply": ("writes its unchanged state with every result",
+                                lambda: RewritesStateOnApply().hooks()),
+    "reads-state-alone": ("acts on states read outside the snapshot",
+                          lambda: ReadsStateAlone().hooks()),
+    "publishes-wrong-result": ("publishes a result it did not decide",
+                               lambda: PublishesWrongResult().hooks()),
+    "publishes-no-result": ("publishes no xenoffload-csum-result",
+                            lambda: PublishesNoResult().hooks()),
+    "ignores-policy-change": ("keeps its first policy", _logic(IgnoresPolicyChange)),
+    "polls": ("polls XenStore instead of waiting for events", _logic(Polls)),
+    "rearms-watches": ("registers a new watch on every event", _logic(RearmsWatches)),
 }
 
 
@@ -376,19 +497,33 @@ def mutant(name: str) -> Iterator[AgentSubject]:
 
 def main(argv: list[str]) -> int:
     """Run mutant ``argv[1]`` as the ``argv[0]`` role's agent over $XENSTORED_PATH (full
-    mode, allowing everything, like the suite's default policy) until SIGTERM."""
+    mode, allowing everything, like the suite's default policy) until SIGTERM; with
+    ``--device-log FILE`` it reports its device actions there (docs/conformance.md)."""
+    import argparse
     import os
     import signal
     import threading
     from pathlib import Path
 
+    from xenoffload.conformance.devicelog import DeviceLogEnforcer
     from xenoffload.conformance.subjects import Setup
-    from xenoffload.negotiation import LinkPolicy
 
-    role, name = Role(argv[0]), argv[1]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=[role.value for role in Role])
+    parser.add_argument("name", choices=MUTANT_NAMES)
+    parser.add_argument("--device-log", type=Path)
+    args = parser.parse_args(argv)
+    role, log = Role(args.role), args.device_log
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
-    with mutant(name) as subject:
+    with mutant(args.name) as subject:
+        if log is not None:
+            # The log records what reaches the device: it wraps the device's own enforcer,
+            # under whatever the mutant does to results.
+            bug = subject.hooks.enforcer
+            subject = attrs.evolve(subject, hooks=attrs.evolve(
+                subject.hooks, enforcer=lambda made: (bug or (lambda e: e))(
+                    DeviceLogEnforcer(made, log, 1, 0))))
         running = subject.start(Setup(
             role, Mode.FULL, os.environ["XENSTORED_PATH"],
             LinkPolicy(FamilyFlags.both(True), FamilyFlags.both(True)), Path("."), 1, 0))

@@ -3,6 +3,7 @@ starting implementations as commands (our agents pass; a broken one fails, named
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -11,7 +12,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 MUTANTS = Path(__file__).with_name("mutants.py")
 BACKEND = (f"{sys.executable} -m xenoffload backend-agent --mode {{mode}} --toggles dry-run "
-           "--config {config}")
+           "--config {config} --device-log {device-log}")
 FRONTEND = (f"{sys.executable} -m xenoffload guest-agent --mode {{mode}} --toggles dry-run "
             "--config {config} --domid 1")
 
@@ -33,6 +34,7 @@ def test_cli_passes_our_backend_agent_and_writes_junit(tmp_path: Path) -> None:
                        cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 passed, 0 failed" in done.stdout
+    assert "xenstore+device-log" in done.stdout  # the agent fills {device-log}
     suite = ET.parse(report).getroot()
     assert suite.get("tests") == "3" and suite.get("failures") == "0"
     assert {case.get("name") for case in suite} == {
@@ -45,6 +47,14 @@ def test_cli_passes_our_guest_agent(tmp_path: Path) -> None:
                        cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "frontend:R12-renegotiate-from-scratch" in done.stdout
+    assert "xenstore+result" in done.stdout  # no {device-log}: its published result
+
+
+def test_cli_changes_our_agents_policy_through_config_and_sighup(tmp_path: Path) -> None:
+    done = conformance("--role", "frontend", "--impl", FRONTEND, "--scenario",
+                       "R12-own-policy-change", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
 
 
 def test_cli_fails_a_command_that_writes_state_before_its_features(tmp_path: Path) -> None:
@@ -66,6 +76,44 @@ def test_cli_refuses_an_unknown_scenario(tmp_path: Path) -> None:
     done = conformance("--role", "backend", "--impl", BACKEND, "--scenario", "R99-nope",
                        cwd=tmp_path)
     assert done.returncode == 2 and "R99-nope" in done.stderr
+
+
+def test_cli_refuses_a_selection_that_matches_nothing(tmp_path: Path) -> None:
+    done = conformance("--role", "frontend", "--impl", FRONTEND, "--mode", "companion",
+                       "--scenario", "R2-companion-hostile-frontend", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no scenario for a frontend in companion mode" in done.stderr
+    assert not done.stdout
+
+
+def test_cli_reports_an_implementation_that_exits_at_start(tmp_path: Path) -> None:
+    impl = (f"{sys.executable} -c \"import sys; sys.stderr.write('xsfoo: unknown option "
+            "--mode\\n'); sys.exit(3)\" --mode {mode}")
+    report = tmp_path / "exits.xml"
+    done = conformance("--role", "backend", "--impl", impl, "--scenario",
+                       "R9-keys-before-state", "--scenario", "R10-companion-stock-linux",
+                       "--junit", str(report), cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "0 passed, 0 failed, 2 errors" in done.stdout
+    assert "ERROR" in done.stdout and "the implementation exited with status 3" in done.stdout
+    assert "xsfoo: unknown option --mode" in done.stdout  # its standard error's tail
+    assert "[R9]" not in done.stdout and "[R10]" not in done.stdout
+    suite = ET.parse(report).getroot()
+    assert suite.get("errors") == "2" and suite.get("failures") == "0"
+
+
+def test_cli_keeps_the_lab_and_the_implementations_output(tmp_path: Path) -> None:
+    done = conformance("--role", "backend", "--impl", BACKEND, "--keep-workdir",
+                       "--scenario", "R5-negotiates-offload", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    kept = Path(done.stdout.split("backend:R5-negotiates-offload: ")[-1].split()[0])
+    try:
+        assert {"requests.log", "policy.toml", "implementation.err", "implementation.out",
+                "device.log"} <= {path.name for path in kept.iterdir()}
+        assert " IUT " in (kept / "requests.log").read_text()
+        assert "to-guest=ipv4+ipv6" in (kept / "device.log").read_text()
+    finally:
+        shutil.rmtree(kept)
 
 
 def test_pytest_plugin_runs_the_scenarios_against_a_command(tmp_path: Path) -> None:

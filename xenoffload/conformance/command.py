@@ -2,7 +2,8 @@
 
 The command is started once per scenario with ``XENSTORED_PATH`` set to the embedded
 xenstored's socket for its role (dom0's for a backend, the guest's for a frontend);
-``{config}``, ``{mode}`` and ``{xenstore}`` in it are replaced (docs/conformance.md).
+``{config}``, ``{mode}``, ``{xenstore}`` and ``{device-log}`` in it are replaced
+(docs/conformance.md).
 """
 
 from __future__ import annotations
@@ -12,17 +13,33 @@ from pathlib import Path
 from typing import TextIO
 
 from xenoffload.conformance.lab import Timing
-from xenoffload.conformance.runner import FAIL, format_table, run_suite, selected, write_junit
+from xenoffload.conformance.runner import (
+    PASS,
+    SKIP,
+    format_table,
+    run_suite,
+    selected,
+    write_junit,
+)
 from xenoffload.conformance.subjects import CommandSubject
 from xenoffload.machine import Mode
 from xenoffload.schema import Role
 
-__all__ = ["command_timing", "modes_for", "run_command_suite"]
+__all__ = ["DEFAULT_GRACE", "EXIT_FAILED", "EXIT_PASSED", "command_timing", "modes_for",
+           "run_command_suite"]
+
+#: Exit statuses (docs/conformance.md): all passed (or skipped); a scenario failed or the
+#: implementation exited. (A selection error is the CLI's usage error, 2.)
+EXIT_PASSED, EXIT_FAILED = 0, 1
+#: Default seconds an implementation has to start reacting to a change (docs/conformance.md).
+DEFAULT_GRACE = 2.0
 
 
-def command_timing(timeout: float) -> Timing:
-    """Timings for an implementation in another process (start-up, scheduling)."""
-    return Timing(timeout=timeout, quiet=0.3, poll=0.01)
+def command_timing(timeout: float, grace: float = DEFAULT_GRACE) -> Timing:
+    """Timings for an implementation in another process (start-up, scheduling): each awaited
+    step may take ``timeout`` seconds; ``grace`` is how long a change may go without any
+    request from the implementation before it is taken to have nothing to react to."""
+    return Timing(timeout=timeout, quiet=0.3, grace=grace, poll=0.01)
 
 
 def modes_for(subject: CommandSubject, mode: str | None) -> tuple[Mode, ...]:
@@ -35,13 +52,17 @@ def modes_for(subject: CommandSubject, mode: str | None) -> tuple[Mode, ...]:
 
 def run_command_suite(role: Role, command: str, junit: Path | None = None,
                       mode: str | None = None, ids: tuple[str, ...] = (),
-                      timeout: float = 10.0, out: TextIO = sys.stdout) -> int:
+                      timeout: float = 10.0, out: TextIO = sys.stdout,
+                      grace: float = DEFAULT_GRACE, require_observable: bool = False,
+                      keep_workdir: bool = False) -> int:
     """Run the scenarios against ``command``; print the table, write JUnit XML when asked.
-    Return 0 when nothing failed, 1 otherwise. Raises KeyError for an unknown scenario id."""
+    Return EXIT_PASSED when nothing failed, else EXIT_FAILED. Raises SelectionError when
+    ``mode``/``ids`` name an unknown scenario or match none."""
     subject = CommandSubject(command)
     scenarios = selected(role, modes_for(subject, mode), ids)
-    verdicts = run_suite(role, subject, scenarios, command_timing(timeout))
+    verdicts = run_suite(role, subject, scenarios, command_timing(timeout, grace),
+                         require_observable, keep_workdir)
     out.write(format_table(verdicts) + "\n")
     if junit is not None:
         write_junit(verdicts, junit, f"xenoffload-conformance-{role.value}")
-    return 1 if any(v.outcome == FAIL for v in verdicts) else 0
+    return EXIT_PASSED if all(v.outcome in (PASS, SKIP) for v in verdicts) else EXIT_FAILED

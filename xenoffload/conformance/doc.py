@@ -7,8 +7,10 @@ the file is current.
 
 from __future__ import annotations
 
-from xenoffload.conformance.scenarios import CATALOGUE, Scenario
+from xenoffload.conformance.scenarios import CATALOGUE, Scenario, every_run
 from xenoffload.doctables import section_main
+from xenoffload.machine import Mode
+from xenoffload.schema import Role
 
 __all__ = ["BEGIN", "END", "catalogue_section", "main"]
 
@@ -24,6 +26,24 @@ def _summary_table() -> list[str]:
         lines.append(f"| [`{scenario.id}`](#{scenario.id.lower()}) | {scenario.rule} | "
                      f"{scenario.title} | {roles} | {scenario.mode.value} | "
                      f"{scenario.policy.value} |")
+    return lines
+
+
+def _every_run() -> list[str]:
+    full, companion = every_run(Mode.FULL), every_run(Mode.COMPANION)
+    kinds = {type(judge) for judge in full}
+    groups = (("in both modes", [j for j in full if type(j) in {type(c) for c in companion}]),
+              ("in full mode", [j for j in full if type(j) not in {type(c) for c in companion}]),
+              ("in companion mode", [j for j in companion if type(j) not in kinds]))
+    lines = ["Checked in every scenario run besides the scenario's own checks (a failure names "
+             "the rule of the check that failed):", ""]
+    for where, judges in groups:
+        for judge in judges:
+            texts = {role: judge.expectation(role) for role in Role}
+            text = texts[Role.BACKEND] if len(set(texts.values())) == 1 else \
+                "; ".join(f"{role.value}: {text}" for role, text in texts.items())
+            lines.append(f"- [{judge.RULE}] {where}: {text}")
+    lines.append("")
     return lines
 
 
@@ -45,7 +65,7 @@ def catalogue_section() -> str:
     """Return the generated section: the summary table and every scenario's script."""
     parts = [BEGIN, "", f"{len(CATALOGUE)} scenarios, "
              f"{sum(len(s.roles) for s in CATALOGUE)} with the roles counted.", "",
-             *_summary_table(), ""]
+             *_summary_table(), "", *_every_run()]
     for scenario in CATALOGUE:
         parts += _scenario(scenario)
     parts.append(END)

@@ -28,6 +28,7 @@ __all__ = [
     "accesses",
     "effects",
     "parse_trace",
+    "show_value",
     "state_history",
     "under",
     "wire_ops",
@@ -35,6 +36,16 @@ __all__ = [
 
 #: Requests that change the tree (or try to).
 MUTATING_OPS = frozenset({"WRITE", "MKDIR", "RM", "SET_PERMS"})
+
+
+def show_value(value: bytes) -> str:
+    """Return a node value for a message: as is when it is plain printable ASCII without
+    surrounding white space, else as a bytes literal (``b'1\\n'``)."""
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        return repr(value)
+    return text if text and text.isprintable() and text.strip() == text else repr(value)
 
 
 def absolute(path: str, domid: int) -> str:
@@ -52,8 +63,8 @@ def under(path: str, directory: str) -> bool:
 @attrs.frozen
 class WireOp:
     """One request in a client-neutral form: operation, connection, transaction, absolute
-    path, the value written (WRITE; for TRANSACTION_END its ``T``/``F`` argument) and whether
-    the server accepted it."""
+    path, the value written (WRITE; for TRANSACTION_END its ``T``/``F`` argument; for WATCH and
+    UNWATCH the token) and whether the server accepted it."""
 
     position: int
     conn_id: int
@@ -75,7 +86,7 @@ def wire_ops(records: Iterable[tuple[int, RequestRecord]]) -> list[WireOp]:
     ops = []
     for position, record in records:
         path, rest = _split_path(record.payload)
-        value = rest if record.op == "WRITE" else None
+        value = rest if record.op in ("WRITE", "WATCH", "UNWATCH") else None
         if record.op == "TRANSACTION_END":
             path, value = "", record.payload
         elif record.op in ("TRANSACTION_START", "RESET_WATCHES"):
@@ -98,9 +109,6 @@ class Effect:
     conn_id: int
     tx_id: int
     writes: tuple[tuple[str, bytes | None], ...]
-
-    def touches(self, directory: str) -> bool:
-        return any(under(path, directory) for path, _ in self.writes)
 
 
 @attrs.frozen

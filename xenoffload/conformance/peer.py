@@ -23,14 +23,18 @@ feature keys in one transaction (never ``feature-no-csum-offload``), then Connec
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import re
 from collections.abc import Callable, Sequence
 
 import attrs
 
-from xenoffload.conformance.lab import VIF, Lab, LabTimeout
+from xenoffload.conformance.devicelog import read_device_log
+from xenoffload.conformance.lab import VIF, Lab, LabTimeout, QuietPoint
+from xenoffload.conformance.observe import show_value
 from xenoffload.conformance.subjects import Running
+from xenoffload.negotiation import LinkPolicy
 from xenoffload.schema import Role
 from xenoffload.store.base import (
     Store,
@@ -41,6 +45,7 @@ from xenoffload.store.base import (
     run_transaction,
 )
 from xenoffload.store.pyxs_store import PyxsStore
+from xenoffload.toggles.base import ToggleError
 from xenoffload.toolstack import destroy_vif
 from xenoffload.xenbus import XenbusState
 from xenoffload.xs.wire import Op
@@ -49,6 +54,7 @@ __all__ = [
     "Actor",
     "Await",
     "AwaitIut",
+    "ChangePolicy",
     "CloseMidTransaction",
     "NetbackCapsVif",
     "PeerContext",
@@ -78,30 +84,40 @@ class Actor(enum.Enum):
     TOOLSTACK = "toolstack"
 
 
-def _wire(state: int) -> bytes:
-    """The node value of a state number (an IntEnum's str() is its name)."""
-    return str(int(state)).encode()
-
-
-def _show(value: bytes) -> str:
-    try:
-        text = value.decode("ascii")
-    except UnicodeDecodeError:
-        return repr(value)
-    return text if text.isprintable() and text.strip() == text and text else repr(value)
-
-
-def _state_name(value: int) -> str:
-    return f"{XenbusState(value)}({int(value)})"
+def _state_name(value: XenbusState) -> str:
+    return f"{value}({int(value)})"
 
 
 @attrs.define
 class PeerContext:
-    """What a step acts on: the lab, the running IUT and the actors' connections."""
+    """What a step acts on: the lab, the running IUT and the actors' connections; it collects
+    what the harness saw each time it waited for the IUT to settle."""
 
     lab: Lab
     running: Running
     stores: dict[Actor, PyxsStore] = attrs.field(factory=dict)
+    step: int = 0
+    quiet_points: list[QuietPoint] = attrs.field(factory=list)
+    #: Log position of the last thing the IUT must react to that is not a XenStore change.
+    stimulus: int = -1
+
+    def settle(self) -> QuietPoint:
+        """Wait for the IUT to settle (:meth:`Lab.settle`); record and return what was seen.
+        Raises LabTimeout when it did not settle (busy or gone), after recording."""
+        settled = self.lab.settle(self.running.gone, self.stimulus)
+        toggles, device = self.running.toggles, self.running.device
+        features = None
+        if toggles is not None and device is not None:
+            with contextlib.suppress(ToggleError):
+                features = {name: state.active
+                            for name, state in toggles.read(device).items()}
+        log = self.running.device_log
+        lines = None if log is None else len(read_device_log(log)[0])
+        point = QuietPoint(self.step, settled, self.lab.dump(), features, lines)
+        self.quiet_points.append(point)
+        if not settled.settled:
+            raise LabTimeout(f"the implementation did not settle: {settled.describe()}")
+        return point
 
     @property
     def iut_role(self) -> Role:
@@ -159,15 +175,15 @@ def _transact(store: Store, body: Callable[[Transaction], None], what: str) -> N
         raise LabTimeout(f"{what} kept conflicting") from error
 
 
-def _write_keys(txn: Transaction, directory: str, keys: Keys, state: int | None) -> None:
+def _write_keys(txn: Transaction, directory: str, keys: Keys, state: XenbusState | None) -> None:
     for name, value in keys:
         txn.write(f"{directory}/{name}", value)
     if state is not None:
-        txn.write(f"{directory}/state", _wire(state))
+        txn.write(f"{directory}/state", state.wire)
 
 
-def _describe_keys(keys: Keys, state: int | None) -> str:
-    parts = [f"{name}={_show(value)}" for name, value in keys]
+def _describe_keys(keys: Keys, state: XenbusState | None) -> str:
+    parts = [f"{name}={show_value(value)}" for name, value in keys]
     if state is not None:
         parts.append(f"state={_state_name(state)}")
     return " ".join(parts)
@@ -179,7 +195,7 @@ class Publish(Step):
     transaction, retried on EAGAIN."""
 
     keys: Keys
-    state: int | None = None
+    state: XenbusState | None = None
     by: Actor = Actor.PEER
 
     def describe(self) -> str:
@@ -201,7 +217,7 @@ class PlainWrite(Step):
     by: Actor = Actor.PEER
 
     def describe(self) -> str:
-        return f"{_who(self.by)} writes {self.name}={_show(self.value)}"
+        return f"{_who(self.by)} writes {self.name}={show_value(self.value)}"
 
     def perform(self, ctx: PeerContext) -> None:
         directory = ctx.dir_of(ctx.role_of(self.by))
@@ -214,7 +230,7 @@ class SwitchState(Step):
     the state and writes the new one. ``refusable``: a refusal (EACCES, as a guest gets once
     the toolstack removed its device) ends the step, as a driver ignores it."""
 
-    state: int
+    state: XenbusState
     by: Actor = Actor.PEER
     refusable: bool = False
 
@@ -226,7 +242,7 @@ class SwitchState(Step):
 
         def switch(txn: Transaction) -> None:
             txn.try_read(path)
-            txn.write(path, _wire(self.state))
+            txn.write(path, self.state.wire)
 
         try:
             _transact(ctx.store(self.by), switch, "state switch")
@@ -278,7 +294,7 @@ class CloseMidTransaction(Step):
     ending it (a crash mid-negotiation); the actor reconnects for its next step."""
 
     keys: Keys
-    state: int | None = None
+    state: XenbusState | None = None
     by: Actor = Actor.PEER
 
     def describe(self) -> str:
@@ -303,7 +319,7 @@ class Await(Step):
     values: tuple[bytes, ...]
 
     def describe(self) -> str:
-        shown = " or ".join(_show(value) for value in self.values)
+        shown = " or ".join(show_value(value) for value in self.values)
         return f"wait for {self.role.value} {self.name} = {shown}"
 
     def perform(self, ctx: PeerContext) -> None:
@@ -315,26 +331,43 @@ class Await(Step):
 class AwaitIut(Step):
     """Wait until the IUT's ``state`` is one of ``states``."""
 
-    states: tuple[int, ...]
+    states: tuple[XenbusState, ...]
 
     def describe(self) -> str:
         return "wait for the IUT to reach " + " or ".join(_state_name(s) for s in self.states)
 
     def perform(self, ctx: PeerContext) -> None:
         path = f"{ctx.lab.own_dir}/state"
-        wanted = {_wire(state) for state in self.states}
+        wanted = {state.wire for state in self.states}
         ctx.wait(lambda: ctx.lab.read(path) in wanted, self.describe())
 
 
 @attrs.frozen
 class Settle(Step):
-    """Wait until the IUT has been quiet for a while."""
+    """Wait until the IUT has reacted to the harness's last change and been quiet for a while
+    (:meth:`Lab.settle`); what both directories and the device show then is judged."""
 
     def describe(self) -> str:
-        return "wait until the IUT is quiet"
+        return "wait until the IUT has reacted and is quiet"
 
     def perform(self, ctx: PeerContext) -> None:
-        ctx.lab.settle(ctx.running.gone)
+        ctx.settle()
+
+
+@attrs.frozen
+class ChangePolicy(Step):
+    """The IUT's own policy changes (for a command: its ``{config}`` file is rewritten and it
+    gets SIGHUP; in-process: the agent's policy is set)."""
+
+    policy: LinkPolicy
+    label: str
+
+    def describe(self) -> str:
+        return f"the IUT's policy changes to: {self.label} (config rewritten, SIGHUP)"
+
+    def perform(self, ctx: PeerContext) -> None:
+        ctx.stimulus = ctx.lab.position() - 1
+        ctx.running.set_policy(self.policy)
 
 
 @attrs.frozen
@@ -372,7 +405,7 @@ class ToolstackWrite(Step):
     value: bytes
 
     def describe(self) -> str:
-        return f"hotplug script writes {self.role.value} {self.name}={_show(self.value)}"
+        return f"hotplug script writes {self.role.value} {self.name}={show_value(self.value)}"
 
     def perform(self, ctx: PeerContext) -> None:
         ctx.store(Actor.TOOLSTACK).write(f"{ctx.dir_of(self.role)}/{self.name}", self.value)
@@ -493,6 +526,7 @@ def perform(ctx: PeerContext, steps: Sequence[Step],
     for index, step in enumerate(steps):
         if callable(mark):
             mark(index)
+        ctx.step = index
         try:
             step.perform(ctx)
         except (LabTimeout, XenStoreError, StoreUnavailable) as error:

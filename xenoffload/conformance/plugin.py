@@ -3,8 +3,9 @@ turns every scenario of the catalogue into a test item for that implementation.
 
 Options: ``--conformance-impl ROLE:COMMAND`` (repeatable, one per role),
 ``--conformance-scenario ID`` (repeatable), ``--conformance-mode full|companion|all``,
-``--conformance-timeout SECONDS``. Without ``--conformance-impl`` the plugin adds nothing (it
-is also loaded through its entry point).
+``--conformance-timeout SECONDS``, ``--conformance-grace SECONDS``,
+``--conformance-require-observable``, ``--conformance-keep-workdir``. Without
+``--conformance-impl`` the plugin adds nothing (it is also loaded through its entry point).
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ from typing import Any
 
 import pytest
 
-from xenoffload.conformance.command import command_timing, modes_for
-from xenoffload.conformance.runner import FAIL, SKIP, Verdict, run_scenario, selected
+from xenoffload.conformance.command import DEFAULT_GRACE, command_timing, modes_for
+from xenoffload.conformance.runner import (
+    ERROR,
+    FAIL,
+    SKIP,
+    SelectionError,
+    Verdict,
+    run_scenario,
+    selected,
+)
 from xenoffload.conformance.scenarios import Scenario
 from xenoffload.conformance.subjects import CommandSubject
 from xenoffload.schema import Role
@@ -34,6 +43,15 @@ def addoption(parser: pytest.Parser) -> None:
                     help="which scenarios (default: all if COMMAND has {mode}, else full)")
     group.addoption("--conformance-timeout", type=float, default=10.0, metavar="SECONDS",
                     help="how long to wait for the implementation at each step")
+    group.addoption("--conformance-grace", type=float, default=DEFAULT_GRACE,
+                    metavar="SECONDS",
+                    help="how long a change may go without any request from the "
+                         "implementation before it counts as ignored")
+    group.addoption("--conformance-require-observable", action="store_true",
+                    help="fail a scenario whose result could not be checked (no published "
+                         "xenoffload-csum-result, no {device-log})")
+    group.addoption("--conformance-keep-workdir", action="store_true",
+                    help="keep each scenario's lab directory and name it in the report")
 
 
 class ConformanceFailure(Exception):
@@ -48,19 +66,21 @@ class ConformanceItem(pytest.Item):
     """One scenario for one role of one implementation."""
 
     def __init__(self, *, scenario: Scenario, role: Role, subject: CommandSubject,
-                 timeout: float, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.scenario = scenario
         self.role = role
         self.subject = subject
-        self.timeout = timeout
 
     def runtest(self) -> None:
-        verdict = run_scenario(self.scenario, self.role, self.subject,
-                               command_timing(self.timeout))
+        option = self.config.getoption
+        verdict = run_scenario(
+            self.scenario, self.role, self.subject,
+            command_timing(option("conformance_timeout"), option("conformance_grace")),
+            option("conformance_require_observable"), option("conformance_keep_workdir"))
         if verdict.outcome == SKIP:
             pytest.skip(f"{verdict.observed} ({verdict.expected})")
-        if verdict.outcome == FAIL:
+        if verdict.outcome in (FAIL, ERROR):
             raise ConformanceFailure(verdict)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
@@ -89,12 +109,12 @@ def _items(session: pytest.Session, config: pytest.Config) -> Iterator[Conforman
         try:
             scenarios = selected(role, modes_for(subject, config.getoption("conformance_mode")),
                                  ids)
-        except KeyError as error:
-            raise pytest.UsageError(f"unknown conformance scenario: {error}") from error
+        except SelectionError as error:
+            raise pytest.UsageError(f"conformance: {error}") from error
         for scenario in scenarios:
             yield ConformanceItem.from_parent(
                 session, name=f"conformance[{role.value}:{scenario.id}]", scenario=scenario,
-                role=role, subject=subject, timeout=config.getoption("conformance_timeout"))
+                role=role, subject=subject)
 
 
 def collect(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,6 +16,9 @@ import attrs
 
 from xenoffload.conformance.judges import (
     AdvertisesOwnKeys,
+    AtomicAnnouncements,
+    AtQuietPoint,
+    BoundedWatches,
     Judge,
     KeysBeforeState,
     LeftAndReturned,
@@ -27,15 +30,19 @@ from xenoffload.conformance.judges import (
     NoWritesAfterRemoval,
     OwnDirectoryOnly,
     QuietAfter,
+    QuietWhenIdle,
     ReachesState,
+    ResultAgrees,
     SendsBlank,
     SnapshotInOneTransaction,
+    StateOnlyOnChange,
     StatusWritten,
 )
 from xenoffload.conformance.peer import (
     NETBACK_PROBE_KEYS,
     Actor,
     AwaitIut,
+    ChangePolicy,
     CloseMidTransaction,
     Keys,
     Publish,
@@ -55,7 +62,7 @@ from xenoffload.negotiation import LinkPolicy
 from xenoffload.schema import FamilyFlags, Role
 from xenoffload.xenbus import XenbusState
 
-__all__ = ["CATALOGUE", "IutPolicy", "Scenario", "by_id"]
+__all__ = ["CATALOGUE", "LENIENT_VALUES", "IutPolicy", "Scenario", "by_id", "every_run"]
 
 S = XenbusState
 Steps = tuple[Step, ...]
@@ -91,6 +98,8 @@ class Scenario:
     roles: tuple[Role, ...] = (Role.BACKEND, Role.FRONTEND)
     mode: Mode = Mode.FULL
     policy: IutPolicy = IutPolicy.ALLOW_ALL
+    #: The script changes the IUT's policy while it runs (needs ``{config}`` for a command).
+    changes_policy: bool = False
 
     def build(self, role: Role) -> tuple[Steps, Judges]:
         """Return the peer's steps and the judges for an IUT of ``role``."""
@@ -272,9 +281,38 @@ def _legal_transitions(iut: Role) -> tuple[Steps, Judges]:
 
 def _flip(iut: Role) -> tuple[Steps, Judges]:
     pre = (*handshake(iut, peer_keys(iut)), Settle())
-    steps = (*pre, Publish(peer_keys(iut, rx=(False, False))))
-    return steps, (ReachesState(S.CONNECTED), _safe_sends(),
-                   NoStateChangeAfter(len(pre)))
+    steps = (*pre, Publish(peer_keys(iut, rx=(False, True))), Settle(),
+             Publish(peer_keys(iut)))
+    return steps, (ReachesState(S.CONNECTED), NoStateChangeAfter(len(pre)),
+                   AtQuietPoint(len(pre) + 1, sends=(False, True)), SendsBlank(True, True))
+
+
+#: Values Linux's ``%u`` (or a sloppy parser) reads as 1, and R2 refuses.
+LENIENT_VALUES = (b"1\n", b" 1", b"1x", b"yes")
+
+
+def _lenient_after_connect(iut: Role) -> tuple[Steps, Judges]:
+    pre = (*handshake(iut, peer_keys(iut)), Settle())
+    steps: list[Step] = list(pre)
+    judges: list[Judge] = []
+    for value in LENIENT_VALUES:
+        keys = tuple((name, b"0" if name == "feature-no-csum-offload" else value)
+                     for name, _ in peer_keys(iut))
+        steps += [Publish(keys), Settle()]
+        judges.append(AtQuietPoint(len(steps) - 1, sends=(False, False)))
+    return tuple(steps), (ReachesState(S.CONNECTED), *judges)
+
+
+def _own_policy_change(iut: Role) -> tuple[Steps, Judges]:
+    pre = (*handshake(iut, peer_keys(iut)), Settle())
+    nothing, every = IutPolicy.NOTHING, IutPolicy.ALLOW_ALL
+    steps = (*pre, ChangePolicy(nothing.link_policy(iut), nothing.value), Settle(),
+             ChangePolicy(every.link_policy(iut), every.value), Settle())
+    none = (False, False)
+    return steps, (NoStateChangeAfter(len(pre)),
+                   AtQuietPoint(len(pre) + 1, sends=none, advertises=(none, none)),
+                   AtQuietPoint(len(pre) + 3, sends=(True, True), advertises=ALL),
+                   ReachesState(S.CONNECTED))
 
 
 def _close_mid(iut: Role) -> tuple[Steps, Judges]:
@@ -355,7 +393,14 @@ CATALOGUE: tuple[Scenario, ...] = (
     Scenario("R12-renegotiate-from-scratch", "R12",
              "a peer restart (Closed -> Initialising) renegotiates from scratch", _renegotiate),
     Scenario("R12-flip-while-connected", "R12",
-             "features flipped while Connected are re-applied without a reconnect", _flip),
+             "features the peer flips while Connected (off, then on again) are re-applied "
+             "without a reconnect", _flip),
+    Scenario("R2-lenient-values-after-connect", "R2",
+             "values Linux reads as 1 (1\\n, ' 1', 1x, yes), written while Connected, yield "
+             "the safe result", _lenient_after_connect),
+    Scenario("R12-own-policy-change", "R12",
+             "the IUT's own policy changes while Connected: it re-advertises and re-applies "
+             "without a reconnect", _own_policy_change, changes_policy=True),
     Scenario("R12-close-mid-negotiation", "R12",
              "a peer that crashes mid-transaction and closes mid-negotiation is followed "
              "through Closed and back", _close_mid),
@@ -378,6 +423,18 @@ CATALOGUE: tuple[Scenario, ...] = (
              "offload on) turns vif transmit offload off", _companion_hostile,
              roles=(Role.BACKEND,), mode=Mode.COMPANION),
 )
+
+
+def every_run(mode: Mode) -> Judges:
+    """Return the judges applied to every scenario run in ``mode``: the rules the request log,
+    the published result and the device log show whatever the script (docs/conformance.md)."""
+    common: Judges = (OwnDirectoryOnly(require_writes=False), AtomicAnnouncements(),
+                      SnapshotInOneTransaction(require_reads=False), BoundedWatches(),
+                      QuietWhenIdle(), ResultAgrees())
+    if mode is Mode.COMPANION:
+        return (*common, NeverWritesState())
+    return (*common, StateOnlyOnChange(), KeysBeforeState(require=False),
+            LegalOwnTransitions())
 
 
 def by_id(scenario_id: str) -> Scenario:

@@ -8,8 +8,9 @@ XenStore is, the policy the scenario wants) and returns a :class:`Running` handl
   judges read. ``hooks`` let tests build deliberately broken variants from it.
 * :class:`CommandSubject`: any program, started as a shell command with ``XENSTORED_PATH``
   pointing at the IUT's socket; ``{config}`` in the command is replaced by a policy file
-  (docs/configuration.md) and ``{xenstore}`` by the socket path. Its kernel device is not
-  visible, so the judges use what it wrote into XenStore.
+  (docs/configuration.md), ``{xenstore}`` by the socket path and ``{device-log}`` by the file
+  where it reports its device actions (:mod:`~xenoffload.conformance.devicelog`). Its kernel
+  device is not visible: the judges use that file and what it wrote into XenStore.
 """
 
 from __future__ import annotations
@@ -48,7 +49,11 @@ __all__ = [
     "DEVICE_MODEL",
     "AgentHooks",
     "AgentSubject",
+    "COMMAND_STDERR",
+    "COMMAND_STDOUT",
     "CommandSubject",
+    "DEVICE_LOG",
+    "PolicyLogic",
     "Running",
     "Setup",
     "Subject",
@@ -98,6 +103,15 @@ class Running(Protocol):
         """The IUT's own device among :attr:`toggles`."""
         ...
 
+    @property
+    def device_log(self) -> Path | None:
+        """The device-log file the IUT writes (docs/conformance.md), when it has one."""
+        ...
+
+    def set_policy(self, policy: LinkPolicy) -> None:
+        """Change the IUT's policy while it runs."""
+        ...
+
     def gone(self) -> str | None:
         """None while running; otherwise why it stopped (exit status, exception)."""
         ...
@@ -138,25 +152,41 @@ def policy_toml(policy: LinkPolicy) -> str:
             f"from-guest = {flags(policy.from_guest)}\n")
 
 
+class PolicyLogic(AgentLogic, Protocol):
+    """An agent's logic whose policy can be changed while it runs (both agents)."""
+
+    def set_policy(self, policy: Policy) -> None:
+        """Take ``policy`` from now on: re-advertise and re-apply where it changes things."""
+        ...
+
+
 @attrs.frozen
 class AgentHooks:
     """Ways to break an :class:`AgentSubject` on purpose (mutation tests): wrap the store it
-    is given, the enforcer of its device or the agent logic itself, or run it in another
-    mode than the scenario's."""
+    is given, the enforcer of its device or the agent logic itself, run it in another mode
+    than the scenario's, or with another policy than the one it is given."""
 
     store: Callable[[Store], Store] | None = None
+    policy: Callable[[LinkPolicy], LinkPolicy] | None = None
     mode: Mode | None = None
     enforcer: Callable[[Enforcer], Enforcer] | None = None
-    logic: Callable[[AgentLogic], AgentLogic] | None = None
+    logic: Callable[[PolicyLogic], PolicyLogic] | None = None
 
 
 @attrs.define
 class _RunningAgent:
     runner: Runner
+    logic: PolicyLogic
     thread: threading.Thread
     toggles: RecordingToggles | None
     device: DeviceRef | None
     failure: list[str]
+    device_log: Path | None = None
+
+    def set_policy(self, policy: LinkPolicy) -> None:
+        # Applied by the runner's thread, as the CLI's SIGHUP reload is.
+        logic = self.logic
+        self.runner.pending_reload = lambda: logic.set_policy(Policy(policy))
 
     def gone(self) -> str | None:
         if self.failure:
@@ -190,9 +220,9 @@ class AgentSubject:
             made: Enforcer = TogglesEnforcer(toggles, device)
             return hooks.enforcer(made) if hooks.enforcer is not None else made
 
-        policy = Policy(setup.policy)
+        policy = Policy(hooks.policy(setup.policy) if hooks.policy else setup.policy)
         mode = hooks.mode or setup.mode
-        logic: AgentLogic
+        logic: PolicyLogic
         if setup.role is Role.BACKEND:
             logic = BackendAgent(policy, 0, mode, lambda vif: enforcer())
         else:
@@ -217,13 +247,23 @@ class AgentSubject:
         thread = threading.Thread(target=run, name=f"conformance-{setup.role.value}",
                                   daemon=True)
         thread.start()
-        return _RunningAgent(runner, thread, toggles, device, failure)
+        return _RunningAgent(runner, logic, thread, toggles, device, failure)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 @attrs.define
 class _RunningCommand:
     process: subprocess.Popen[bytes]
-    log_path: Path
+    workdir: Path
+    policy_file: Path | None
+    device_log: Path | None
 
     @property
     def toggles(self) -> RecordingToggles | None:
@@ -233,9 +273,21 @@ class _RunningCommand:
     def device(self) -> DeviceRef | None:
         return None
 
+    def set_policy(self, policy: LinkPolicy) -> None:
+        if self.policy_file is None:
+            raise ValueError("the command takes no {config}: its policy cannot be changed")
+        fresh = self.policy_file.with_suffix(".new")
+        fresh.write_text(policy_toml(policy))
+        fresh.replace(self.policy_file)
+        if self.process.poll() is None:
+            # The whole group: the implementation and any wrapper (the shell traps HUP).
+            os.killpg(self.process.pid, signal.SIGHUP)
+
     def gone(self) -> str | None:
         code = self.process.poll()
-        return None if code is None else f"exited with status {code}"
+        if code is None:
+            return None
+        return f"exited with status {code}" if code >= 0 else f"killed by signal {-code}"
 
     def stop(self) -> str:
         if self.process.poll() is None:
@@ -246,22 +298,31 @@ class _RunningCommand:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(5)
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-20:])
+        return self.output_tail()
+
+    def output_tail(self) -> str:
+        """Return the tail of the command's standard error, else of its standard output."""
+        return _tail(self.workdir / COMMAND_STDERR) or _tail(self.workdir / COMMAND_STDOUT)
+
+
+#: Where a command's output goes, in the scenario's work directory.
+COMMAND_STDOUT, COMMAND_STDERR = "implementation.out", "implementation.err"
+#: The device-log file a command's ``{device-log}`` names, in the scenario's work directory.
+DEVICE_LOG = "device.log"
 
 
 @attrs.frozen
 class CommandSubject:
     """An implementation run as a shell command (``/bin/sh -c``).
 
-    ``XENSTORED_PATH`` is set to the IUT's socket; ``{xenstore}``, ``{config}`` and ``{mode}``
-    in the command are replaced by that path, a policy file written for the scenario and
-    ``full`` or ``companion``. A command without ``{config}`` must be configured to allow
-    blank checksums both ways; scenarios needing another policy are skipped for it (see
-    :attr:`takes_policy`)."""
+    ``XENSTORED_PATH`` is set to the IUT's socket; ``{xenstore}``, ``{config}``, ``{mode}`` and
+    ``{device-log}`` in the command are replaced by that path, a policy file written for the
+    scenario, ``full`` or ``companion``, and a file in which the IUT reports its device
+    actions (docs/conformance.md). A command without ``{config}`` must be configured to allow
+    blank checksums both ways; scenarios needing another policy, or a policy change, are
+    skipped for it (see :attr:`takes_policy`). The shell traps SIGHUP, so that a policy
+    change's SIGHUP to the process group reaches the implementation without ending the
+    shell."""
 
     command: str
 
@@ -277,15 +338,25 @@ class CommandSubject:
     def takes_mode(self) -> bool:
         return "{mode}" in self.command
 
+    @property
+    def takes_device_log(self) -> bool:
+        return "{device-log}" in self.command
+
     def start(self, setup: Setup) -> Running:
         setup.policy_file.write_text(policy_toml(setup.policy))
+        device_log = setup.workdir / DEVICE_LOG if self.takes_device_log else None
+        if device_log is not None:
+            device_log.touch()
         command = self.command.replace("{config}", str(setup.policy_file)).replace(
-            "{xenstore}", setup.xenstore).replace("{mode}", setup.mode.value)
+            "{xenstore}", setup.xenstore).replace("{mode}", setup.mode.value).replace(
+            "{device-log}", str(device_log))
         env = dict(os.environ, XENSTORED_PATH=setup.xenstore)
-        log_path = setup.workdir / "subject.log"
-        with open(log_path, "wb") as log:
-            # The user's command line, run by the shell by design.
+        with open(setup.workdir / COMMAND_STDOUT, "wb") as out, \
+                open(setup.workdir / COMMAND_STDERR, "wb") as err:
+            # The user's command line, run by the shell by design; ``trap : HUP`` keeps the
+            # shell alive through SIGHUP and leaves the default disposition to its children.
             process = subprocess.Popen(
-                command, shell=True, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
-        return _RunningCommand(process, log_path)
+                ["/bin/sh", "-c", f"trap : HUP\n{command}"], env=env,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+        return _RunningCommand(process, setup.workdir,
+                               setup.policy_file if self.takes_policy else None, device_log)

@@ -600,15 +600,11 @@ def _own_domid_or_fail(store: Store, path: str) -> int:
 
 def cmd_set(args: argparse.Namespace) -> int:
     from xenoffload.names import resolve_domain, resolve_vif
-    from xenoffload.overrides import (
-        OverrideSetting,
-        bridge_key,
-        clear_override,
-        override_root,
-        write_override,
-    )
-    from xenoffload.paths import domain_path, frontend_vif_root
+    from xenoffload.override_store import clear_override, write_override
+    from xenoffload.overrides import OverrideSetting, bridge_key
+    from xenoffload.paths import frontend_vif_root, override_path
     from xenoffload.policy import DirectionSetting
+    from xenoffload.schema import Role
 
     targets = [name for name, given in (("DOMAIN/DEVICE", args.vif is not None),
                                         ("--bridge", args.bridge is not None),
@@ -630,12 +626,12 @@ def cmd_set(args: argparse.Namespace) -> int:
             guest = _own_domid_or_fail(store, path)
             if store.try_read(f"{frontend_vif_root(guest)}/{args.local}") is None:
                 raise NotFound(f"this guest (domid {guest}) has no vif {args.local}")
-            home, key = domain_path(guest), f"vif/{args.local}"
+            home, role, key = guest, Role.FRONTEND, f"vif/{args.local}"
             # In the guest, tx is the guest's transmit: from-guest; rx is to-guest.
             tx_dir, rx_dir = "from_guest", "to_guest"
             what = f"this guest's vif {args.local}"
         else:
-            home = domain_path(args.backend_domid)
+            home, role = args.backend_domid, Role.BACKEND
             if args.bridge is not None:
                 key, what = bridge_key(args.bridge), f"bridge {args.bridge}"
             else:
@@ -644,18 +640,18 @@ def cmd_set(args: argparse.Namespace) -> int:
                 key, what = f"vif/{guest}/{devid}", f"vif {guest}/{devid}"
             # From dom0, tx is the vif's transmit (ethtool -K vifD.N tx): to-guest.
             tx_dir, rx_dir = "to_guest", "from_guest"
-        node = f"{override_root(home)}/{key}"
+        node = override_path(home, role, key)
         if args.clear:
             if store.try_read(node) is None:
                 raise NotFound(f"no override for {what} ({node}): nothing to clear")
-            print(f"cleared {clear_override(store, home, key)}")
+            print(f"cleared {clear_override(store, home, role, key)}")
             return EXIT_OK
         directions: dict[str, DirectionSetting] = {}
         for flag, direction in ((args.tx, tx_dir), (args.rx, rx_dir)):
             if flag is not None:
                 ipv6 = flag if args.ipv6 is None else args.ipv6
                 directions[direction] = DirectionSetting(flag, ipv6)
-        print(f"set {write_override(store, home, key, OverrideSetting(**directions))}")
+        print(f"set {write_override(store, home, role, key, OverrideSetting(**directions))}")
         return EXIT_OK
     finally:
         store.close()

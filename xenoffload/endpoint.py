@@ -1,65 +1,67 @@
-"""Endpoint drivers: one vif end = the state machine + a XenStore connection + an enforcer.
+"""Endpoint drivers: one vif end (its machine, its two directories, an enforcer), and the
+stepper that performs many ends' steps on one XenStore connection in a few round trips.
 
-:class:`VifEndpoint` reads a :class:`~xenoffload.machine.Snapshot` in one transaction, feeds it
-to its :class:`~xenoffload.machine.VifMachine`, and performs the actions: feature keys (and, in
-full mode, ``state``) written in one transaction; the negotiated result handed to an
-:class:`Enforcer` (kernel toggles, or a device model's own hook); refusals logged.
-:func:`backend_endpoint` and :func:`frontend_endpoint` build one for either end.
+A step of one end is one XenStore transaction: read both ``state`` nodes (and, when the
+machine needs them, the own keys and the peer's feature keys), let the
+:class:`~xenoffload.machine.VifMachine` decide, bring the kernel device in line with the
+result (:class:`Enforcer`), write the own keys, the status and result it announces and (full
+mode) the new ``state`` in the same transaction, commit, and only then tell the machine that it
+happened. A conflicting commit (EAGAIN) changes nothing; the end is stepped again.
+
+:func:`run_steps` does this for any number of ends at once: every end gets its own
+transaction, and each phase (start, reads, writes, end) of all of them is sent before the
+first reply is awaited, so a batch of 1,000 vifs costs a handful of round trips, not 1,000
+times as many. :func:`backend_endpoint` and :func:`frontend_endpoint` build an end.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import enum
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import attrs
 
 from xenoffload.machine import (
-    Action,
-    Enforce,
-    Forget,
+    TRACKED_KEYS,
     Mode,
     Snapshot,
+    Step,
     VifMachine,
     Violation,
-    WriteKeys,
+    needs_peer_keys,
 )
-from xenoffload.negotiation import LinkPolicy, LinkResult, format_result
+from xenoffload.negotiation import LinkPolicy, LinkResult
 from xenoffload.paths import VifPaths, parse_backend_dir, parse_frontend_dir
-from xenoffload.schema import (
-    LEGACY_IPV6_CSUM_OFFLOAD,
-    LEGACY_NO_CSUM_OFFLOAD,
-    READ_KEYS,
-    RESULT_KEY,
-    STATUS_KEY,
-    Advertisement,
-    FamilyFlags,
-    Role,
-)
-from xenoffload.store.base import Store, Transaction, XenStoreError, run_transaction
+from xenoffload.schema import READ_KEYS, Advertisement, FamilyFlags, Role
+from xenoffload.store.base import Store, StoreUnavailable, Transaction, WriteGroup, XenStoreError
 from xenoffload.xenbus import XenbusState
 
 __all__ = [
     "Enforcement",
     "Enforcer",
     "NoEnforcer",
-    "VifEndpoint",
+    "Notice",
     "PeerLinkError",
+    "StepKind",
+    "VifEndpoint",
     "backend_endpoint",
     "frontend_endpoint",
+    "make_backend_endpoint",
+    "make_frontend_endpoint",
+    "run_steps",
 ]
 
 log = logging.getLogger("xenoffload.endpoint")
 
-#: Keys of the own directory a snapshot reads (features, to rewrite only what differs).
-_OWN_KEYS = (*READ_KEYS, STATUS_KEY, RESULT_KEY)
 #: Refusals remembered per endpoint (to log each once, and bound what a hostile peer costs).
 _VIOLATIONS_KEPT = 32
-#: Own keys a stock driver of the same end may write too, always re-read: netback and netfront
-#: write ``feature-ipv6-csum-offload``; some frontends ``feature-no-csum-offload``.
-_SHARED_KEYS = {Role.BACKEND: (LEGACY_IPV6_CSUM_OFFLOAD,),
-                Role.FRONTEND: (LEGACY_IPV6_CSUM_OFFLOAD, LEGACY_NO_CSUM_OFFLOAD)}
+#: Commits of one end that may conflict (EAGAIN) in a row within one :func:`run_steps` call
+#: before it is left for later (the caller retries it after a pause).
+STEP_ATTEMPTS = 8
 
 
 @attrs.frozen
@@ -92,26 +94,31 @@ class NoEnforcer:
         return Enforcement("ok")
 
 
-class _DirectoryGone(Exception):
-    """The own directory vanished before a write (the transaction is aborted)."""
-
-
 class PeerLinkError(Exception):
     """The own directory names a peer directory that is not the vif's canonical peer."""
 
 
-def _read_optional(txn: Transaction, path: str) -> bytes | None:
-    try:
-        return txn.read(path)
-    except XenStoreError as error:
-        if error.errno_name in ("ENOENT", "EACCES"):
-            return None
-        raise
+class StepKind(enum.Enum):
+    """What a step starts from."""
+
+    #: Read a snapshot and decide from it (an event named the vif, a retry, a rescan).
+    OBSERVE = "observe"
+    #: Only the policy changed: decide from what the machine knows, checking in the same
+    #: transaction that the own state still is what it believes (else observe instead).
+    RECOMPUTE = "recompute"
 
 
-@attrs.define
+class Notice(enum.Enum):
+    """What a watch event means for one end."""
+
+    ECHO = "echo"        # the echo of the end's own committed write: nothing to do
+    STEP = "step"        # something changed: observe
+    RENEW = "renew"      # the own directory itself changed (removed, re-created): start afresh
+
+
+@attrs.define(eq=False)
 class VifEndpoint:
-    """One end of one vif, driven by snapshots. Not thread-safe; one caller drives it."""
+    """One end of one vif. Not thread-safe; one caller drives it."""
 
     store: Store
     paths: VifPaths
@@ -120,21 +127,22 @@ class VifEndpoint:
     own_dir: str
     peer_dir: str
     on_result: Callable[[LinkResult], None] | None = None
-    result: LinkResult | None = None
     enforcement: Enforcement | None = None
     gone: bool = False
     violations: list[Violation] = attrs.field(factory=list)
-    #: What the own directory's feature and status keys hold, as last read or written by us.
-    #: Only this end writes its xenoffload keys, so after the first full read a snapshot
-    #: re-reads only the legacy keys a stock driver may also write (:data:`_SHARED_KEYS`).
-    own_cache: dict[str, bytes | None] | None = None
-    #: The ``state`` value this end last wrote (full mode), to recognise its echo.
-    last_written_state: bytes | None = None
+    #: Own nodes written by committed steps whose watch events have not come back yet.
+    echoes: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    #: The result last announced in the log (a retried result is not logged again).
+    logged_result: LinkResult | None = None
 
-    def rebind(self, store: Store) -> None:
-        """Use a new connection (after a reconnect): nothing cached is trusted any more."""
-        self.store = store
-        self.own_cache = None
+    @property
+    def role(self) -> Role:
+        return self.machine.role
+
+    @property
+    def result(self) -> LinkResult | None:
+        """The result last decided (both ends Connected), whether or not it could be applied."""
+        return self.machine.result
 
     @property
     def needs_retry(self) -> bool:
@@ -142,191 +150,282 @@ class VifEndpoint:
         return self.enforcement is not None and self.enforcement.retry
 
     @property
-    def role(self) -> Role:
-        return self.machine.role
-
-    @property
     def label(self) -> str:
         return f"domid={self.paths.guest_domid} devid={self.paths.devid} {self.role.value}"
 
-    def snapshot(self) -> Snapshot:
-        """Read both states and both feature sets in one transaction.
+    def rebind(self, store: Store) -> None:
+        """Use a new connection (after a reconnect): nothing remembered of the store holds."""
+        self.store = store
+        self.echoes.clear()
+        self.machine.lost_track()
 
-        The peer's feature keys are read only when the peer is Connected (the only time the
-        machine uses them); the own keys come from :attr:`own_cache` but for the ones a stock
-        driver may write too.
-        """
-        cache = self.own_cache
-        shared = _SHARED_KEYS[self.role]
+    def notice(self, path: str) -> Notice:
+        """A watch event named ``path`` (in the own or the peer directory): return what the
+        end must do about it. Own writes come back as events; each is recognised once, by
+        count, so a foreign write of the same node (a second event) is never mistaken for an
+        echo. A foreign change of a tracked own key makes the machine re-read its keys."""
+        if self.echoes[path] > 0:
+            self.echoes[path] -= 1
+            if not self.echoes[path]:
+                del self.echoes[path]
+            return Notice.ECHO
+        if path == self.own_dir or self.own_dir.startswith(path + "/"):
+            return Notice.RENEW
+        directory, _, name = path.rpartition("/")
+        if directory == self.own_dir and name in TRACKED_KEYS:
+            self.machine.lost_track()
+        return Notice.STEP
 
-        def read_all(txn: Transaction) -> Snapshot:
-            if cache is None:
-                # First look: which of our keys exist at all (one DIRECTORY, which also says
-                # whether the device does), then read just those.
-                try:
-                    present = set(txn.directory(self.own_dir))
-                except XenStoreError as error:
-                    if error.errno_name not in ("ENOENT", "EACCES"):
-                        raise
-                    present, own_present = set(), False
-                else:
-                    own_present = True
-                wanted = [name for name in ("state", *_OWN_KEYS) if name in present]
-                *values, peer_state = txn.read_many(
-                    [*(f"{self.own_dir}/{name}" for name in wanted), f"{self.peer_dir}/state"])
-                found = dict(zip(wanted, values, strict=True))
-                own_state = found.pop("state", None)
-                own_keys = {name: found.get(name) for name in _OWN_KEYS}
-            else:
-                # Own state, the shared keys and the peer's state: one round trip.
-                own_state, *values, peer_state = txn.read_many(
-                    [f"{self.own_dir}/state", *(f"{self.own_dir}/{name}" for name in shared),
-                     f"{self.peer_dir}/state"])
-                own_present = own_state is not None or \
-                    _read_optional(txn, self.own_dir) is not None
-                own_keys = dict(cache)
-                own_keys.update(zip(shared, values, strict=True))
-            peer_keys: dict[str, bytes | None] = {}
-            if peer_state == XenbusState.CONNECTED.wire:
-                peer_keys = dict(zip(READ_KEYS, txn.read_many(
-                    [f"{self.peer_dir}/{name}" for name in READ_KEYS]), strict=True))
-            return Snapshot(own_state, peer_state, own_keys, peer_keys, self.peer_dir,
-                            own_present)
-
-        snapshot = run_transaction(self.store, read_all)
-        self.own_cache = dict(snapshot.own_keys)
-        return snapshot
-
-    def step(self, changed: Collection[str] | None = None) -> list[Action]:
-        """Take a snapshot, run the machine on it, perform its actions; return them.
-
-        ``changed``: the paths watch events named, when the caller knows them. If they are
-        all own nodes this end wrote itself (its ``state``, a legacy key) and still hold what
-        it wrote, they are the echo of its own writes: one read checks that, and nothing else
-        is done.
-        """
-        if self.gone:
-            return []
-        if changed and self._only_own_echoes(changed):
-            return []
-        actions = self.machine.observe(self.snapshot())
-        self.perform(actions)
-        return actions
-
-    def _only_own_echoes(self, changed: Collection[str]) -> bool:
-        expected: dict[str, bytes | None] = {}
-        for path in changed:
-            directory, _, name = path.rpartition("/")
-            if directory != self.own_dir:
-                return False
-            if name == "state" and self.last_written_state is not None:
-                expected[path] = self.last_written_state
-            elif name in _SHARED_KEYS[self.role] and self.own_cache is not None:
-                expected[path] = self.own_cache.get(name)
-            else:
-                return False
-        paths = sorted(expected)
-        return self.store.read_many(paths) == [expected[path] for path in paths]
-
-    def set_policy(self, policy: LinkPolicy) -> list[Action]:
-        """Change the policy; re-advertise and re-apply as the machine says. Returns actions."""
+    def set_policy(self, policy: LinkPolicy) -> bool:
+        """Change the policy; return True when the end must step (:attr:`StepKind.RECOMPUTE`)."""
         if policy == self.machine.policy:
-            return []
+            return False
         log.info("%s policy %s -> %s", self.label, self.machine.policy.describe(),
                  policy.describe())
-        if self.machine.last_snapshot is None:
-            self.machine.policy = policy
-            return self.step()
-        actions = self.machine.set_policy(policy)
-        self.perform(actions)
-        return actions
+        return self.machine.set_policy(policy)
 
-    def perform(self, actions: list[Action]) -> None:
-        """Carry out the machine's actions. The kernel device is brought in line first, so
-        that the status it reached is written in the same transaction as the keys (and, in
-        full mode, the state) that announce the result; states a walk passes through are
-        written before, each on its own."""
-        try:
-            announce: dict[str, bytes] = {}
-            for action in actions:
-                if isinstance(action, Enforce):
-                    announce = {STATUS_KEY: self._enforce(action).status.encode(),
-                                RESULT_KEY: format_result(action.result)}
-                elif isinstance(action, Violation):
-                    # One log line per refusal, not one per snapshot that still shows it.
-                    if action not in self.violations[-_VIOLATIONS_KEPT:]:
-                        log.warning("%s refused: %s path=%s value=%r", self.label,
-                                    action.message, action.path, (action.value or b"")[:64])
-                    self.violations.append(action)
-                    del self.violations[:-_VIOLATIONS_KEPT]
-                elif isinstance(action, Forget):
-                    self.gone = True
-                    self.own_cache = None
-                    log.info("%s device removed: %s gone", self.label, self.own_dir)
-            writes = [action for action in actions if isinstance(action, WriteKeys)]
-            cache = self.own_cache or {}
-            announce = {name: value for name, value in announce.items()
-                        if cache.get(name) != value}
-            if announce:
-                last = writes.pop() if writes else WriteKeys({})
-                writes.append(WriteKeys({**last.keys, **announce}, last.state))
-            for write in writes:
-                if self.gone:
-                    break
-                self._write(write)
-        except BaseException:
-            # The machine counted the result as applied when it emitted the actions; a store
-            # fault cut them short (an Enforce may not have been announced): apply again next
-            # time, and re-read the own keys.
-            self.machine.applied = None
-            self.own_cache = None
-            raise
+    def step(self, kind: StepKind = StepKind.OBSERVE) -> bool:
+        """Step this end alone (:func:`run_steps`); return True if it must be retried later."""
+        return bool(run_steps(self.store, {self: kind}))
 
-    def _write(self, action: WriteKeys) -> None:
-        values = [(f"{self.own_dir}/{name}", value) for name, value in action.keys.items()]
-        if action.state is not None:
-            values.append((f"{self.own_dir}/state", action.state.wire))
+    # ------------------------------------------------------------------ reporting
 
-        def write_all(txn: Transaction) -> None:
-            # Never re-create a removed device (writes would create the parents): the
-            # existence check travels with the writes, and a missing directory aborts.
-            if not txn.write_many_if_exists(self.own_dir, values):
-                raise _DirectoryGone
+    def refused(self, violations: Iterable[Violation]) -> None:
+        """Log each refusal once (not once per snapshot that still shows it)."""
+        for violation in violations:
+            if violation not in self.violations[-_VIOLATIONS_KEPT:]:
+                where = self.peer_dir if violation.in_peer_directory else self.own_dir
+                log.warning("%s refused: %s path=%s value=%r", self.label, violation.message,
+                            f"{where}/{violation.key}" if violation.key else where,
+                            (violation.value or b"")[:64])
+            self.violations.append(violation)
+        del self.violations[:-_VIOLATIONS_KEPT]
 
-        try:
-            run_transaction(self.store, write_all)
-        except _DirectoryGone:
-            self.gone = True
-            self.own_cache = None
-            log.info("%s device removed before write: %s gone", self.label, self.own_dir)
-            return
-        if self.own_cache is not None:
-            self.own_cache.update(action.keys)
-        if action.state is not None:
-            self.last_written_state = action.state.wire
-        if action.keys:
-            log.info("%s wrote %s", self.label,
-                     " ".join(f"{k}={v.decode()}" for k, v in sorted(action.keys.items())))
-        if action.state is not None:
-            log.info("%s state -> %s", self.label, action.state)
-
-    def _enforce(self, action: Enforce) -> Enforcement:
-        old = self.result
-        self.result = action.result
-        log.info("%s negotiated %s (was %s; peer speaks %s)", self.label,
-                 action.result.describe(), old.describe() if old else "none",
-                 action.peer.source)
-        enforcement = self.enforcer.enforce(self.role, action.result)
-        if enforcement.unsafe:
+    def enforce(self, result: LinkResult) -> Enforcement:
+        """Bring the device in line with ``result``; log what could not be done once."""
+        enforcement = self.enforcer.enforce(self.role, result)
+        changed = self.enforcement is None or self.enforcement.status != enforcement.status
+        if enforcement.unsafe and changed:
             log.error("%s NOT ENFORCED: %s", self.label, "; ".join(enforcement.details))
-        elif enforcement.retry:
-            log.warning("%s not applied yet (%s): %s", self.label, enforcement.status,
-                        "; ".join(enforcement.details))
-            self.machine.applied = None  # the next step applies again
+        elif enforcement.retry and changed:
+            log.warning("%s not applied yet (%s): %s; retrying with backoff", self.label,
+                        enforcement.status, "; ".join(enforcement.details))
         self.enforcement = enforcement
-        if self.on_result is not None:
-            self.on_result(action.result)
         return enforcement
+
+    def committed(self, step: Step, written: Mapping[str, bytes],
+                  enforcement: Enforcement | None) -> None:
+        """Tell the machine that ``step`` committed with ``written``; count the echoes to
+        come; log the decisions."""
+        applied = enforcement is None or not enforcement.retry
+        self.machine.committed(step, written, applied)
+        for name in written:
+            self.echoes[f"{self.own_dir}/{name}"] += 1
+        if step.state is not None:
+            self.echoes[f"{self.own_dir}/state"] += 1
+        if written:
+            log.info("%s wrote %s", self.label,
+                     " ".join(f"{k}={v.decode('ascii', 'replace')}"
+                              for k, v in sorted(written.items())))
+        if step.state is not None:
+            log.info("%s state -> %s", self.label, step.state)
+        if step.enforce is not None and step.enforce != self.logged_result:
+            peer = step.peer.source if step.peer is not None else "nothing"
+            log.info("%s negotiated %s (was %s; peer speaks %s)", self.label,
+                     step.enforce.describe(),
+                     self.logged_result.describe() if self.logged_result else "none", peer)
+            self.logged_result = step.enforce
+        if step.enforce is not None and self.on_result is not None:
+            self.on_result(step.enforce)
+        if step.forget:
+            self.gone = True
+            log.info("%s device removed: %s gone", self.label, self.own_dir)
+
+
+# ---------------------------------------------------------------------------- the stepper
+
+
+@attrs.define(eq=False)
+class _Work:
+    """One end's step in one round of :func:`run_steps`."""
+
+    endpoint: VifEndpoint
+    kind: StepKind
+    txn: Transaction | None = None
+    own_state: bytes | None = None
+    peer_state: bytes | None = None
+    listing: list[str] | None = None
+    listed: bool = False
+    own_keys: dict[str, bytes | None] | None = None
+    peer_keys: dict[str, bytes | None] = attrs.field(factory=dict)
+    step: Step | None = None
+    enforcement: Enforcement | None = None
+    written: dict[str, bytes] = attrs.field(factory=dict)
+    writing: bool = False
+    #: Observe again in the next round (the walk goes on, or this round's view was stale).
+    again: bool = False
+
+
+def run_steps(store: Store, work: Mapping[VifEndpoint, StepKind],
+              attempts: int = STEP_ATTEMPTS) -> list[VifEndpoint]:
+    """Step every end of ``work`` (all on ``store``) until each has committed a step that
+    needs no other, pipelining the ends' requests. Returns the ends left for later: their
+    commits conflicted ``attempts`` times in a row, or a store error singled them out (it is
+    logged). Raises StoreUnavailable when the connection is lost."""
+    pending = {endpoint: kind for endpoint, kind in work.items() if not endpoint.gone}
+    conflicts: collections.Counter[VifEndpoint] = collections.Counter()
+    moves: collections.Counter[VifEndpoint] = collections.Counter()
+    left: list[VifEndpoint] = []
+    while pending:
+        batch = [_Work(endpoint, kind) for endpoint, kind in pending.items()]
+        pending = {}
+        try:
+            again = _round(store, batch)
+        except XenStoreError as error:
+            if len(batch) == 1:
+                log.warning("%s step failed: %s; retrying later", batch[0].endpoint.label,
+                            error)
+                batch[0].endpoint.machine.lost_track()
+                left.append(batch[0].endpoint)
+                continue
+            # One end's request failed: step each alone to find it.
+            for item in batch:
+                left.extend(run_steps(store, {item.endpoint: StepKind.OBSERVE}, attempts))
+            continue
+        for item, conflicted in again:
+            endpoint = item.endpoint
+            (conflicts if conflicted else moves)[endpoint] += 1
+            if conflicts[endpoint] >= attempts:
+                log.warning("%s commit conflicted (EAGAIN) %d times in a row; retrying later",
+                            endpoint.label, conflicts[endpoint])
+                left.append(endpoint)
+            elif moves[endpoint] > len(XenbusState):
+                log.error("%s did not settle after %d moves (a bug); retrying later",
+                          endpoint.label, moves[endpoint])
+                left.append(endpoint)
+            else:
+                pending[endpoint] = StepKind.OBSERVE
+    return left
+
+
+def _round(store: Store, batch: Sequence[_Work]) -> list[tuple[_Work, bool]]:
+    """One pipelined round; return the ends to step again and whether because of a
+    conflict (True) or because their walk goes on or their view was stale (False)."""
+    txns = store.start_transactions(len(batch))
+    for item, txn in zip(batch, txns, strict=True):
+        item.txn = txn
+    try:
+        _read_states(store, batch)
+        _read_keys(store, batch)
+        for item in batch:
+            _decide(item)
+        writes = [item for item in batch if _has_writes(item)]
+        for item in writes:
+            item.writing = True
+        if writes:
+            store.write_batch([WriteGroup(item.txn, None, _values(item)) for item in writes])
+    except BaseException:
+        _abort_quietly(store, batch)
+        raise
+    commits = store.end_transactions([(_txn(item), item.writing) for item in batch])
+    again: list[tuple[_Work, bool]] = []
+    for item, committed in zip(batch, commits, strict=True):
+        if item.step is None or (item.writing and not committed):
+            again.append((item, item.step is not None))
+            continue
+        item.endpoint.committed(item.step, item.written, item.enforcement)
+        if item.step.again or item.again:
+            again.append((item, False))
+    return again
+
+
+def _read_states(store: Store, batch: Sequence[_Work]) -> None:
+    requests: list[tuple[Transaction | None, str]] = []
+    for item in batch:
+        requests.append((item.txn, f"{item.endpoint.own_dir}/state"))
+        if item.kind is StepKind.OBSERVE:
+            requests.append((item.txn, f"{item.endpoint.peer_dir}/state"))
+    values = iter(store.read_batch(requests))
+    listings = [item for item in batch
+                if item.kind is StepKind.OBSERVE and not item.endpoint.machine.knows_own_keys]
+    for item in batch:
+        item.own_state = next(values)
+        if item.kind is StepKind.OBSERVE:
+            item.peer_state = next(values)
+    if listings:
+        found = store.directory_batch([(item.txn, item.endpoint.own_dir) for item in listings])
+        for item, listing in zip(listings, found, strict=True):
+            item.listing, item.listed = listing, True
+
+
+def _read_keys(store: Store, batch: Sequence[_Work]) -> None:
+    requests: list[tuple[Transaction | None, str]] = []
+    plans: list[tuple[_Work, list[str], list[str]]] = []
+    for item in batch:
+        if item.kind is not StepKind.OBSERVE:
+            continue
+        own = [name for name in TRACKED_KEYS if name in (item.listing or ())]
+        peer = list(READ_KEYS) if needs_peer_keys(item.peer_state) else []
+        requests += [(item.txn, f"{item.endpoint.own_dir}/{name}") for name in own]
+        requests += [(item.txn, f"{item.endpoint.peer_dir}/{name}") for name in peer]
+        plans.append((item, own, peer))
+    values = iter(store.read_batch(requests) if requests else [])
+    for item, own, peer in plans:
+        if item.listed:
+            read = {name: next(values) for name in own}
+            item.own_keys = {name: read.get(name) for name in TRACKED_KEYS}
+        item.peer_keys = {name: next(values) for name in peer}
+
+
+def _decide(item: _Work) -> None:
+    endpoint, machine = item.endpoint, item.endpoint.machine
+    if item.kind is StepKind.RECOMPUTE:
+        step = machine.recompute()
+        if step is None or item.own_state != step.own_state.wire:
+            item.again = True  # the store moved on, or nothing is known: observe instead
+            return
+    else:
+        present = item.own_state is not None or item.listing is not None
+        if not present and not item.listed:
+            machine.lost_track()  # no state node: list the directory to tell
+            item.again = True
+            return
+        step = machine.observe(Snapshot(item.own_state, item.peer_state, item.peer_keys,
+                                        item.own_keys, present))
+        endpoint.refused(step.violations)
+    item.step = step
+    if step.enforce is not None:
+        item.enforcement = endpoint.enforce(step.enforce)
+    status = item.enforcement.status if item.enforcement is not None else None
+    item.written = {**step.writes, **machine.announcement(step, status)}
+
+
+def _has_writes(item: _Work) -> bool:
+    return item.step is not None and not item.step.forget and (
+        bool(item.written) or item.step.state is not None)
+
+
+def _values(item: _Work) -> list[tuple[str, bytes]]:
+    assert item.step is not None
+    own_dir = item.endpoint.own_dir
+    values = [(f"{own_dir}/{name}", value) for name, value in item.written.items()]
+    if item.step.state is not None:
+        values.append((f"{own_dir}/state", item.step.state.wire))
+    return values
+
+
+def _txn(item: _Work) -> Transaction:
+    assert item.txn is not None
+    return item.txn
+
+
+def _abort_quietly(store: Store, batch: Sequence[_Work]) -> None:
+    txns = [(item.txn, False) for item in batch if item.txn is not None]
+    with contextlib.suppress(XenStoreError, StoreUnavailable):
+        store.end_transactions(txns)
+
+
+# ---------------------------------------------------------------------------- building ends
 
 
 #: What a Linux netback/netfront device can do: blank checksums both ways, both families.
@@ -343,20 +442,32 @@ def backend_endpoint(
     mode: Mode = Mode.COMPANION,
     capability: Advertisement = FULL_CAPABILITY,
 ) -> VifEndpoint:
-    """Return the backend end of vif ``guest_domid``/``devid`` served by ``backend_domid``.
-
-    The frontend directory is the one the toolstack recorded in the backend's ``frontend``
-    key; it must be the vif's canonical frontend directory, else PeerLinkError (a guest cannot
-    write that key, but a broken toolstack could, and following it would act on another
-    guest's device). A missing ``frontend`` key means the canonical directory.
-    """
+    """Return the backend end of vif ``guest_domid``/``devid`` served by ``backend_domid``,
+    reading the ``frontend`` key the toolstack recorded (:func:`make_backend_endpoint`)."""
     paths = VifPaths(backend_domid, guest_domid, devid)
-    recorded = store.try_read(f"{paths.backend_dir}/frontend")
-    if recorded is not None:
-        parsed = parse_frontend_dir(recorded.decode("ascii", "replace"))
-        if parsed != (guest_domid, devid):
-            raise PeerLinkError(f"{paths.backend_dir}/frontend = {recorded[:200]!r} is not "
-                                f"{paths.frontend_dir}")
+    return make_backend_endpoint(store, paths, store.try_read(paths.backend_key("frontend")),
+                                 policy, enforcer, mode, capability)
+
+
+def make_backend_endpoint(
+    store: Store,
+    paths: VifPaths,
+    recorded_frontend: bytes | None,
+    policy: LinkPolicy,
+    enforcer: Enforcer | None = None,
+    mode: Mode = Mode.COMPANION,
+    capability: Advertisement = FULL_CAPABILITY,
+) -> VifEndpoint:
+    """Return the backend end of the vif at ``paths``. ``recorded_frontend`` is the
+    backend's ``frontend`` key (None: absent, meaning the canonical directory); anything but
+    the vif's canonical frontend directory raises PeerLinkError (a guest cannot write that
+    key, but a broken toolstack could, and following it would act on another guest's
+    device)."""
+    if recorded_frontend is not None:
+        parsed = parse_frontend_dir(recorded_frontend.decode("ascii", "replace"))
+        if parsed != (paths.guest_domid, paths.devid):
+            raise PeerLinkError(f"{paths.backend_dir}/frontend = {recorded_frontend[:200]!r} "
+                                f"is not {paths.frontend_dir}")
     machine = VifMachine(Role.BACKEND, mode, policy, capability)
     return VifEndpoint(store, paths, machine, enforcer or NoEnforcer(), paths.backend_dir,
                        paths.frontend_dir)
@@ -372,29 +483,40 @@ def frontend_endpoint(
     capability: Advertisement = FULL_CAPABILITY,
     backend_domid: int | None = None,
 ) -> VifEndpoint:
-    """Return the frontend end of vif ``devid`` in guest ``guest_domid``.
+    """Return the frontend end of vif ``devid`` in guest ``guest_domid``, reading its
+    ``backend`` key (:func:`make_frontend_endpoint`)."""
+    recorded = store.try_read(VifPaths(0, guest_domid, devid).frontend_key("backend"))
+    return make_frontend_endpoint(store, guest_domid, devid, recorded, policy, enforcer, mode,
+                                  capability, backend_domid)
 
-    The backend directory is read from the frontend's ``backend`` key; it must be a canonical
-    backend directory for this guest and devid (PeerLinkError otherwise).
-    """
+
+def make_frontend_endpoint(
+    store: Store,
+    guest_domid: int,
+    devid: int,
+    recorded_backend: bytes | None,
+    policy: LinkPolicy,
+    enforcer: Enforcer | None = None,
+    mode: Mode = Mode.COMPANION,
+    capability: Advertisement = FULL_CAPABILITY,
+    backend_domid: int | None = None,
+) -> VifEndpoint:
+    """Return the frontend end of vif ``devid`` in guest ``guest_domid``. The backend
+    directory is ``recorded_backend`` (the frontend's ``backend`` key): it must be a canonical
+    backend directory of this guest and devid, and of ``backend_domid`` when that is given
+    (PeerLinkError otherwise; a missing key is allowed only with ``backend_domid``)."""
     frontend_dir = VifPaths(0, guest_domid, devid).frontend_dir
-    recorded = store.try_read(f"{frontend_dir}/backend")
-    if recorded is None:
+    if recorded_backend is None:
         if backend_domid is None:
             raise PeerLinkError(f"{frontend_dir}/backend is missing")
         paths = VifPaths(backend_domid, guest_domid, devid)
     else:
-        parsed = parse_backend_dir(recorded.decode("ascii", "replace"))
+        parsed = parse_backend_dir(recorded_backend.decode("ascii", "replace"))
         if parsed is None or parsed[1:] != (guest_domid, devid) or (
                 backend_domid is not None and parsed[0] != backend_domid):
-            raise PeerLinkError(f"{frontend_dir}/backend = {recorded[:200]!r} is not a "
-                                f"backend directory of this vif")
+            raise PeerLinkError(f"{frontend_dir}/backend = {recorded_backend[:200]!r} is not "
+                                f"a backend directory of this vif")
         paths = VifPaths(parsed[0], guest_domid, devid)
     machine = VifMachine(Role.FRONTEND, mode, policy, capability)
     return VifEndpoint(store, paths, machine, enforcer or NoEnforcer(), paths.frontend_dir,
                        paths.backend_dir)
-
-
-def negotiated_state(endpoint: VifEndpoint) -> tuple[XenbusState, XenbusState]:
-    """Return (own, peer) XenbusState as the endpoint last saw them."""
-    return endpoint.machine.own_state, endpoint.machine.peer_state

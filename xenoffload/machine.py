@@ -5,9 +5,17 @@ applied lives in this file. The tables are written per role (backend, frontend) 
 that runs them does not care which role it plays: both ends are judged by the same rules.
 
 The machine is *level-triggered*: it is fed :class:`Snapshot` observations (what the own and
-the peer directory hold now, read in one transaction) and answers with actions. Duplicated,
-late or coalesced watch events therefore cannot confuse it; the same snapshot twice yields no
-new action.
+the peer directory hold now, read in one transaction) and answers with a :class:`Step`: what to
+write, what to enforce, what was refused. It changes nothing of its own state until the driver
+reports that the step's transaction committed (:meth:`VifMachine.committed`); a step whose
+transaction conflicted is simply dropped and the driver observes again. Duplicated, late or
+coalesced watch events therefore cannot confuse it; the same snapshot twice yields no write.
+
+Everything the machine believes about the store is either read in the snapshot or was written
+by its own committed steps; the driver tells it when that belief may be stale
+(:meth:`VifMachine.lost_track`: a foreign write into the own directory, a removed and re-created
+directory, a new connection), and the next snapshot reads the own keys again. So the keys an
+end advertises always follow from its policy and what the store actually holds.
 
 Two modes:
 
@@ -25,8 +33,11 @@ from collections.abc import Mapping
 
 import attrs
 
-from xenoffload.negotiation import LinkPolicy, LinkResult, advertise, decide
+from xenoffload.negotiation import LinkPolicy, LinkResult, advertise, decide, format_result
 from xenoffload.schema import (
+    READ_KEYS,
+    RESULT_KEY,
+    STATUS_KEY,
     Advertisement,
     FamilyFlags,
     ParsedAdvertisement,
@@ -39,18 +50,20 @@ from xenoffload.xenbus import XenbusState, parse_state
 __all__ = [
     "Mode",
     "Snapshot",
-    "WriteKeys",
-    "Enforce",
+    "Step",
     "Violation",
-    "Forget",
-    "Action",
+    "ViolationKind",
     "IllegalTransition",
     "LEGAL_TRANSITIONS",
     "TRANSITIONS",
+    "TRACKED_KEYS",
     "VifMachine",
     "advertise_window",
+    "check_transition",
     "next_state",
     "apply_window",
+    "needs_peer_keys",
+    "walk",
 ]
 
 S = XenbusState
@@ -108,8 +121,9 @@ LEGAL_TRANSITIONS: Mapping[Role, frozenset[tuple[XenbusState, XenbusState]]] = {
 
 # --------------------------------------------------------------------------------------------
 # Table 2: full mode. own state -> peer state -> next own state. A pair not listed means "stay".
-# Applied repeatedly until nothing changes (a fixed point), so one observation can walk several
-# steps (Connected, peer restarted -> Closing -> Closed -> InitWait), each of them legal.
+# One observation makes one move; the driver observes again after it committed, so a walk of
+# several moves (Connected, peer restarted -> Closing -> Closed -> InitWait) writes each state
+# in its own transaction, and every move is legal (tests check the table against Table 1).
 TRANSITIONS: Mapping[Role, Mapping[XenbusState, Mapping[XenbusState, XenbusState]]] = {
     Role.BACKEND: {
         # A new backend writes its features and waits for the frontend, whatever it is doing.
@@ -159,14 +173,25 @@ TRANSITIONS: Mapping[Role, Mapping[XenbusState, Mapping[XenbusState, XenbusState
     },
 }
 
-#: Own states a full-mode machine may start from (the toolstack writes 1; a restart finds any).
-_MAX_FIXED_POINT_STEPS = 8
-
 
 def next_state(role: Role, own: XenbusState, peer: XenbusState) -> XenbusState:
     """Return where a full-mode end of ``role`` in ``own`` goes next when its peer is in
-    ``peer`` (one step; ``own`` itself means stay)."""
+    ``peer`` (one move; ``own`` itself means stay)."""
     return TRANSITIONS[role].get(own, {}).get(peer, own)
+
+
+def walk(role: Role, own: XenbusState, peer: XenbusState) -> tuple[XenbusState, ...]:
+    """Return every own state a full-mode end passes through, from ``own`` until nothing
+    changes while the peer stays in ``peer``. Raises IllegalTransition for a move outside
+    Table 1 and RuntimeError if the table loops (both are bugs of the tables)."""
+    path = [own]
+    while (step := next_state(role, path[-1], peer)) != path[-1]:
+        check_transition(role, path[-1], step)
+        if step in path:
+            raise RuntimeError(f"{role.value}: Table 2 loops at {path} -> {step} "
+                               f"(peer {peer})")
+        path.append(step)
+    return tuple(path)
 
 
 def advertise_window(role: Role, own: XenbusState, peer: XenbusState) -> bool:
@@ -178,7 +203,7 @@ def advertise_window(role: Role, own: XenbusState, peer: XenbusState) -> bool:
     the keys are left alone.
     """
     if role is Role.BACKEND:
-        return own in (S.INIT_WAIT, S.INITIALISED, S.CONNECTED)
+        return own in (S.INIT_WAIT, S.CONNECTED)
     if own is S.CONNECTED:
         return True
     return own in (S.INITIALISING, S.INIT_WAIT, S.INITIALISED) and peer in (
@@ -190,8 +215,18 @@ def apply_window(own: XenbusState, peer: XenbusState) -> bool:
     return own is S.CONNECTED and peer is S.CONNECTED
 
 
+def needs_peer_keys(peer_state: bytes | None) -> bool:
+    """Return whether a snapshot must read the peer's feature keys: only a Connected peer's
+    keys are used (they decide the result)."""
+    return peer_state == S.CONNECTED.wire
+
+
 # --------------------------------------------------------------------------------------------
-# Observations and actions.
+# Observations, steps and the machine.
+
+#: Keys of its own directory an end keeps track of: what it advertises (its own and the legacy
+#: keys) and what it announces (status, result).
+TRACKED_KEYS: tuple[str, ...] = (*READ_KEYS, STATUS_KEY, RESULT_KEY)
 
 
 @attrs.frozen
@@ -199,54 +234,84 @@ class Snapshot:
     """What one end observes of its vif, read in one transaction.
 
     ``own_state``/``peer_state`` are the raw ``state`` node values (None: node absent).
-    ``own_keys``/``peer_keys`` map each feature key name to its raw value (None: absent).
-    ``own_present`` is False when the end's own directory has gone (device removed).
+    ``peer_keys`` maps each of the peer's feature keys to its raw value (None: absent); it is
+    read only when :func:`needs_peer_keys` says so, and empty otherwise. ``own_keys`` maps each
+    of :data:`TRACKED_KEYS` to its raw value when the machine asked for them
+    (:attr:`VifMachine.knows_own_keys` False), else None. ``own_present`` is False when the own
+    directory has gone (device removed).
     """
 
     own_state: bytes | None
     peer_state: bytes | None
-    own_keys: Mapping[str, bytes | None]
-    peer_keys: Mapping[str, bytes | None]
-    peer_dir: str
+    peer_keys: Mapping[str, bytes | None] = attrs.field(factory=dict)
+    own_keys: Mapping[str, bytes | None] | None = None
     own_present: bool = True
 
 
-@attrs.frozen
-class WriteKeys:
-    """Write these keys into the own directory, and (full mode) ``state``, in one transaction."""
+class ViolationKind(enum.Enum):
+    """Why something was refused."""
 
-    keys: Mapping[str, bytes]
-    state: XenbusState | None = None
-
-
-@attrs.frozen
-class Enforce:
-    """Bring the kernel device in line with ``result`` (both ends are Connected)."""
-
-    result: LinkResult
-    peer: ParsedAdvertisement
+    PEER_STATE_MALFORMED = "peer state is not a XenbusState; read as Closed"
+    PEER_SKIPPED_STATES = "peer moved outside the legal transitions"
+    PEER_VALUE_REFUSED = "peer value refused; its advertisement read as the safe one"
+    OWN_STATE_MALFORMED = "own state is not a XenbusState"
+    DRIVER_ILLEGAL_MOVE = "the kernel driver moved outside the legal transitions"
 
 
 @attrs.frozen
 class Violation:
     """Something the peer (or a kernel driver) did is outside the protocol; logged, then the
-    safe interpretation is used."""
+    safe interpretation is used. ``key`` names the node in the directory the kind speaks of
+    (the peer's, or the own one for OWN_STATE_MALFORMED and DRIVER_ILLEGAL_MOVE)."""
 
-    message: str
-    path: str | None = None
+    kind: ViolationKind
+    detail: str
+    key: str | None = None
     value: bytes | None = None
+
+    @property
+    def in_peer_directory(self) -> bool:
+        return self.kind in (ViolationKind.PEER_STATE_MALFORMED,
+                             ViolationKind.PEER_SKIPPED_STATES, ViolationKind.PEER_VALUE_REFUSED)
+
+    @property
+    def message(self) -> str:
+        return f"{self.kind.value}: {self.detail}"
 
 
 @attrs.frozen
-class Forget:
-    """The own directory is gone: the device was removed; drop all state for it."""
+class Step:
+    """What one observation asks the driver to do, and what the machine adopts once the
+    driver reports that it was done (:meth:`VifMachine.committed`).
 
+    ``writes``: own feature keys to write (only those that differ from what the store holds);
+    ``state``: the own ``state`` to write in the same transaction (full mode), or None;
+    ``enforce``: a result to bring the device in line with, or None; ``violations``: refusals
+    to log; ``forget``: the own directory is gone; ``again``: the walk goes on, observe again
+    as soon as this step committed. The remaining fields are the machine state to adopt.
+    """
 
-Action = WriteKeys | Enforce | Violation | Forget
+    writes: Mapping[str, bytes]
+    state: XenbusState | None
+    enforce: LinkResult | None
+    violations: tuple[Violation, ...]
+    forget: bool
+    again: bool
+    own_state: XenbusState
+    peer_state: XenbusState
+    own_keys: Mapping[str, bytes | None]
+    peer: ParsedAdvertisement | None
+    result: LinkResult | None
+
+    @property
+    def idle(self) -> bool:
+        """True when the step asks for nothing (no write, no enforcement, nothing forgotten)."""
+        return not (self.writes or self.state is not None or self.enforce is not None
+                    or self.forget or self.again)
 
 
 class IllegalTransition(Exception):
-    """A requested own-state change is not in :data:`LEGAL_TRANSITIONS`."""
+    """A move is not in :data:`LEGAL_TRANSITIONS`."""
 
     def __init__(self, role: Role, old: XenbusState, new: XenbusState) -> None:
         self.role = role
@@ -255,20 +320,32 @@ class IllegalTransition(Exception):
         super().__init__(f"{role.value}: illegal XenbusState transition {old} -> {new}")
 
 
-def _check_legal(role: Role, old: XenbusState, new: XenbusState) -> bool:
+def is_legal(role: Role, old: XenbusState, new: XenbusState) -> bool:
+    """Return whether an end of ``role`` may move ``old`` -> ``new`` (staying, a node vanishing
+    and a device being created are always legal)."""
     if old == new or new is S.UNKNOWN or old is S.UNKNOWN:
         return True
     return (old, new) in LEGAL_TRANSITIONS[role]
 
 
+def check_transition(role: Role, old: XenbusState, new: XenbusState) -> None:
+    """Raise IllegalTransition unless an end of ``role`` may move ``old`` -> ``new``."""
+    if not is_legal(role, old, new):
+        raise IllegalTransition(role, old, new)
+
+
+_NOTHING_KNOWN: Mapping[str, bytes | None] = {}
+
+
 @attrs.define
 class VifMachine:
-    """One end of one vif: turns snapshots and policy changes into actions.
+    """One end of one vif: turns snapshots and policy changes into steps.
 
-    ``capability`` is what this end's device can do; ``policy`` caps it. The machine remembers
-    the last snapshot (to recompute on a policy change), the peer's last valid state (to judge
-    its next move) and the last result it asked to apply (so that the same result is not
-    applied twice).
+    ``capability`` is what this end's device can do; ``policy`` caps it. The machine holds
+    every piece of protocol state of the end: the own and peer states last seen, what its
+    tracked own keys hold (None: unknown, the next snapshot reads them), the peer's last
+    advertisement, and the result last applied. Only :meth:`committed`, :meth:`set_policy`,
+    :meth:`lost_track` and :meth:`enforcement_failed` change it.
     """
 
     role: Role
@@ -277,121 +354,159 @@ class VifMachine:
     capability: Advertisement = Advertisement(FamilyFlags.both(True), FamilyFlags.both(True))
     own_state: XenbusState = S.UNKNOWN
     peer_state: XenbusState = S.UNKNOWN
+    own_keys: Mapping[str, bytes | None] | None = None
+    peer: ParsedAdvertisement | None = None
+    #: The result enforced and announced, or None (not connected, or to apply again).
     applied: LinkResult | None = None
-    last_snapshot: Snapshot | None = None
-    #: Every own state the last observation walked through (full mode), for logs and tests.
-    last_path: tuple[XenbusState, ...] = ()
+    #: The result last decided (kept while the device could not be reached).
+    result: LinkResult | None = None
+    #: Whether a snapshot was ever committed (a policy change alone can then be recomputed).
+    observed: bool = False
 
     @property
     def advertisement(self) -> Advertisement:
         """What this end advertises now: capability capped by policy."""
         return advertise(self.role, self.capability, self.policy)
 
-    def request_state(self, new: XenbusState) -> WriteKeys:
-        """Full mode: return the action moving the own state to ``new`` (e.g. a toolstack
-        closing the device). Raises IllegalTransition if the tables forbid it, ValueError in
-        companion mode."""
-        if self.mode is Mode.COMPANION:
-            raise ValueError("companion mode never writes state")
-        if not _check_legal(self.role, self.own_state, new):
-            raise IllegalTransition(self.role, self.own_state, new)
-        self.own_state = new
-        return WriteKeys({}, new)
+    @property
+    def knows_own_keys(self) -> bool:
+        """False when the next snapshot must read the own tracked keys."""
+        return self.own_keys is not None
 
-    def set_policy(self, policy: LinkPolicy) -> list[Action]:
-        """Change the local policy; return the actions that re-advertise and re-apply."""
+    @property
+    def connected(self) -> bool:
+        return apply_window(self.own_state, self.peer_state)
+
+    # ---------------------------------------------------------------- what the driver reports
+
+    def set_policy(self, policy: LinkPolicy) -> bool:
+        """Change the local policy. Returns True when the end must step again (re-advertise
+        or re-decide); nothing is written until it does."""
+        if policy == self.policy:
+            return False
         self.policy = policy
-        if self.last_snapshot is None:
-            return []
-        return self._react(self.last_snapshot, judge_peer=False)
+        return True
 
-    def observe(self, snapshot: Snapshot) -> list[Action]:
-        """Feed what the directories hold now; return the actions to perform, in order."""
-        return self._react(snapshot, judge_peer=True)
+    def lost_track(self) -> None:
+        """The own directory may hold something else than the machine believes (a foreign
+        write, the directory removed and re-created, a new connection): read it again."""
+        self.own_keys = None
 
-    # ----------------------------------------------------------------------------------------
+    def enforcement_failed(self) -> None:
+        """The device could not be brought in line with the result: apply it again on the
+        next step."""
+        self.applied = None
 
-    def _react(self, snapshot: Snapshot, judge_peer: bool) -> list[Action]:
-        self.last_snapshot = snapshot
-        actions: list[Action] = []
-        if not snapshot.own_present:
+    def committed(self, step: Step, written: Mapping[str, bytes], applied: bool) -> None:
+        """The transaction carrying ``step`` committed, with the own keys ``written`` (the
+        step's writes plus its announcement). ``applied``: the step's result reached the
+        device (False: apply it again on the next step)."""
+        self.observed = True
+        self.own_state = step.own_state
+        self.peer_state = step.peer_state
+        self.peer = step.peer
+        self.result = step.result
+        self.own_keys = {**step.own_keys, **written}
+        if step.enforce is not None:
+            self.applied = step.enforce if applied else None
+        elif not apply_window(step.own_state, step.peer_state):
+            self.applied = None  # link down: the next Connected applies afresh
+        if step.forget:
+            self.own_keys = None
             self.applied = None
-            return [Forget()]
 
+    # ---------------------------------------------------------------- deciding
+
+    def observe(self, snapshot: Snapshot) -> Step:
+        """Return the step for what the directories hold now (the machine is unchanged)."""
+        if not snapshot.own_present:
+            return Step({}, None, None, (), True, False, S.UNKNOWN, self.peer_state,
+                        _NOTHING_KNOWN, None, None)
+        violations: list[Violation] = []
         peer = parse_state(snapshot.peer_state)
-        peer_path = f"{snapshot.peer_dir}/state"
         if peer is None:
-            actions.append(Violation("peer state is not a XenbusState; treated as Closed",
-                                     peer_path, snapshot.peer_state))
+            violations.append(Violation(ViolationKind.PEER_STATE_MALFORMED, "read as Closed",
+                                        "state", snapshot.peer_state))
             peer = S.CLOSED
-        elif judge_peer and not _check_legal(self.role.peer, self.peer_state, peer):
-            actions.append(Violation(
-                f"peer skipped states: {self.peer_state} -> {peer}", peer_path,
-                snapshot.peer_state))
-        self.peer_state = peer
+        elif not is_legal(self.role.peer, self.peer_state, peer):
+            violations.append(Violation(ViolationKind.PEER_SKIPPED_STATES,
+                                        f"{self.peer_state} -> {peer}", "state",
+                                        snapshot.peer_state))
+        own = self._observed_own(snapshot.own_state, violations)
+        own_keys = snapshot.own_keys if snapshot.own_keys is not None else self.own_keys
+        if own_keys is None:
+            raise ValueError("snapshot lacks the own keys the machine does not know")
+        parsed: ParsedAdvertisement | None = None
+        if peer is S.CONNECTED:
+            parsed = parse_advertisement("", snapshot.peer_keys)
+            violations.extend(Violation(ViolationKind.PEER_VALUE_REFUSED, problem.reason,
+                                        problem.path, problem.value)
+                              for problem in parsed.problems)
+        return self._plan(own, peer, own_keys, parsed, tuple(violations))
 
-        observed_own = parse_state(snapshot.own_state)
+    def recompute(self) -> Step | None:
+        """Return the step a policy change asks for without a new snapshot (the driver
+        checks that the own state still is :attr:`own_state` in the same transaction), or
+        None when nothing was observed yet or the own keys are unknown (observe instead)."""
+        if not self.observed or self.own_keys is None:
+            return None
+        return self._plan(self.own_state, self.peer_state, self.own_keys, self.peer, ())
+
+    def announcement(self, step: Step, status: str | None) -> dict[str, bytes]:
+        """Return the status and result keys to write with ``step`` (those that differ from
+        what the own directory holds): ``status`` is what the enforcer achieved, None when
+        the step enforced nothing."""
+        if status is None or step.result is None:
+            return {}
+        wanted = {STATUS_KEY: status.encode("ascii", "replace"),
+                  RESULT_KEY: format_result(step.result)}
+        return {name: value for name, value in wanted.items()
+                if step.own_keys.get(name) != value}
+
+    def _observed_own(self, raw: bytes | None, violations: list[Violation]) -> XenbusState:
+        observed = parse_state(raw)
         if self.mode is Mode.COMPANION:
-            if observed_own is None:
-                actions.append(Violation("own state (kernel driver's) is not a XenbusState",
-                                         None, snapshot.own_state))
-                observed_own = S.CLOSED
-            elif not _check_legal(self.role, self.own_state, observed_own):
-                actions.append(Violation(
-                    f"kernel driver moved {self.own_state} -> {observed_own}"))
-            own = observed_own
-        else:
-            # Full mode: the node is ours; what we last wrote is authoritative, but adopt what
-            # we find after a restart (nothing remembered yet) or when it no longer holds what
-            # we wrote (the toolstack re-created the device, e.g. after xenstored lost its tree).
-            # A policy change re-reacts to the last snapshot, read before our last write.
-            fresh = judge_peer or self.own_state is S.UNKNOWN
-            if fresh and self.own_state is not observed_own and \
-                    observed_own not in (None, S.UNKNOWN):
-                assert observed_own is not None
-                self.own_state = observed_own
-            own = self.own_state if self.own_state is not S.UNKNOWN else S.INITIALISING
-            if own is not S.CONNECTED:
-                self.applied = None  # the link is down, even if this walk reconnects it
-            path: list[XenbusState] = [own]
-            for _ in range(_MAX_FIXED_POINT_STEPS):
-                step = next_state(self.role, own, peer)
-                if step == own:
-                    break
-                if not _check_legal(self.role, own, step):  # the tables are checked by tests
-                    raise IllegalTransition(self.role, own, step)
-                own = step
-                path.append(own)
-            self.last_path = tuple(path)
-        state_change = own if (self.mode is Mode.FULL and
-                               (own != self.own_state or observed_own != own)) else None
-        self.own_state = own
+            if observed is None:
+                violations.append(Violation(ViolationKind.OWN_STATE_MALFORMED,
+                                            "the kernel driver's state; read as Closed",
+                                            "state", raw))
+                return S.CLOSED
+            if not is_legal(self.role, self.own_state, observed):
+                violations.append(Violation(ViolationKind.DRIVER_ILLEGAL_MOVE,
+                                            f"{self.own_state} -> {observed}"))
+            return observed
+        # Full mode: the node is ours; the store holds the truth (the toolstack may have
+        # reset it when it re-created the device). Missing or malformed: start afresh.
+        if observed is None:
+            violations.append(Violation(ViolationKind.OWN_STATE_MALFORMED,
+                                        "restarting from Initialising", "state", raw))
+            return S.INITIALISING
+        return S.INITIALISING if observed is S.UNKNOWN else observed
 
-        keys: dict[str, bytes] = {}
+    def _plan(self, own: XenbusState, peer: XenbusState, own_keys: Mapping[str, bytes | None],
+              parsed: ParsedAdvertisement | None, violations: tuple[Violation, ...]) -> Step:
+        state: XenbusState | None = None
+        again = False
+        if self.mode is Mode.FULL:
+            target = next_state(self.role, own, peer)
+            if target != own:
+                check_transition(self.role, own, target)
+                state, own = target, target
+                again = next_state(self.role, own, peer) != own
+        writes: dict[str, bytes] = {}
         if advertise_window(self.role, own, peer):
             wanted = render_advertisement(self.role, self.advertisement)
-            keys = {name: value for name, value in wanted.items()
-                    if snapshot.own_keys.get(name) != value}
-        if state_change is not None:
-            # Each state of a walk is written on its own (as Linux does), so that a peer sees
-            # only legal transitions: Connected -> Closing -> Closed -> InitWait, not 4 -> 2.
-            actions.extend(WriteKeys({}, between) for between in self.last_path[1:-1])
-        if keys or state_change is not None:
-            actions.append(WriteKeys(keys, state_change))
-
+            writes = {name: value for name, value in wanted.items()
+                      if own_keys.get(name) != value}
+        enforce = result = None
         if apply_window(own, peer):
-            parsed = parse_advertisement(self.role.peer, snapshot.peer_dir, snapshot.peer_keys)
-            actions.extend(Violation(f"refused peer value: {problem.reason}", problem.path,
-                                     problem.value) for problem in parsed.problems)
+            peer_adv = (parsed or parse_advertisement("", {})).advertisement
             mine = self.advertisement
             if self.role is Role.BACKEND:
-                result = decide(mine, parsed.advertisement, self.policy)
+                result = decide(mine, peer_adv, self.policy)
             else:
-                result = decide(parsed.advertisement, mine, self.policy)
+                result = decide(peer_adv, mine, self.policy)
             if result != self.applied:
-                self.applied = result
-                actions.append(Enforce(result, parsed))
-        elif self.applied is not None and own is not S.CONNECTED:
-            # Link down: forget what was applied so that the next Connected applies afresh.
-            self.applied = None
-        return actions
+                enforce = result
+        return Step(writes, state, enforce, violations, False, again, own, peer,
+                    {**own_keys, **writes}, parsed, result)

@@ -1,30 +1,25 @@
-"""Run-time policy overrides kept in XenStore, so every agent and ``xenoffload set`` share them.
+"""Run-time policy overrides: what an override node holds and the policy rules it makes. Pure.
 
-An override is a node under ``<home>/xenoffload/policy`` (``<home>`` = ``/local/domain/<domid>``
-of the domain whose agent it steers; the directory is created owner-only): ``vif/<domid>/<devid>``
-for one vif seen from dom0, ``vif/<devid>`` for a guest's own vif, ``bridge/<name>`` for every
-vif on a bridge (a name or a glob, written with :func:`encode_name`). The value is a list of
-``direction[-family]=on|off`` tokens, e.g. ``to-guest=on from-guest=off to-guest-ipv6=off``;
-omitted ones are not overridden.
-Overrides become policy rules appended after the configuration file's (they win).
+An override is a node under :func:`xenoffload.paths.override_root` of the agent it steers:
+``vif/<domid>/<devid>`` for one vif seen from dom0, ``vif/<devid>`` for a guest's own vif,
+``bridge/<name>`` for every vif on a bridge (a name or a glob, written with
+:func:`encode_name`). The value is a list of ``direction[-family]=on|off`` tokens, e.g.
+``to-guest=on from-guest=off to-guest-ipv6=off``; omitted ones are not overridden. Overrides
+become policy rules appended after every other source's (they win).
+:mod:`xenoffload.override_store` reads and writes them.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 
 import attrs
 
 from xenoffload.policy import DirectionSetting, Match, PolicyError, Rule
-from xenoffload.store.base import Store, XenStoreError
 
-__all__ = ["OverrideSetting", "format_override", "parse_override", "override_root",
-           "read_overrides", "write_override", "clear_override", "rules_from_overrides",
-           "refresh_overrides", "bridge_key", "encode_name", "decode_name"]
-
-log = logging.getLogger("xenoffload.overrides")
+__all__ = ["OverrideSetting", "format_override", "parse_override", "rules_from_overrides",
+           "bridge_key", "encode_name", "decode_name"]
 
 _TOKEN = re.compile(r"\A(to-guest|from-guest)(?:-(ipv4|ipv6))?=(on|off)\Z")
 _NAME = re.compile(r"\A[!-~]{1,64}\Z")
@@ -48,10 +43,6 @@ def decode_name(element: str) -> str:
 def bridge_key(name: str) -> str:
     """Return the override key of every vif on bridge ``name`` (a name or a shell glob)."""
     return f"bridge/{encode_name(name)}"
-
-
-def override_root(home: str) -> str:
-    return f"{home}/xenoffload/policy"
 
 
 @attrs.frozen
@@ -95,33 +86,6 @@ def format_override(setting: OverrideSetting) -> bytes:
     return " ".join(tokens).encode()
 
 
-def read_overrides(store: Store, home: str) -> tuple[dict[str, OverrideSetting], list[str]]:
-    """Return every override under ``home`` (key = path relative to the policy root, e.g.
-    ``vif/1/0``) and the problems found (malformed nodes are skipped, never applied)."""
-    root = override_root(home)
-    found: dict[str, OverrideSetting] = {}
-    problems: list[str] = []
-
-    def walk(relative: str) -> None:
-        path = f"{root}/{relative}" if relative else root
-        try:
-            children = store.directory(path)
-        except XenStoreError:
-            return
-        for child in children:
-            walk(f"{relative}/{child}" if relative else child)
-        if relative.count("/") >= 1 and not children:
-            raw = store.try_read(path)
-            if raw:
-                try:
-                    found[relative] = parse_override(path, raw)
-                except PolicyError as error:
-                    problems.append(str(error))
-
-    walk("")
-    return found, problems
-
-
 def rules_from_overrides(overrides: Mapping[str, OverrideSetting],
                          guest_domid: int | None = None) -> list[Rule]:
     """Return policy rules for ``overrides``: bridge rules first, then per-vif ones, so a
@@ -146,33 +110,3 @@ def rules_from_overrides(overrides: Mapping[str, OverrideSetting],
             target.append(Rule(match, setting.to_guest, setting.from_guest,
                                name=f"override {key}"))
     return bridge_rules + vif_rules
-
-
-def refresh_overrides(store: Store, home: str, known: Mapping[str, OverrideSetting],
-                      restore: bool) -> dict[str, OverrideSetting]:
-    """Return the overrides in force under ``home``: what XenStore holds (malformed nodes are
-    logged and skipped). With ``restore`` (a new connection), when XenStore holds none but
-    ``known`` is not empty, the daemon restarted without its tree: ``known`` is written back
-    and returned, so no policy is lost."""
-    found, problems = read_overrides(store, home)
-    for problem in problems:
-        log.warning("override refused: %s", problem)
-    if restore and not found and known:
-        for key, setting in known.items():
-            write_override(store, home, key, setting)
-        log.warning("restored %d policy override(s) lost by XenStore", len(known))
-        return dict(known)
-    return found
-
-
-def write_override(store: Store, home: str, key: str, setting: OverrideSetting) -> str:
-    """Write one override (``key`` like ``vif/1/0`` or ``bridge/xenbr0``); return its path."""
-    path = f"{override_root(home)}/{key}"
-    store.write(path, format_override(setting))
-    return path
-
-
-def clear_override(store: Store, home: str, key: str) -> str:
-    path = f"{override_root(home)}/{key}"
-    store.rm(path)
-    return path

@@ -202,17 +202,18 @@ def _flag_or_safe(
     if raw is None:
         return absent
     try:
-        return parse_flag(f"{directory}/{name}", raw)
+        return parse_flag(f"{directory}/{name}" if directory else name, raw)
     except FeatureValueError as problem:
         problems.append(problem)
         return safe
 
 
 def parse_advertisement(
-    role: Role, directory: str, keys: Mapping[str, bytes | None]
+    directory: str, keys: Mapping[str, bytes | None]
 ) -> ParsedAdvertisement:
-    """Return what the end ``role`` advertises, given the raw values of its feature keys
-    (``None`` = node absent) read from its ``directory``.
+    """Return what an end advertises, given the raw values of its feature keys (``None`` =
+    node absent) read from its ``directory`` (which only names the nodes in ``problems``; ""
+    names them by key alone). The legacy keys mean the same whichever end wrote them.
 
     Own keys decide when ``feature-csum-tx`` or ``feature-csum-rx`` is present (legacy keys
     beside them can only take rx away, never add). Otherwise the legacy keys are read as a

@@ -210,7 +210,7 @@ def _end(txn: Transaction, role: Role, directory: str) -> EndReport:
         except ResultValueError as error:
             problem = str(error)
     return EndReport(directory, parse_state(_opt(txn, f"{directory}/state")),
-                     parse_advertisement(role, directory, keys), published, problem,
+                     parse_advertisement(directory, keys), published, problem,
                      _text(_opt(txn, f"{directory}/{STATUS_KEY}")))
 
 

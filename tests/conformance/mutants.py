@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,8 +23,9 @@ import attrs
 
 from xenoffload.conformance.peer import linux_u
 from xenoffload.conformance.subjects import AgentHooks, AgentSubject, PolicyLogic
-from xenoffload.endpoint import Enforcement, Enforcer, VifEndpoint
-from xenoffload.machine import TRANSITIONS, Mode, WriteKeys
+from xenoffload import machine as machine_module
+from xenoffload.endpoint import Enforcement, Enforcer
+from xenoffload.machine import TRANSITIONS, Mode
 from xenoffload.negotiation import LinkPolicy, LinkResult
 from xenoffload.policy import Policy
 from xenoffload.schema import (
@@ -104,6 +105,37 @@ class ProxyStore:
     def write_many(self, values: list[tuple[str, bytes]]) -> None:
         for path, value in values:
             self.write(path, value)
+
+    # The pipelined operations the agents use, one request at a time through the mutant.
+
+    def start_transactions(self, count: int) -> list[ProxyTransaction]:
+        return [self.transaction() for _ in range(count)]
+
+    def _target(self, txn: Any) -> Any:
+        return self.inner if txn is None else txn.inner
+
+    def read_batch(self, requests: list[tuple[Any, str]]) -> list[bytes | None]:
+        return [self.mutant.read(self, self._target(txn), path) for txn, path in requests]
+
+    def directory_batch(self, requests: list[tuple[Any, str]]) -> list[list[str] | None]:
+        return self.inner.directory_batch([(None if txn is None else txn.inner, path)
+                                           for txn, path in requests])
+
+    def write_batch(self, groups: list[Any]) -> list[bool]:
+        exists = []
+        for group in groups:
+            target = self._target(group.transaction)
+            if group.guard is not None and \
+                    self.mutant.read(self, target, group.guard) is None:
+                exists.append(False)
+                continue
+            for path, value in group.values:
+                self.mutant.write(self, target, path, value)
+            exists.append(True)
+        return exists
+
+    def end_transactions(self, ends: list[tuple[Any, bool]]) -> list[bool]:
+        return self.inner.end_transactions([(txn.inner, commit) for txn, commit in ends])
 
 
 class StoreMutant:
@@ -190,17 +222,40 @@ class NoLegacyWrite(StoreMutant):
             target.write(path, value)
 
 
-class ResurrectsRemoved(StoreMutant):
-    """R14: believes its vif directory still exists after removal (and writes into it)."""
+@attrs.define
+class ResurrectsRemoved:
+    """R14: believes its vif directories still exist after removal: after every batch it
+    writes the keys it last announced again, without checking that the directory is there."""
 
-    def read(self, store: ProxyStore, target: Any, path: str) -> bytes | None:
-        try:
-            raw = target.try_read(path)
-        except XenStoreError:  # a peer directory re-created by someone else (EACCES)
-            raw = None
-        if raw is None and _VIF_DIR.match(path):
-            return b""
-        return raw  # type: ignore[no-any-return]
+    inner: PolicyLogic
+    announced: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
+    store: Store | None = None
+
+    def attach(self, store: Store) -> None:
+        self.store = store
+        self.inner.attach(store)
+
+    def handle(self, events: Sequence[WatchEvent]) -> None:
+        self.inner.handle(events)
+        assert self.store is not None
+        for endpoint in getattr(self.inner, "endpoints", {}).values():
+            keys = endpoint.machine.own_keys
+            if keys is not None:
+                self.announced[endpoint.own_dir] = {k: v for k, v in keys.items()
+                                                    if v is not None}
+        for directory, keys in self.announced.items():
+            for name, value in keys.items():
+                if name.startswith("feature-csum-"):
+                    self.store.write(f"{directory}/{name}", value)
+
+    def tick(self) -> None:
+        self.inner.tick()
+
+    def next_due(self) -> float | None:
+        return self.inner.next_due()
+
+    def set_policy(self, policy: Policy) -> None:
+        self.inner.set_policy(policy)
 
 
 class RefreshesState(StoreMutant):
@@ -283,11 +338,14 @@ class LogicWrapper:
     def attach(self, store: Store) -> None:
         self.inner.attach(store)
 
-    def handle(self, events: list[WatchEvent]) -> None:
+    def handle(self, events: Sequence[WatchEvent]) -> None:
         self.inner.handle(events)
 
     def tick(self) -> None:
         self.inner.tick()
+
+    def next_due(self) -> float | None:
+        return self.inner.next_due()
 
     def set_policy(self, policy: Policy) -> None:
         self.inner.set_policy(policy)
@@ -299,7 +357,7 @@ class Frozen(LogicWrapper):
 
     applied: list[bool] = attrs.field(factory=list)
 
-    def handle(self, events: list[WatchEvent]) -> None:
+    def handle(self, events: Sequence[WatchEvent]) -> None:
         if not self.applied:
             self.inner.handle(events)
 
@@ -308,10 +366,13 @@ class Frozen(LogicWrapper):
 class Reapplies(LogicWrapper):
     """Forgets what it applied before every batch of events, so it applies again."""
 
-    def handle(self, events: list[WatchEvent]) -> None:
+    def handle(self, events: Sequence[WatchEvent]) -> None:
         for endpoint in getattr(self.inner, "endpoints", {}).values():
-            endpoint.machine.applied = None
+            endpoint.machine.enforcement_failed()
+            endpoint.machine.lost_track()
         self.inner.handle(events)
+        for endpoint in getattr(self.inner, "endpoints", {}).values():
+            endpoint.step()
 
 
 @attrs.define
@@ -351,7 +412,7 @@ class RearmsWatches(LogicWrapper):
         self.store = store
         self.inner.attach(store)
 
-    def handle(self, events: list[WatchEvent]) -> None:
+    def handle(self, events: Sequence[WatchEvent]) -> None:
         self.inner.handle(events)
         assert self.store is not None
         for event in events:
@@ -400,7 +461,8 @@ HOOK_MUTANTS: dict[str, tuple[str, Callable[[], AgentHooks]]] = {
     "lenient-state": ("parses state as Linux %d", lambda: LenientState().hooks()),
     "no-legacy-read": ("ignores the peer's legacy keys", lambda: NoLegacyRead().hooks()),
     "no-legacy-write": ("does not write legacy keys", lambda: NoLegacyWrite().hooks()),
-    "resurrects-removed": ("writes into a removed device", lambda: ResurrectsRemoved().hooks()),
+    "resurrects-removed": ("writes into a removed device",
+                           lambda: AgentHooks(logic=lambda inner: ResurrectsRemoved(inner))),
     "blank-always": ("hard-codes 'no checksum needed' (the seed's bug)", _blank_always),
     "checksums-always": ("never allows blank checksums, whatever was negotiated",
                          lambda: AgentHooks(enforcer=lambda inner: FixedResult(
@@ -461,19 +523,20 @@ TABLE_MUTANTS: dict[str, tuple[str, dict[tuple[Role, S], dict[S, S | None]]]] = 
 @contextmanager
 def walk_end_only() -> Iterator[None]:
     """The bug fixed in c96a2be: of a walk of several states only the last is written."""
-    original = VifEndpoint.perform
+    original_next, original_check = machine_module.next_state, machine_module.check_transition
 
-    def perform(self: VifEndpoint, actions: list[Any]) -> None:
-        states = [a for a in actions if isinstance(a, WriteKeys) and a.state is not None]
-        kept = [a for a in actions if not (isinstance(a, WriteKeys) and not a.keys
-                                           and a.state is not None and a is not states[-1])]
-        original(self, kept)
+    def jump(role: Role, own: S, peer: S) -> S:
+        while (step := original_next(role, own, peer)) != own:
+            own = step
+        return own
 
-    VifEndpoint.perform = perform  # type: ignore[method-assign]
+    machine_module.next_state = jump  # type: ignore[assignment]
+    machine_module.check_transition = lambda role, old, new: None  # type: ignore[assignment]
     try:
         yield
     finally:
-        VifEndpoint.perform = original  # type: ignore[method-assign]
+        machine_module.next_state = original_next  # type: ignore[assignment]
+        machine_module.check_transition = original_check  # type: ignore[assignment]
 
 
 MUTANT_NAMES = (*HOOK_MUTANTS, *TABLE_MUTANTS, "walk-end-only")

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from xenoffload.machine import (
     LEGAL_TRANSITIONS,
+    TRACKED_KEYS,
     TRANSITIONS,
-    Enforce,
-    Forget,
     IllegalTransition,
     Mode,
     Snapshot,
+    Step,
     VifMachine,
     Violation,
-    WriteKeys,
+    ViolationKind,
+    check_transition,
+    needs_peer_keys,
     next_state,
+    walk,
 )
 from xenoffload.negotiation import LinkPolicy, LinkResult
-from xenoffload.schema import READ_KEYS, FamilyFlags, Role
+from xenoffload.schema import READ_KEYS, RESULT_KEY, STATUS_KEY, FamilyFlags, Role
 from xenoffload.xenbus import XenbusState as S
 
 BACKEND_DIR = "/local/domain/0/backend/vif/1/0"
@@ -40,26 +44,29 @@ def test_every_table_transition_is_legal(role: Role) -> None:
 def test_the_fixed_point_of_every_state_pair_terminates(role: Role) -> None:
     for own in S:
         for peer in S:
-            state = own
-            for _ in range(8):
-                new = next_state(role, state, peer)
-                if new == state:
-                    break
-                state = new
-            else:
-                pytest.fail(f"{role} {own}/{peer} does not settle")
+            path = walk(role, own, peer)  # raises if a move is illegal or the table loops
+            assert next_state(role, path[-1], peer) == path[-1]
 
 
-def test_request_of_an_illegal_transition_is_rejected() -> None:
-    machine = VifMachine(Role.BACKEND, Mode.FULL, LinkPolicy(), own_state=S.INIT_WAIT)
-    with pytest.raises(IllegalTransition, match="InitWait -> Initialised"):
-        machine.request_state(S.INITIALISED)
+def test_an_illegal_transition_is_rejected_with_role_and_states() -> None:
+    with pytest.raises(IllegalTransition, match=r"backend: .*InitWait -> Initialised"):
+        check_transition(Role.BACKEND, S.INIT_WAIT, S.INITIALISED)
 
 
-def test_companion_mode_never_writes_state() -> None:
-    machine = VifMachine(Role.BACKEND, Mode.COMPANION, LinkPolicy())
-    with pytest.raises(ValueError):
-        machine.request_state(S.CLOSING)
+@pytest.mark.parametrize("role", list(Role))
+def test_a_walk_raises_instead_of_stopping_silently_when_a_table_loops(role: Role) -> None:
+    looping = {  # every move legal, but a cycle while the peer stays Closed
+        Role.BACKEND: {S.CLOSED: {S.CLOSED: S.INIT_WAIT}, S.INIT_WAIT: {S.CLOSED: S.CLOSING},
+                       S.CLOSING: {S.CLOSED: S.CLOSED}},
+        Role.FRONTEND: {S.CLOSED: {S.CLOSED: S.INITIALISING},
+                        S.INITIALISING: {S.CLOSED: S.CLOSED}}}[role]
+    original = TRANSITIONS[role]
+    TRANSITIONS[role] = looping  # type: ignore[index]
+    try:
+        with pytest.raises(RuntimeError, match="loops"):
+            walk(role, S.CLOSED, S.CLOSED)
+    finally:
+        TRANSITIONS[role] = original  # type: ignore[index]
 
 
 class World:
@@ -74,30 +81,40 @@ class World:
         }
         self.results: dict[Role, LinkResult | None] = {Role.BACKEND: None, Role.FRONTEND: None}
         self.violations: list[Violation] = []
+        self.states: dict[Role, list[S]] = {role: [] for role in Role}
 
     def snapshot(self, role: Role) -> Snapshot:
         own, peer = self.dirs[role], self.dirs[role.peer]
+        machine = self.machines[role]
         return Snapshot(own.get("state"), peer.get("state"),
-                        {k: own.get(k) for k in READ_KEYS},
-                        {k: peer.get(k) for k in READ_KEYS}, DIRS[role.peer])
+                        {k: peer.get(k) for k in READ_KEYS}
+                        if needs_peer_keys(peer.get("state")) else {},
+                        None if machine.knows_own_keys else
+                        {k: own.get(k) for k in TRACKED_KEYS})
 
-    def perform(self, role: Role, actions: list[object]) -> None:
-        for action in actions:
-            if isinstance(action, WriteKeys):
-                self.dirs[role].update(action.keys)
-                if action.state is not None:
-                    self.dirs[role]["state"] = action.state.wire
-            elif isinstance(action, Enforce):
-                self.results[role] = action.result
-            elif isinstance(action, Violation):
-                self.violations.append(action)
-            elif isinstance(action, Forget):
-                pass
+    def perform(self, role: Role, step: Step) -> None:
+        """Carry out ``step`` as a driver would, and report it done."""
+        machine = self.machines[role]
+        self.violations.extend(step.violations)
+        if step.enforce is not None:
+            self.results[role] = step.enforce
+        written = {**step.writes, **machine.announcement(
+            step, "ok" if step.enforce is not None else None)}
+        self.dirs[role].update(written)
+        if step.state is not None:
+            self.dirs[role]["state"] = step.state.wire
+            self.states[role].append(step.state)
+        machine.committed(step, written, applied=True)
 
     def step(self, role: Role) -> bool:
-        actions = self.machines[role].observe(self.snapshot(role))
-        self.perform(role, actions)
-        return any(isinstance(a, (WriteKeys, Enforce)) for a in actions)
+        """Observe until the walk stops; return whether anything was done."""
+        moved = False
+        while True:
+            step = self.machines[role].observe(self.snapshot(role))
+            self.perform(role, step)
+            moved = moved or not step.idle
+            if not step.again:
+                return moved
 
     def settle(self) -> None:
         for _ in range(20):
@@ -115,6 +132,14 @@ def test_full_mode_pair_connects_and_agrees() -> None:
     assert world.results[Role.BACKEND] == world.results[Role.FRONTEND] == LinkResult()
 
 
+def test_both_ends_publish_the_result_they_applied() -> None:
+    world = World()
+    world.settle()
+    for role in Role:
+        assert world.dirs[role][RESULT_KEY] == b"to-guest=none from-guest=none"
+        assert world.dirs[role][STATUS_KEY] == b"ok"
+
+
 def test_backend_is_never_connected_before_its_features_are_written() -> None:
     world = World()
     world.step(Role.BACKEND)
@@ -127,11 +152,56 @@ def test_policy_change_while_connected_reapplies_on_both_ends() -> None:
     world.settle()
     allow = LinkPolicy(FamilyFlags(True, True), FamilyFlags(True, False))
     for role in Role:
-        world.perform(role, world.machines[role].set_policy(allow))
+        assert world.machines[role].set_policy(allow)
+        step = world.machines[role].recompute()
+        assert step is not None
+        world.perform(role, step)
     world.settle()
     expected = LinkResult(FamilyFlags(True, True), FamilyFlags(True, False))
     assert world.results[Role.BACKEND] == world.results[Role.FRONTEND] == expected
     assert world.dirs[Role.BACKEND]["state"] == world.dirs[Role.FRONTEND]["state"] == b"4"
+
+
+def test_a_policy_undone_rewrites_the_keys_of_the_policy_in_force() -> None:
+    """A -> B -> A: the keys follow the policy in force, not a remembered snapshot."""
+    world = World()
+    world.settle()
+    computed = dict(world.dirs[Role.BACKEND])
+    allow = LinkPolicy(FamilyFlags(True, True), FamilyFlags(True, True))
+    for policy in (allow, LinkPolicy()):
+        machine = world.machines[Role.BACKEND]
+        assert machine.set_policy(policy)
+        step = machine.recompute()
+        assert step is not None and step.writes
+        world.perform(Role.BACKEND, step)
+        world.settle()
+    assert {k: world.dirs[Role.BACKEND][k] for k in READ_KEYS if k in computed} == {
+        k: computed[k] for k in READ_KEYS if k in computed}
+    assert world.results[Role.BACKEND] == world.results[Role.FRONTEND] == LinkResult()
+
+
+def test_keys_overwritten_by_someone_else_are_rewritten_once_the_machine_is_told() -> None:
+    world = World()
+    world.settle()
+    world.dirs[Role.BACKEND]["feature-csum-tx"] = b"1"  # another writer
+    world.machines[Role.BACKEND].lost_track()
+    world.step(Role.BACKEND)
+    assert world.dirs[Role.BACKEND]["feature-csum-tx"] == b"0"
+
+
+def test_a_machine_that_lost_track_insists_on_reading_its_own_keys() -> None:
+    machine = VifMachine(Role.BACKEND, Mode.FULL, LinkPolicy())
+    with pytest.raises(ValueError, match="own keys"):
+        machine.observe(Snapshot(b"1", b"1"))
+
+
+def test_a_step_that_did_not_commit_leaves_the_machine_as_it_was() -> None:
+    world = World()
+    machine = world.machines[Role.BACKEND]
+    before = attrs.asdict(machine, recurse=False)
+    step = machine.observe(world.snapshot(Role.BACKEND))
+    assert step.state is S.INIT_WAIT and step.writes
+    assert attrs.asdict(machine, recurse=False) == before  # the transaction conflicted
 
 
 def test_frontend_restart_renegotiates_from_scratch() -> None:
@@ -141,6 +211,15 @@ def test_frontend_restart_renegotiates_from_scratch() -> None:
     world.dirs[Role.FRONTEND] = {"state": b"1"}
     world.settle()
     assert world.dirs[Role.BACKEND]["state"] == world.dirs[Role.FRONTEND]["state"] == b"4"
+    assert world.states[Role.BACKEND][-4:] == [S.CLOSING, S.CLOSED, S.INIT_WAIT, S.CONNECTED]
+
+
+def test_each_state_of_a_walk_is_written_in_its_own_step() -> None:
+    world = World()
+    world.settle()
+    world.dirs[Role.FRONTEND]["state"] = b"1"  # the guest rebooted
+    world.step(Role.BACKEND)
+    assert world.states[Role.BACKEND][-3:] == [S.CLOSING, S.CLOSED, S.INIT_WAIT]
 
 
 def test_peer_skipping_states_is_reported() -> None:
@@ -149,9 +228,11 @@ def test_peer_skipping_states_is_reported() -> None:
     world.dirs[Role.FRONTEND]["state"] = b"1"
     world.step(Role.BACKEND)
     world.dirs[Role.FRONTEND]["state"] = b"4"  # Initialising -> Connected is legal for netfront
-    world.dirs[Role.BACKEND]["state"] = b"8"   # but a backend never goes Closing -> Reconfigured
+    world.dirs[Role.BACKEND]["state"] = b"8"   # but a backend never goes InitWait -> Reconfigured
     world.step(Role.FRONTEND)
-    assert any("skipped" in v.message for v in world.violations)
+    assert [(v.kind, v.detail) for v in world.violations] == [
+        (ViolationKind.PEER_SKIPPED_STATES, "Connected -> Initialising"),  # seen by the backend
+        (ViolationKind.PEER_SKIPPED_STATES, "Connected -> Reconfigured")]  # by the frontend
 
 
 def test_garbage_peer_state_is_refused_and_read_as_closed() -> None:
@@ -160,37 +241,49 @@ def test_garbage_peer_state_is_refused_and_read_as_closed() -> None:
     world.dirs[Role.FRONTEND]["state"] = b"\xff" * 100
     world.step(Role.BACKEND)
     assert world.violations and world.violations[-1].value == b"\xff" * 100
+    assert world.violations[-1].kind is ViolationKind.PEER_STATE_MALFORMED
     assert world.dirs[Role.BACKEND]["state"] == b"6"  # via Closing
 
 
 def test_companion_backend_writes_features_when_the_kernel_driver_waits() -> None:
     machine = VifMachine(Role.BACKEND, Mode.COMPANION, LinkPolicy())
-    snap = Snapshot(b"1", b"1", {}, {}, FRONTEND_DIR)
-    assert machine.observe(snap) == []
-    actions = machine.observe(Snapshot(b"2", b"1", {}, {}, FRONTEND_DIR))
-    assert len(actions) == 1 and isinstance(actions[0], WriteKeys)
-    assert actions[0].state is None and actions[0].keys["feature-csum-tx"] == b"0"
+    nothing: dict[str, bytes | None] = {}
+    first = machine.observe(Snapshot(b"1", b"1", {}, nothing))
+    assert first.idle
+    machine.committed(first, {}, True)
+    step = machine.observe(Snapshot(b"2", b"1"))
+    assert step.state is None and step.writes["feature-csum-tx"] == b"0"
 
 
 def test_companion_frontend_writes_features_once_the_backend_waits() -> None:
     machine = VifMachine(Role.FRONTEND, Mode.COMPANION, LinkPolicy())
-    assert machine.observe(Snapshot(b"1", b"1", {}, {}, BACKEND_DIR)) == []
-    actions = machine.observe(Snapshot(b"1", b"2", {}, {}, BACKEND_DIR))
-    assert isinstance(actions[0], WriteKeys)
-    assert actions[0].keys["feature-no-csum-offload"] == b"1"
+    first = machine.observe(Snapshot(b"1", b"1", {}, {}))
+    assert first.idle
+    machine.committed(first, {}, True)
+    step = machine.observe(Snapshot(b"1", b"2"))
+    assert step.writes["feature-no-csum-offload"] == b"1"
+
+
+@given(own=st.sampled_from([s.wire for s in S] + [None, b"junk"]),
+       peer=st.sampled_from([s.wire for s in S] + [None, b"junk"]),
+       role=st.sampled_from(Role))
+def test_companion_mode_never_writes_state(own: bytes | None, peer: bytes | None,
+                                           role: Role) -> None:
+    machine = VifMachine(role, Mode.COMPANION, LinkPolicy())
+    step = machine.observe(Snapshot(own, peer, {}, {}))
+    assert step.state is None and not step.again
 
 
 def test_same_snapshot_twice_yields_nothing_new() -> None:
     world = World()
     world.settle()
-    snap = world.snapshot(Role.BACKEND)
-    assert world.machines[Role.BACKEND].observe(snap) == []
+    assert world.machines[Role.BACKEND].observe(world.snapshot(Role.BACKEND)).idle
 
 
 def test_removed_device_is_forgotten() -> None:
     machine = VifMachine(Role.BACKEND, Mode.FULL, LinkPolicy())
-    assert machine.observe(Snapshot(None, b"1", {}, {}, FRONTEND_DIR, own_present=False)) == [
-        Forget()]
+    step = machine.observe(Snapshot(None, b"1", {}, {}, own_present=False))
+    assert step.forget and not step.writes and step.state is None
 
 
 flag_st = st.builds(FamilyFlags, st.booleans(), st.booleans())
@@ -207,9 +300,10 @@ class PairOfEnds(RuleBasedStateMachine):
                                               Role.FRONTEND: [S.INITIALISING]}
 
     def _record(self, role: Role) -> None:
-        for state in self.world.machines[role].last_path:
+        for state in self.world.states[role]:
             if self.history[role][-1] != state:
                 self.history[role].append(state)
+        self.world.states[role].clear()
 
     @rule(role=st.sampled_from(Role))
     def step(self, role: Role) -> None:
@@ -218,7 +312,11 @@ class PairOfEnds(RuleBasedStateMachine):
 
     @rule(role=st.sampled_from(Role), policy=policy_st)
     def change_policy(self, role: Role, policy: LinkPolicy) -> None:
-        self.world.perform(role, self.world.machines[role].set_policy(policy))
+        machine = self.world.machines[role]
+        if machine.set_policy(policy):
+            step = machine.recompute()
+            if step is not None:
+                self.world.perform(role, step)
         self._record(role)
 
     @rule(role=st.sampled_from(Role))
@@ -245,9 +343,7 @@ class PairOfEnds(RuleBasedStateMachine):
         clone.dirs = {role: dict(d) for role, d in self.world.dirs.items()}
         for role in Role:
             m = self.world.machines[role]
-            clone.machines[role] = VifMachine(role, Mode.FULL, m.policy, m.capability,
-                                              m.own_state, m.peer_state, m.applied,
-                                              m.last_snapshot)
+            clone.machines[role] = attrs.evolve(m)
             clone.results[role] = self.world.results[role]
         clone.settle()
         assert clone.dirs[Role.BACKEND]["state"] == b"4"

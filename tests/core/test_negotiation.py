@@ -54,9 +54,9 @@ def test_both_ends_compute_the_same_result_from_the_same_store_contents(
     frontend_keys = render_advertisement(Role.FRONTEND, advertise(Role.FRONTEND, f_cap, f_pol))
     # What the backend reads of the frontend, and the frontend of the backend:
     seen_by_backend = decide(advertise(Role.BACKEND, b_cap, b_pol),
-                             parse_advertisement(Role.FRONTEND, "/f", frontend_keys).advertisement,
+                             parse_advertisement("/f", frontend_keys).advertisement,
                              b_pol)
-    seen_by_frontend = decide(parse_advertisement(Role.BACKEND, "/b", backend_keys).advertisement,
+    seen_by_frontend = decide(parse_advertisement("/b", backend_keys).advertisement,
                               advertise(Role.FRONTEND, f_cap, f_pol), f_pol)
     assert seen_by_backend == seen_by_frontend
 
@@ -71,7 +71,7 @@ def test_default_policy_computes_every_checksum() -> None:
 def test_legacy_only_stock_netfront_gets_the_documented_result(b_pol: LinkPolicy) -> None:
     # Stock Linux netfront: no feature-no-csum-offload, feature-ipv6-csum-offload=1.
     everything = Advertisement(FamilyFlags.both(True), FamilyFlags.both(True))
-    frontend = parse_advertisement(Role.FRONTEND, "/f",
+    frontend = parse_advertisement("/f",
                                    {"feature-ipv6-csum-offload": b"1"}).advertisement
     result = decide(advertise(Role.BACKEND, everything, b_pol), frontend)
     assert result == LinkResult(to_guest=b_pol.to_guest, from_guest=b_pol.from_guest)

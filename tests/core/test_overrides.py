@@ -6,16 +6,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from xenoffload.override_store import (
+    clear_override,
+    read_overrides,
+    refresh_overrides,
+    write_override,
+)
 from xenoffload.overrides import (
     OverrideSetting,
     format_override,
     parse_override,
-    read_overrides,
     rules_from_overrides,
-    write_override,
 )
 from xenoffload.policy import DirectionSetting, Policy, PolicyError, VifIdentity
-from xenoffload.schema import FamilyFlags
+from xenoffload.schema import FamilyFlags, Role
 from xenoffload.store.memory import MemoryXenStore
 
 opt = st.one_of(st.none(), st.booleans())
@@ -56,8 +60,33 @@ def test_vif_override_wins_over_bridge_override() -> None:
 def test_overrides_are_read_back_from_xenstore_and_junk_is_reported() -> None:
     store = MemoryXenStore().connect(0)
     setting = OverrideSetting(DirectionSetting(True, None))
-    write_override(store, "/local/domain/0", "vif/3/1", setting)
+    write_override(store, 0, Role.BACKEND, "vif/3/1", setting)
     store.write("/local/domain/0/xenoffload/policy/bridge/br0", b"nonsense")
-    found, problems = read_overrides(store, "/local/domain/0")
+    found, problems = read_overrides(store, 0, Role.BACKEND)
     assert found == {"vif/3/1": setting}
     assert len(problems) == 1 and "bridge/br0" in problems[0]
+
+
+def test_a_guests_overrides_live_in_the_one_directory_libxl_lets_it_write() -> None:
+    store = MemoryXenStore().connect(0)
+    path = write_override(store, 5, Role.FRONTEND, "vif/0", OverrideSetting(
+        DirectionSetting(True, True)))
+    assert path == "/local/domain/5/data/xenoffload/policy/vif/0"
+
+
+ON = OverrideSetting(DirectionSetting(True, True))
+
+
+def test_overrides_lost_with_xenstores_tree_are_restored() -> None:
+    store = MemoryXenStore().connect(0)
+    known = {"vif/3/1": ON}
+    assert refresh_overrides(store, 0, Role.BACKEND, known, restore=True) == known
+    assert read_overrides(store, 0, Role.BACKEND)[0] == known
+
+
+def test_a_cleared_override_is_never_restored() -> None:
+    store = MemoryXenStore().connect(0)
+    write_override(store, 0, Role.BACKEND, "vif/3/1", ON)
+    clear_override(store, 0, Role.BACKEND, "vif/3/1")  # the operator's --clear, while away
+    assert refresh_overrides(store, 0, Role.BACKEND, {"vif/3/1": ON}, restore=True) == {}
+    assert read_overrides(store, 0, Role.BACKEND)[0] == {}

@@ -42,7 +42,7 @@ def test_rendered_keys_parse_back_to_the_same_advertisement(
     role: Role, advert: Advertisement
 ) -> None:
     keys = render_advertisement(role, advert)
-    parsed = parse_advertisement(role, "/d", dict(keys))
+    parsed = parse_advertisement("/d", dict(keys))
     assert parsed.advertisement == advert
     assert parsed.source == "xenoffload"
     assert not parsed.problems
@@ -61,24 +61,24 @@ def test_backend_never_writes_feature_no_csum_offload() -> None:
 
 def test_stock_netfront_keys_read_as_ipv4_and_ipv6_offload_accepted() -> None:
     # What a real Linux netfront wrote (shared/fixtures): no feature-no-csum-offload, ipv6=1.
-    parsed = parse_advertisement(Role.FRONTEND, "/d", {LEGACY_IPV6_CSUM_OFFLOAD: b"1"})
+    parsed = parse_advertisement("/d", {LEGACY_IPV6_CSUM_OFFLOAD: b"1"})
     assert parsed.source == "legacy"
     assert parsed.advertisement.rx == FamilyFlags(True, True)
 
 
 def test_legacy_frontend_that_needs_checksums_accepts_no_blank_ipv4() -> None:
-    parsed = parse_advertisement(Role.FRONTEND, "/d", {LEGACY_NO_CSUM_OFFLOAD: b"1"})
+    parsed = parse_advertisement("/d", {LEGACY_NO_CSUM_OFFLOAD: b"1"})
     assert parsed.advertisement.rx == FamilyFlags(False, False)
 
 
 def test_legacy_key_in_backend_dir_is_read_as_the_backends() -> None:
     # A Solaris-derived netback writes feature-no-csum-offload into the backend directory.
-    parsed = parse_advertisement(Role.BACKEND, "/d", {LEGACY_NO_CSUM_OFFLOAD: b"1"})
+    parsed = parse_advertisement("/d", {LEGACY_NO_CSUM_OFFLOAD: b"1"})
     assert parsed.advertisement.rx.ipv4 is False
 
 
 def test_nothing_written_reads_as_stock_driver_defaults() -> None:
-    parsed = parse_advertisement(Role.FRONTEND, "/d", {})
+    parsed = parse_advertisement("/d", {})
     assert parsed.advertisement.rx == FamilyFlags(ipv4=True, ipv6=False)
 
 
@@ -92,13 +92,13 @@ def test_any_malformed_value_gives_the_safe_advertisement(
     keys = dict(render_advertisement(role, Advertisement(FamilyFlags(True, True),
                                                          FamilyFlags(True, True))))
     keys[key] = junk
-    parsed = parse_advertisement(role, "/d", keys)
+    parsed = parse_advertisement("/d", keys)
     assert parsed.advertisement == SAFE
     assert parsed.source == "safe"
     assert parsed.problems and parsed.problems[0].value == junk
 
 
 def test_own_keys_partially_missing_read_as_not_offered() -> None:
-    parsed = parse_advertisement(Role.FRONTEND, "/d", {"feature-csum-rx": b"1"})
+    parsed = parse_advertisement("/d", {"feature-csum-rx": b"1"})
     assert parsed.advertisement == Advertisement(FamilyFlags(False, False),
                                                  FamilyFlags(True, False))

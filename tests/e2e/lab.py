@@ -159,6 +159,13 @@ class EventFaults:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    def next_events(self, timeout: float | None, limit: int) -> list[WatchEvent]:
+        first = self.next_event(timeout)
+        batch = [first] if first is not None else []
+        while batch and len(batch) < limit and (more := self.next_event(0)) is not None:
+            batch.append(more)
+        return batch
+
     def next_event(self, timeout: float | None) -> WatchEvent | None:
         deadline = time.monotonic() + (timeout or 0.0)
         while True:
@@ -230,9 +237,9 @@ class AgentThread:
     """An agent logic driven by a :class:`Runner` in a daemon thread (the in-process API)."""
 
     def __init__(self, logic: AgentLogic, factory: Callable[[], Store], name: str,
-                 tick_seconds: float = 0.1, backoff_max: float = 0.4) -> None:
+                 idle_seconds: float = 0.1, backoff_max: float = 0.4) -> None:
         self.logic = logic
-        self.runner = Runner(factory, logic, tick_seconds=tick_seconds,
+        self.runner = Runner(factory, logic, idle_seconds=idle_seconds,
                              backoff_initial=0.05, backoff_max=backoff_max)
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.error: BaseException | None = None

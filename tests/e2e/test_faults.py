@@ -19,8 +19,11 @@ import time
 
 import pytest
 
-from xenoffload.overrides import OverrideSetting, write_override
+from xenoffload.override_store import write_override
+from xenoffload.overrides import OverrideSetting
+from xenoffload.paths import override_path
 from xenoffload.policy import DirectionSetting, parse_policy
+from xenoffload.schema import Role
 from xenoffload.store.base import Store, Transaction, run_transaction
 from xenoffload.store.pyxs_store import connect_store
 from xenoffload.toggles.base import DeviceRef
@@ -48,7 +51,7 @@ class World:
         self.toggles = CountingToggles(NetlinkToggles())
         for domid, bridges in LAYOUT.items():
             lab.add_guest(domid, bridges)
-        write_override(lab.toolstack, "/local/domain/0", "vif/2/0", ON)
+        write_override(lab.toolstack, 0, Role.BACKEND, "vif/2/0", ON)
 
         def connect(path: str) -> Store:
             store = connect_store(path, timeout=2.0)
@@ -182,7 +185,7 @@ def test_connection_cut_reconnects_and_rereads_what_changed_meanwhile(netlab: La
     conn = next(c for c in model.connections() if c.conn_id == old_conn)
     model.disconnect(conn)  # xenstored ends the session and resets its socket
     conn.close_listener(conn)  # type: ignore[misc]
-    write_override(netlab.toolstack, "/local/domain/0", "vif/1/0", ON)  # while it is away
+    write_override(netlab.toolstack, 0, Role.BACKEND, "vif/1/0", ON)  # while it is away
 
     expected = {**EXPECTED, (1, 0): SUPPRESSED}
     world.converged(expected)
@@ -201,12 +204,15 @@ def test_commits_failing_with_eagain_many_times_in_a_row(
     world.converged()
     sets = len(world.toggles.sets)
 
-    netlab.xenstored.fail_next_commits(300)  # > 4 agents' worth of 64 retries
-    write_override(netlab.toolstack, "/local/domain/0", "vif/1/0", ON)
+    netlab.xenstored.fail_next_commits(300)  # many times the 8 attempts of one step
+    write_override(netlab.toolstack, 0, Role.BACKEND, "vif/1/0", ON)
 
     expected = {**EXPECTED, (1, 0): SUPPRESSED}
     world.converged(expected, timeout=20)
-    assert any("conflicted (EAGAIN) 64 times" in r.getMessage() for r in caplog.records)
+    assert any("conflicted (EAGAIN) 8 times in a row; retrying later" in r.getMessage()
+               for r in caplog.records)
+    # A storm of conflicts is retried per vif with backoff, never by dropping the connection.
+    assert world.backend.runner.reconnects == 0
     assert set(world.sets_since(sets)) == {netlab.vif_device(1, 0), netlab.eth_device(1, 0)}
     assert all(count == 1 for count in world.sets_since(sets).values())
     assert world.override_kept()
@@ -219,7 +225,7 @@ def _guest_keeps_checksums_on_both_vifs(lab: Lab) -> None:
 
     def body(txn: Transaction) -> None:
         for devid in (0, 1):
-            txn.write(f"/local/domain/1/xenoffload/policy/vif/{devid}",
+            txn.write(override_path(1, Role.FRONTEND, f"vif/{devid}"),
                       b"to-guest=off from-guest=off")
 
     run_transaction(lab.store(), body)
@@ -263,7 +269,7 @@ def test_vif_device_vanishing_while_being_toggled_is_retried_until_it_is_back(
             netlab.delete_device(1, 1)  # netback removed vif1.1 between read and set
 
     world.toggles.before_apply = vanish
-    write_override(netlab.toolstack, "/local/domain/0", "vif/1/1", OFF)
+    write_override(netlab.toolstack, 0, Role.BACKEND, "vif/1/1", OFF)
     status = "/local/domain/0/backend/vif/1/1/xenoffload-csum-status"
     wait_until(lambda: netlab.store().read(status).startswith(b"no-device"), 10,
                "the backend reporting the missing device")

@@ -131,7 +131,7 @@ def test_backend_link_to_another_guests_device_is_refused_and_changes_nothing(
     # ... and a guest agent in the hostile guest refuses to follow it, saying where.
     agent = GuestAgent(GUEST_POLICY, 2, Mode.FULL)
     agent.attach(scene.hostile)
-    assert 0 not in agent.endpoints
+    assert (2, 0) not in agent.endpoints
     assert _logged(caplog, "domid=2 devid=0 refused", f"{HOSTILE_DIR}/backend")
     scene.assert_victim_untouched()
 

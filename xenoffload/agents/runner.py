@@ -1,5 +1,5 @@
 """The event loop both agents share: one XenStore connection, batched watch events,
-reconnection with backoff, periodic retries. Agents plug in what a batch of events means.
+reconnection with backoff, retries when they are due. Agents plug in what a batch means.
 """
 
 from __future__ import annotations
@@ -8,21 +8,21 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
 
 from xenoffload.store.base import Store, StoreUnavailable, TransactionAborted, WatchEvent
 
-__all__ = ["AgentLogic", "Runner", "StoreFactory"]
+__all__ = ["AgentLogic", "Runner", "StoreFactory", "MAX_BATCH"]
 
 log = logging.getLogger("xenoffload.agent")
 
 StoreFactory = Callable[[], Store]
 
-#: Most events taken from the connection before a batch is processed.
-MAX_BATCH = 4096
+#: Most events taken from the connection as one batch.
+MAX_BATCH = 8192
 
 
 class AgentLogic(Protocol):
@@ -32,25 +32,34 @@ class AgentLogic(Protocol):
         """A (new) connection is up: register watches, rescan everything."""
         ...
 
-    def handle(self, events: list[WatchEvent]) -> None:
+    def handle(self, events: Sequence[WatchEvent]) -> None:
         """Process a batch of watch events (deduplicated by the logic itself)."""
         ...
 
     def tick(self) -> None:
-        """Called when no event came for a while: retry what failed."""
+        """Do what is due (retries)."""
+        ...
+
+    def next_due(self) -> float | None:
+        """When :meth:`tick` has work next, on the runner's clock; None: nothing planned."""
         ...
 
 
 @attrs.define
 class Runner:
     """Drives an :class:`AgentLogic` until stopped. Reconnects (new store from the factory)
-    whenever the connection is lost, with exponential backoff between attempts."""
+    whenever the connection is lost, with exponential backoff between attempts.
+
+    ``clock`` is the logic's clock too (monotonic seconds); ``idle_seconds`` bounds a wait
+    for events when nothing is due, so that a stop request is seen.
+    """
 
     factory: StoreFactory
     logic: AgentLogic
-    tick_seconds: float = 1.0
+    idle_seconds: float = 1.0
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
+    clock: Callable[[], float] = time.monotonic
     stop_event: threading.Event = attrs.field(factory=threading.Event)
     store: Store | None = None
     reconnects: int = 0
@@ -69,6 +78,7 @@ class Runner:
         tries = 0
         while not self.stop_event.is_set():
             tries += 1
+            store: Store | None = None
             try:
                 store = self.factory()
                 self.logic.attach(store)
@@ -79,6 +89,9 @@ class Runner:
                 log.warning("XenStore unavailable (%s); retrying in %.2fs", error, delay)
             except TransactionAborted as error:
                 log.warning("rescan kept conflicting (%s); retrying in %.2fs", error, delay)
+            if store is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    store.close()
             if attempts is not None and tries >= attempts:
                 raise StoreUnavailable(f"gave up after {tries} attempts")
             self.stop_event.wait(delay)
@@ -87,38 +100,30 @@ class Runner:
 
     def run_once(self, settle_seconds: float = 0.2, max_seconds: float = 30.0,
                  attempts: int = 3) -> None:
-        """Connect (``attempts`` tries), process events until none arrives for
-        ``settle_seconds`` (or ``max_seconds`` pass), then return: the CLI's ``--once``.
-        Raises StoreUnavailable if no connection could be made."""
-        deadline = time.monotonic() + max_seconds
+        """Connect (``attempts`` tries), process events and due retries until nothing comes
+        for ``settle_seconds`` and nothing is due sooner (or ``max_seconds`` pass), then
+        return: the CLI's ``--once``. Raises StoreUnavailable if no connection could be made."""
+        deadline = self.clock() + max_seconds
         self.store = self._connect(attempts)
         try:
-            while time.monotonic() < deadline:
-                batch = self._take_batch(self.store, settle_seconds)
-                if not batch:
+            while self.clock() < deadline:
+                if not self.pump(settle_seconds):
                     break
-                self.logic.handle(batch)
         finally:
             self.store.close()
 
     def run(self) -> None:
         """Process events until :meth:`stop`; survive any loss of the connection. Retries
-        (:meth:`AgentLogic.tick`) come every ``tick_seconds`` even while events keep coming
-        (a guest flapping its state must not starve another vif's retry)."""
-        next_tick = time.monotonic() + self.tick_seconds
+        come when due even while events keep coming (a guest flapping its state must not
+        starve another vif's retry)."""
         while not self.stop_event.is_set():
             try:
                 if self.store is None:
                     self.store = self._connect()
-                batch = self._take_batch(self.store, self.tick_seconds)
+                self.pump(self.idle_seconds)
                 if self.pending_reload is not None:
                     reload, self.pending_reload = self.pending_reload, None
                     reload()
-                if batch:
-                    self.logic.handle(batch)
-                if not batch or time.monotonic() >= next_tick:
-                    self.logic.tick()
-                    next_tick = time.monotonic() + self.tick_seconds
             except (StoreUnavailable, TransactionAborted) as error:
                 if self.stop_event.is_set():
                     break
@@ -126,21 +131,27 @@ class Runner:
                 self._drop()
         self._drop()
 
+    def pump(self, wait_seconds: float) -> bool:
+        """One turn of the loop on the current connection: wait for events at most
+        ``wait_seconds`` (less when a retry is due sooner), handle the batch, then run what
+        is due. Return whether anything was handled or run."""
+        store = self.store
+        assert store is not None
+        due = self.logic.next_due()
+        now = self.clock()
+        timeout = wait_seconds if due is None else max(0.0, min(wait_seconds, due - now))
+        batch = store.next_events(timeout, MAX_BATCH)
+        if batch:
+            self.logic.handle(batch)
+        due = self.logic.next_due()
+        ran = due is not None and due <= self.clock()
+        if ran:
+            self.logic.tick()
+        return bool(batch) or ran
+
     def _drop(self) -> None:
         if self.store is not None:
             with contextlib.suppress(StoreUnavailable):
                 self.store.close()
             self.store = None
             self.reconnects += 1
-
-    def _take_batch(self, store: Store, timeout: float) -> list[WatchEvent]:
-        first = store.next_event(timeout)
-        if first is None:
-            return []
-        batch = [first]
-        while len(batch) < MAX_BATCH:
-            more = store.next_event(0)
-            if more is None:
-                break
-            batch.append(more)
-        return batch

@@ -234,7 +234,7 @@ class AgentSubject:
             store: Store = connect_store(setup.xenstore, timeout=5.0)
             return hooks.store(store) if hooks.store is not None else store
 
-        runner = Runner(factory, logic, tick_seconds=0.05, backoff_initial=0.01,
+        runner = Runner(factory, logic, idle_seconds=0.05, backoff_initial=0.01,
                         backoff_max=0.1)
         failure: list[str] = []
 

@@ -1,0 +1,86 @@
+"""Run-time policy overrides in XenStore: read, write, clear, and restore after a lost tree.
+
+Every agent and ``xenoffload set`` share them through XenStore (the format is
+:mod:`xenoffload.overrides`; the places :func:`xenoffload.paths.override_root`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from xenoffload.overrides import OverrideSetting, format_override, parse_override
+from xenoffload.paths import override_path, override_root
+from xenoffload.policy import PolicyError
+from xenoffload.schema import Role
+from xenoffload.store.base import Store, XenStoreError
+
+__all__ = ["read_overrides", "write_override", "clear_override", "refresh_overrides"]
+
+log = logging.getLogger("xenoffload.overrides")
+
+
+def read_overrides(store: Store, home_domid: int, role: Role
+                   ) -> tuple[dict[str, OverrideSetting], list[str]]:
+    """Return every override steering ``home_domid``'s ``role`` agent (key = path relative to
+    the root, e.g. ``vif/1/0``) and the problems found (malformed nodes are skipped, never
+    applied)."""
+    root = override_root(home_domid, role)
+    found: dict[str, OverrideSetting] = {}
+    problems: list[str] = []
+
+    def walk(relative: str) -> None:
+        path = f"{root}/{relative}" if relative else root
+        try:
+            children = store.directory(path)
+        except XenStoreError:
+            return
+        for child in children:
+            walk(f"{relative}/{child}" if relative else child)
+        if relative.count("/") >= 1 and not children:
+            raw = store.try_read(path)
+            if raw:
+                try:
+                    found[relative] = parse_override(path, raw)
+                except PolicyError as error:
+                    problems.append(str(error))
+
+    walk("")
+    return found, problems
+
+
+def refresh_overrides(store: Store, home_domid: int, role: Role,
+                      known: Mapping[str, OverrideSetting], restore: bool
+                      ) -> dict[str, OverrideSetting]:
+    """Return the overrides steering ``home_domid``'s ``role`` agent: what XenStore holds
+    (malformed nodes are logged and skipped). With ``restore`` (a new connection), when
+    XenStore holds none but ``known`` is not empty and even the override directory is gone,
+    XenStore restarted
+    without its tree: ``known`` is written back and returned, so no policy is lost. (Clearing
+    the last override leaves the directory: a cleared override is never restored.)"""
+    found, problems = read_overrides(store, home_domid, role)
+    for problem in problems:
+        log.warning("override refused: %s", problem)
+    if restore and not found and known and \
+            store.try_read(override_root(home_domid, role)) is None:
+        for key, setting in known.items():
+            write_override(store, home_domid, role, key, setting)
+        log.warning("restored %d policy override(s) lost by XenStore", len(known))
+        return dict(known)
+    return found
+
+
+def write_override(store: Store, home_domid: int, role: Role, key: str,
+                   setting: OverrideSetting) -> str:
+    """Write one override steering ``home_domid``'s ``role`` agent (``key`` like ``vif/1/0``
+    or ``bridge/xenbr0``); return its path."""
+    path = override_path(home_domid, role, key)
+    store.write(path, format_override(setting))
+    return path
+
+
+def clear_override(store: Store, home_domid: int, role: Role, key: str) -> str:
+    """Remove one override; return its path."""
+    path = override_path(home_domid, role, key)
+    store.rm(path)
+    return path

@@ -117,19 +117,27 @@ class Runner:
         come when due even while events keep coming (a guest flapping its state must not
         starve another vif's retry)."""
         while not self.stop_event.is_set():
-            try:
-                if self.store is None:
-                    self.store = self._connect()
-                self.pump(self.idle_seconds)
-                if self.pending_reload is not None:
-                    reload, self.pending_reload = self.pending_reload, None
-                    reload()
-            except (StoreUnavailable, TransactionAborted) as error:
-                if self.stop_event.is_set():
-                    break
-                log.warning("lost XenStore (%s); reconnecting", error)
-                self._drop()
+            self.turn(self.idle_seconds)
         self._drop()
+
+    def turn(self, wait_seconds: float) -> bool:
+        """One turn of :meth:`run`: connect if needed (with backoff), :meth:`pump`, then a
+        pending policy reload. A lost connection is dropped, to be made again on the next
+        turn. Return whether anything was handled or run."""
+        try:
+            if self.store is None:
+                self.store = self._connect()
+            moved = self.pump(wait_seconds)
+            if self.pending_reload is not None:
+                reload, self.pending_reload = self.pending_reload, None
+                reload()
+                moved = True
+            return moved
+        except (StoreUnavailable, TransactionAborted) as error:
+            if not self.stop_event.is_set():
+                log.warning("lost XenStore (%s); reconnecting", error)
+            self._drop()
+            return True
 
     def pump(self, wait_seconds: float) -> bool:
         """One turn of the loop on the current connection: wait for events at most

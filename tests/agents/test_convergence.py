@@ -73,7 +73,7 @@ from xenoffload.toggles.base import DeviceRef
 from xenoffload.toggles.mapping import csum_rules, wanted_features
 from xenoffload.toggles.recording import RecordingToggles
 from xenoffload.toolstack import VifSpec, create_domain, create_vif, destroy_vif
-from xenoffload.xenstored.server import EmbeddedXenstored
+from xenoffload.xenstored.harness import EmbeddedXenstored
 
 CI_EXAMPLES = int(os.environ.get("XENOFFLOAD_SOAK_EXAMPLES", "30"))
 CI_STEPS = int(os.environ.get("XENOFFLOAD_SOAK_STEPS", "25"))
@@ -259,14 +259,15 @@ class System:
             self.toolstack.close()
         self.toolstack = connect_store(self.xenstored.socket_path, timeout=5.0)
 
-    def command(self, *args: str, guest: int | None = None) -> None:
-        """Run ``xenoffload ARGS`` (in-process) against dom0's or a guest's socket."""
+    def command(self, *args: str, guest: int | None = None, expect: int = 0) -> None:
+        """Run ``xenoffload ARGS`` (in-process) against dom0's or a guest's socket; it must
+        exit with ``expect``."""
         socket = self.xenstored.socket_path if guest is None else \
             self.xenstored.domain_sockets[guest]
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = cli.main([*args, "--xenstore", socket])
-        assert code == 0, (args, code, out.getvalue(), err.getvalue())
+        assert code == expect, (args, code, out.getvalue(), err.getvalue())
 
 
 def vif_spec(vif: tuple[int, int], bridge: str) -> VifSpec:
@@ -331,9 +332,12 @@ class Convergence(RuleBasedStateMachine):
 
     @rule(vif=vifs_st, setting=settings_st)
     def set_vif(self, vif: tuple[int, int], setting: Setting) -> None:
-        """``xenoffload set G/D --tx .. --rx ..`` in dom0."""
-        self.system.command("set", f"{vif[0]}/{vif[1]}", *self._flags(setting))
-        self.model.overrides[("vif", *vif)] = setting
+        """``xenoffload set G/D --tx .. --rx ..`` in dom0 (refused for a vif not there)."""
+        exists = vif in self.model.vifs
+        self.system.command("set", f"{vif[0]}/{vif[1]}", *self._flags(setting),
+                            expect=0 if exists else cli.EXIT_NOT_FOUND)
+        if exists:
+            self.model.overrides[("vif", *vif)] = setting
         self.system.quiesce()
 
     @rule(bridge=st.sampled_from(BRIDGES), setting=settings_st)
@@ -344,7 +348,7 @@ class Convergence(RuleBasedStateMachine):
 
     @rule(vif=vifs_st)
     def clear_vif(self, vif: tuple[int, int]) -> None:
-        if ("vif", *vif) in self.model.overrides:
+        if ("vif", *vif) in self.model.overrides and vif in self.model.vifs:
             self.system.command("set", f"{vif[0]}/{vif[1]}", "--clear")
             del self.model.overrides[("vif", *vif)]
         self.system.quiesce()
@@ -358,15 +362,18 @@ class Convergence(RuleBasedStateMachine):
 
     @rule(vif=vifs_st, setting=settings_st)
     def set_local(self, vif: tuple[int, int], setting: Setting) -> None:
-        """``xenoffload set --local D`` run by the guest's administrator inside the guest."""
+        """``xenoffload set --local D`` run by the guest's administrator inside the guest
+        (refused for a vif the guest does not have)."""
+        exists = vif in self.model.vifs
         self.system.command("set", "--local", str(vif[1]), *self._flags(setting),
-                            guest=vif[0])
-        self.model.local[vif] = setting
+                            guest=vif[0], expect=0 if exists else cli.EXIT_NOT_FOUND)
+        if exists:
+            self.model.local[vif] = setting
         self.system.quiesce()
 
     @rule(vif=vifs_st)
     def clear_local(self, vif: tuple[int, int]) -> None:
-        if vif in self.model.local:
+        if vif in self.model.local and vif in self.model.vifs:
             self.system.command("set", "--local", str(vif[1]), "--clear", guest=vif[0])
             del self.model.local[vif]
         self.system.quiesce()

@@ -123,11 +123,13 @@ def world(lab: Lab, tmp_path: Path) -> dict[str, str]:
     lab.add_guest(1, ["xenbr0", "xenpriv0"])
     lab.add_guest(3, ["xenbr0"])
     # Guest 3 may not write its own override directory (a dom0 administrator's choice).
+    from xenoffload.paths import override_root
+    from xenoffload.schema import Role
     from xenoffload.store.base import Access, Perm
 
-    lab.toolstack.write("/local/domain/3/xenoffload", b"")
-    lab.toolstack.set_perms("/local/domain/3/xenoffload", [Perm(Access.NONE, 0),
-                                                          Perm(Access.READ, 3)])
+    root = override_root(3, Role.FRONTEND).rsplit("/", 1)[0]
+    lab.toolstack.write(root, b"")
+    lab.toolstack.set_perms(root, [Perm(Access.NONE, 0), Perm(Access.READ, 3)])
     (tmp_path / "latin1.toml").write_bytes(NOT_UTF8)
     (tmp_path / "nested.toml").write_bytes(NESTED)
     (tmp_path / "unknown.toml").write_text("[defaults]\nto-guest = true\n")

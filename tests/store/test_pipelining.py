@@ -144,6 +144,14 @@ def test_read_batch_is_one_round_trip(gated: tuple[PyxsStore, ReplyGate]) -> Non
     txn.abort()
 
 
+def test_directory_batch_is_one_round_trip(gated: tuple[PyxsStore, ReplyGate]) -> None:
+    store, gate = gated
+    store.write_many([(f"/d/{index}/x", b"") for index in range(10)])
+    listings = _one_round_trip(gate, [Op.DIRECTORY] * 10, lambda: store.directory_batch(
+        [(None, f"/d/{index}") for index in range(10)]))
+    assert listings == [["x"]] * 10
+
+
 def test_a_whole_batch_of_transactions_takes_three_round_trips(
         gated: tuple[PyxsStore, ReplyGate]) -> None:
     store, gate = gated

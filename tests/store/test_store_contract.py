@@ -181,6 +181,18 @@ def test_directory_longer_than_one_message_is_complete(backend: Backend) -> None
     assert dom0.directory("/big") == names
 
 
+def test_directory_batch_lists_each_node_none_where_missing_and_long_ones_whole(
+        backend: Backend) -> None:
+    dom0 = backend.connect()
+    names = [f"child-with-a-long-name-{index:04d}" for index in range(200)]  # > 4096 bytes
+    dom0.write_many([*((f"/big/{name}", b"") for name in names), ("/small/a", b""),
+                     ("/small/b", b"")])
+    txn = dom0.transaction()
+    assert dom0.directory_batch([(None, "/small"), (txn, "/big"), (None, "/missing")]) == [
+        ["a", "b"], names, None]
+    txn.abort()
+
+
 @pytest.mark.parametrize("path", ["/trailing/", "/double//slash", "/bad char", "", "/é"])
 def test_invalid_paths_raise_einval(backend: Backend, path: str) -> None:
     dom0 = backend.connect()

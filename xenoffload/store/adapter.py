@@ -222,6 +222,28 @@ class StoreAdapter(NodeOps, abc.ABC):
         return self.read_requests([requests.read(path, self._tx_id_of(txn))
                                    for txn, path in batch])
 
+    def directory_batch(self, batch: Sequence[tuple[Transaction | None, str]]
+                        ) -> list[list[str] | None]:
+        """See :meth:`~xenoffload.store.base.Store.directory_batch`."""
+        replies = self.exchange([requests.directory(path, self._tx_id_of(txn))
+                                 for txn, path in batch])
+        listings: list[list[str] | None] = []
+        failure: XenStoreError | None = None
+        for (txn, path), reply in zip(batch, replies, strict=True):
+            if not isinstance(reply, XenStoreError):
+                listings.append(requests.decode_names(reply))
+            elif reply.errno_name == "E2BIG":  # too many children for one reply
+                ops = self if txn is None else txn
+                assert isinstance(ops, NodeOps)
+                listings.append(ops._directory_parts(path))
+            else:
+                listings.append(None)
+                if reply.errno_name not in _MISSING:
+                    failure = failure or reply
+        if failure is not None:
+            raise failure
+        return listings
+
     def write_batch(self, groups: Sequence[WriteGroup]) -> list[bool]:
         """See :meth:`~xenoffload.store.base.Store.write_batch`."""
         encoded: list[tuple[Request | None, list[Request]]] = []

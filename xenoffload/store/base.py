@@ -142,6 +142,13 @@ class Store(StoreOps, Protocol):
         read (ENOENT, EACCES). Any other error is raised once every reply came."""
         ...
 
+    def directory_batch(self, requests: Sequence[tuple[Transaction | None, str]]
+                        ) -> list[list[str] | None]:
+        """List each (transaction or None, path)'s children, every request sent before the
+        first reply is awaited; None where the node does not exist or may not be read. Other
+        errors raise once every reply came."""
+        ...
+
     def write_batch(self, groups: Sequence[WriteGroup]) -> list[bool]:
         """Send every group's guard READ then its WRITEs, all groups pipelined; return per group
         whether its guard exists (True without a guard; a guard that may not be read counts as

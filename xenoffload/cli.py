@@ -485,8 +485,8 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
 
 
 def _make_enforcers(kind: str, tc: bool) -> Enforcers | None:
-    """Return the kernel mechanisms of ``--toggles KIND`` (None for ``none``), with tc when
-    ``--tc`` is given (docs/toggles.md)."""
+    """Return the kernel mechanisms of ``--toggles KIND`` (None for ``none``), with tc unless
+    ``--no-tc`` is given (docs/toggles.md)."""
     if kind == "none":
         return None
     from xenoffload.enforce import make_enforcers
@@ -890,8 +890,9 @@ def build_parser() -> argparse.ArgumentParser:
         config(p, role)
         p.add_argument("--toggles", choices=("netlink", "dry-run", "none"), default="netlink",
                        help="how to apply results to kernel devices (default netlink)")
-        p.add_argument("--tc", action="store_true",
-                       help="also enforce with tc where ethtool cannot (docs/toggles.md)")
+        p.add_argument("--tc", action=argparse.BooleanOptionalAction, default=True,
+                       help="also enforce with tc where ethtool cannot (default on; "
+                            "docs/toggles.md)")
         p.add_argument("--mode", choices=("companion", "full"), default="companion",
                        help="companion: beside kernel drivers that own `state` (default); "
                             "full: this process is the device model and owns `state`")
@@ -975,8 +976,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("online", "offline", "add", "remove"))
     config(p, Role.BACKEND)
     p.add_argument("--toggles", choices=("netlink", "dry-run", "none"), default="netlink")
-    p.add_argument("--tc", action="store_true",
-                   help="also enforce with tc where ethtool cannot (docs/toggles.md)")
+    p.add_argument("--tc", action=argparse.BooleanOptionalAction, default=True,
+                   help="also enforce with tc where ethtool cannot (default on; "
+                        "docs/toggles.md)")
     p.add_argument("--wait", type=_seconds, default=60.0, metavar="SECONDS",
                    help="how long the background part waits for Connected")
     p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",

@@ -21,9 +21,9 @@ from typing import Any
 
 import attrs
 
+from xenoffload import machine as machine_module
 from xenoffload.conformance.peer import linux_u
 from xenoffload.conformance.subjects import AgentHooks, AgentSubject, PolicyLogic
-from xenoffload import machine as machine_module
 from xenoffload.endpoint import Enforcement, Enforcer
 from xenoffload.machine import TRANSITIONS, Mode
 from xenoffload.negotiation import LinkPolicy, LinkResult
@@ -224,8 +224,8 @@ class NoLegacyWrite(StoreMutant):
 
 @attrs.define
 class ResurrectsRemoved:
-    """R14: believes its vif directories still exist after removal: after every batch it
-    writes the keys it last announced again, without checking that the directory is there."""
+    """R14: believes its vif directories still exist after removal: once a device it served is
+    gone, it writes the keys it last announced there again, without checking."""
 
     inner: PolicyLogic
     announced: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
@@ -238,13 +238,14 @@ class ResurrectsRemoved:
     def handle(self, events: Sequence[WatchEvent]) -> None:
         self.inner.handle(events)
         assert self.store is not None
-        for endpoint in getattr(self.inner, "endpoints", {}).values():
+        live = {endpoint.own_dir: endpoint
+                for endpoint in getattr(self.inner, "endpoints", {}).values()}
+        for directory, endpoint in live.items():
             keys = endpoint.machine.own_keys
             if keys is not None:
-                self.announced[endpoint.own_dir] = {k: v for k, v in keys.items()
-                                                    if v is not None}
-        for directory, keys in self.announced.items():
-            for name, value in keys.items():
+                self.announced[directory] = {k: v for k, v in keys.items() if v is not None}
+        for directory in [d for d in self.announced if d not in live]:
+            for name, value in self.announced.pop(directory).items():
                 if name.startswith("feature-csum-"):
                     self.store.write(f"{directory}/{name}", value)
 
@@ -398,6 +399,9 @@ class Polls(LogicWrapper):
         if self.store is not None:
             for _ in range(100):
                 self.store.try_read("/local/domain/0/backend/vif/1/0/state")
+
+    def next_due(self) -> float | None:
+        return 0.0  # always something to do: it polls instead of waiting
 
 
 @attrs.define

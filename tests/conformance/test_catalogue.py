@@ -73,12 +73,7 @@ EVERY_RUN_KILLERS: dict[type[Judge], tuple[str, str]] = {
     NeverWritesState: ("companion-writes-state", "R2-companion-hostile-frontend"),
 }
 #: Our agents' known bugs, each found by a scenario (strict: the test fails once fixed).
-KNOWN_BUGS = {
-    ("R12-own-policy-change", Role.BACKEND):
-        "after a second policy change while Connected the backend agent reacts to the "
-        "snapshot read before its first change's write: it applies the new result but does "
-        "not re-advertise (endpoint.set_policy -> machine.set_policy on last_snapshot)",
-}
+KNOWN_BUGS: dict[tuple[str, Role], str] = {}
 
 
 def test_every_scenario_has_a_mutant_that_it_catches() -> None:

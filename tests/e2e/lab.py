@@ -414,14 +414,16 @@ class Lab:
 
     def backend_process(self, *extra: str, log_name: str = "backend.log") -> AgentProcess:
         """Start ``xenoffload backend-agent`` (full mode, netlink toggles in the dom0 netns)."""
+        # --no-tc: this machine's kernel lacks act_csum, so tc would report every computed
+        # from-guest direction unenforced; tests/toggles and the Xen lab cover tc.
         args = ["backend-agent", "--xenstore", self.socket, "--mode", "full",
-                "--toggles", "netlink", "--netns", self.netns[0], *extra]
+                "--toggles", "netlink", "--no-tc", "--netns", self.netns[0], *extra]
         return self._track(AgentProcess(args, self.tmp / log_name))
 
     def guest_process(self, domid: int, *extra: str) -> AgentProcess:
         """Start ``xenoffload guest-agent`` for ``domid`` over its unprivileged socket."""
         args = ["guest-agent", "--xenstore", self.guest_socket(domid), "--mode", "full",
-                "--toggles", "netlink", "--netns", self.netns[domid],
+                "--toggles", "netlink", "--no-tc", "--netns", self.netns[domid],
                 "--device-pattern", "eth{devid}", *extra]
         return self._track(AgentProcess(args, self.tmp / f"guest{domid}.log"))
 

@@ -121,12 +121,11 @@ def expected_result(dump: Mapping[str, bytes], backend_dir: str,
                     frontend_dir: str) -> LinkResult:
     """Return what :func:`~xenoffload.negotiation.decide` makes of the two advertisements in
     ``dump`` (absolute path -> value), each read as xenoffload reads a peer's."""
-    def advertisement(role: Role, directory: str) -> Advertisement:
+    def advertisement(directory: str) -> Advertisement:
         keys = {name: dump.get(f"{directory}/{name}") for name in READ_KEYS}
-        return parse_advertisement(role, directory, keys).advertisement
+        return parse_advertisement(directory, keys).advertisement
 
-    return decide(advertisement(Role.BACKEND, backend_dir),
-                  advertisement(Role.FRONTEND, frontend_dir))
+    return decide(advertisement(backend_dir), advertisement(frontend_dir))
 
 
 def announcement_problem(role: Role, value: Callable[[str], bytes | None]) -> str | None:

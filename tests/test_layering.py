@@ -16,7 +16,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xenoffload"
 VOCABULARY = "xenoffload.xs"
 #: The protocol core: pure functions and state machines, no store adapter, agent or command.
 CORE = ("xenoffload.xenbus", "xenoffload.schema", "xenoffload.negotiation", "xenoffload.machine",
-        "xenoffload.policy", "xenoffload.paths")
+        "xenoffload.policy", "xenoffload.paths", "xenoffload.overrides", "xenoffload.xapi")
+#: Drivers: one vif end's I/O, enforcement, override storage; below the agents and commands.
+DRIVERS = ("xenoffload.endpoint", "xenoffload.enforce", "xenoffload.override_store",
+           "xenoffload.toggles")
+#: What wires the layers below into processes: nothing under them imports these.
+TOP = ("xenoffload.agents", "xenoffload.cli", "xenoffload.demo", "xenoffload.hotplug",
+       "xenoffload.show", "xenoffload.conformance", "xenoffload.units")
 #: What the core may not import.
 ABOVE_CORE = ("xenoffload.store", "xenoffload.xenstored", "xenoffload.agents", "xenoffload.cli",
               "xenoffload.toggles", "xenoffload.conformance", "xenoffload.demo",
@@ -134,6 +140,28 @@ def test_core_modules_import_no_adapter_agent_or_command() -> None:
     for module in CORE:
         above = {t for t in graph[module] if any(_within(t, layer) for layer in ABOVE_CORE)}
         assert not above, f"{module} imports {above}"
+
+
+def test_core_modules_import_only_the_core() -> None:
+    graph = _graph()
+    for module in CORE:
+        outside = {t for t in graph[module] if t not in CORE}
+        assert not outside, f"{module} imports {outside}"
+
+
+def test_drivers_import_no_agent_or_command() -> None:
+    for module, targets in _graph().items():
+        if any(_within(module, layer) for layer in DRIVERS):
+            above = {t for t in targets if any(_within(t, layer) for layer in TOP)}
+            assert not above, f"{module} imports {above}"
+
+
+def test_agents_import_no_command() -> None:
+    for module, targets in _graph().items():
+        if _within(module, "xenoffload.agents"):
+            above = {t for t in targets if any(_within(t, layer) for layer in TOP)
+                     and not _within(t, "xenoffload.agents")}
+            assert not above, f"{module} imports {above}"
 
 
 def test_a_cycle_would_be_found() -> None:

@@ -241,15 +241,43 @@ class AgentThread:
         self.logic = logic
         self.runner = Runner(factory, logic, idle_seconds=idle_seconds,
                              backoff_initial=0.05, backoff_max=backoff_max)
+        self.idle_seconds = idle_seconds
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.error: BaseException | None = None
+        self._quiesce_wanted = threading.Event()
+        self._quiesced = threading.Event()
 
     def _run(self) -> None:
+        """The runner's loop (:meth:`Runner.run`), taking :meth:`quiesce` requests between
+        turns."""
+        runner = self.runner
         try:
-            self.runner.run()
+            while not runner.stop_event.is_set():
+                runner.turn(self.idle_seconds)
+                if self._quiesce_wanted.is_set():
+                    self._run_until_quiet()
+            runner._drop()
         except BaseException as error:  # reported by alive()/stop()
             self.error = error
             raise
+
+    def _run_until_quiet(self) -> None:
+        runner = self.runner
+        for _ in range(200):
+            if runner.store is not None:
+                # The server sends this connection's queued events before this reply.
+                runner.store.read_batch([(None, "/local/domain")])
+            if not runner.turn(0.0):
+                break
+        self._quiesce_wanted.clear()
+        self._quiesced.set()
+
+    def quiesce(self, timeout: float = 10.0) -> None:
+        """Return once the agent has handled every event the server had sent it when this was
+        called (a round trip on its connection orders them) and nothing more came."""
+        self._quiesced.clear()
+        self._quiesce_wanted.set()
+        assert self._quiesced.wait(timeout), "agent did not become quiet"
 
     def start(self) -> AgentThread:
         self.thread.start()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 
 import pytest
 
@@ -135,7 +134,8 @@ def test_xenstored_killed_mid_negotiation_and_restarted(
     sets = len(world.toggles.sets)
 
     netlab.xenstored.kill()
-    time.sleep(0.5)  # down long enough for several reconnection attempts
+    wait_until(lambda: len(_backoff_delays(caplog, "backend")) >= 2, 10,
+               "two reconnection attempts while xenstored is down")
     netlab.xenstored.faults.stall_replies = False
     netlab.xenstored.restart(keep_tree=keep_tree)
     if not keep_tree:
@@ -160,7 +160,8 @@ def test_xenstored_killed_while_connected_and_restarted(
     sets = len(world.toggles.sets)
 
     netlab.xenstored.kill()
-    time.sleep(0.5)
+    wait_until(lambda: len(_backoff_delays(caplog, "backend")) >= 2, 10,
+               "two reconnection attempts while xenstored is down")
     netlab.xenstored.restart(keep_tree=keep_tree)
     if not keep_tree:
         _recreate_toolstack_layout(netlab)
@@ -295,7 +296,7 @@ def test_backend_agent_restart_in_process_sets_nothing(netlab: Lab) -> None:
     wait_until(lambda: len(again.logic.endpoints) == 3 and all(  # type: ignore[attr-defined]
         e.result is not None for e in list(again.logic.endpoints.values())),  # type: ignore[attr-defined]
         10, "the new agent to adopt every vif")
-    time.sleep(0.3)
+    again.quiesce()  # everything it was told since it started is handled
     assert world.sets_since(sets) == {}
     new_conns = netlab.conn_ids("xenoffload-backend") - {
         r.conn_id for r in netlab.xenstored.request_log[:requests]}

@@ -62,7 +62,7 @@ class TogglesEnforcer:
         except DeviceGone as error:
             return Enforcement(f"no-device: {self.device}", retry=True, details=(str(error),))
         except ToggleError as error:
-            return Enforcement(f"error: {type(error).__name__}", retry=True,
+            return Enforcement(f"error: {error.status_words}", retry=True,
                                details=(str(error),))
         changes = " ".join(f"{o.feature}={'on' if o.requested else 'off'}"
                            for o in applied.outcomes)

@@ -174,3 +174,30 @@ def test_the_echo_of_an_own_write_costs_nothing_and_a_foreign_write_is_news() ->
     world.backend.handle([e for e in [world.dom0.next_event(0)] if e is not None])
     assert started == [1, 1]
     assert world.dom0.read(f"{paths[0].backend_dir}/feature-csum-tx") == b"1"
+
+
+def test_xapis_ethtool_settings_steer_a_vif_and_a_change_applies_at_once() -> None:
+    world = World(guest_policy=GUEST_ALLOWS)
+    world.add_guest(1, "xs", ["xenbr0", "xenbr0"])
+    config = "/xapi/1/private/vif/0/other-config"
+    world.dom0.write(f"{config}/ethtool-tx", b"on")
+    world.dom0.write(f"{config}/ethtool-rx", b"true")
+    world.start()
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult(ALL, ALL)
+    assert world.backend.endpoints[(1, 1)].result == LinkResult()
+    world.dom0.write(f"{config}/ethtool-tx", b"off")  # xe vif-param-set ... ethtool-tx=off
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult(FamilyFlags(), ALL)
+    world.dom0.rm(config)
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult()
+
+
+def test_a_value_xapi_would_refuse_is_ignored() -> None:
+    world = World(guest_policy=GUEST_ALLOWS)
+    world.add_guest(1, "xs", ["xenbr0"])
+    world.dom0.write("/xapi/1/private/vif/0/other-config/ethtool-tx", b"sure")
+    world.start()
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult()

@@ -15,7 +15,7 @@ docs/protocol.md ("Convergence") is checked for every vif:
     ``decide()`` of the two advertisements in the store, and what the policies in force allow;
 (c) each end's kernel device carries that result (ethtool features, tc rules), as its status
     says;
-(d) ``xenoffload show`` reports exactly that.
+(d) ``xenoffload show --json`` reports exactly that, from dom0 and from each guest.
 
 The expected policies come from a model written here, independently of xenoffload.policy.
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -46,6 +47,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from xenoffload import cli
+from xenoffload.agentlock import EndKey, HeldLock, acquire_agent
 from xenoffload.agents.backend import BackendAgent
 from xenoffload.agents.fleet import Fairness, Fleet
 from xenoffload.agents.guest import GuestAgent
@@ -66,7 +68,6 @@ from xenoffload.schema import (
     parse_advertisement,
     render_advertisement,
 )
-from xenoffload.show import collect
 from xenoffload.store.base import Store, StoreUnavailable
 from xenoffload.store.pyxs_store import connect_store
 from xenoffload.toggles.base import DeviceRef
@@ -189,15 +190,22 @@ class System:
         self.devices: RecordingToggles = self.enforcers.toggles
         self.toolstack: Store = connect_store(self.xenstored.socket_path, timeout=5.0)
         self.runners: dict[str, Runner] = {}
+        #: Each agent holds its end's agent lock, as ``xenoffload backend-agent`` does.
+        self.locks: dict[str, list[HeldLock]] = {}
 
     # -- agents
 
     def start_backend(self, policy: Policy) -> None:
+        self.locks["backend"] = acquire_agent(
+            EndKey.of(Role.BACKEND, 0, self.xenstored.socket_path), "convergence test")
         agent = BackendAgent(policy, 0, Mode.FULL, self._backend_enforcer,
                              clock=self.clock, fairness=Fairness())
         self.runners["backend"] = self._runner(agent, self.xenstored.socket_path)
 
     def start_guest(self, domid: int, policy: Policy) -> None:
+        socket = self.xenstored.domain_sockets[domid]
+        self.locks[f"guest{domid}"] = acquire_agent(
+            EndKey.of(Role.FRONTEND, domid, socket), "convergence test")
         agent = GuestAgent(policy, domid, Mode.FULL, self._guest_enforcer, clock=self.clock)
         self.runners[f"guest{domid}"] = self._runner(
             agent, self.xenstored.domain_sockets[domid])
@@ -244,10 +252,16 @@ class System:
             self.clock.now = max(self.clock.now, min(due))
         raise AssertionError(f"no quiescence after {QUIESCENCE_ROUNDS} rounds: turns {turns}")
 
+    def stop_agent(self, name: str) -> None:
+        runner = self.runners.pop(name)
+        runner.stop()
+        runner._drop()
+        for lock in self.locks.pop(name):
+            lock.close()
+
     def close(self) -> None:
-        for runner in self.runners.values():
-            runner.stop()
-            runner._drop()
+        for name in list(self.runners):
+            self.stop_agent(name)
         with contextlib.suppress(StoreUnavailable):
             self.toolstack.close()
         self.xenstored.stop()
@@ -259,15 +273,16 @@ class System:
             self.toolstack.close()
         self.toolstack = connect_store(self.xenstored.socket_path, timeout=5.0)
 
-    def command(self, *args: str, guest: int | None = None, expect: int = 0) -> None:
+    def command(self, *args: str, guest: int | None = None, expect: int = 0) -> str:
         """Run ``xenoffload ARGS`` (in-process) against dom0's or a guest's socket; it must
-        exit with ``expect``."""
+        exit with ``expect``. Returns what it printed."""
         socket = self.xenstored.socket_path if guest is None else \
             self.xenstored.domain_sockets[guest]
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = cli.main([*args, "--xenstore", socket])
         assert code == expect, (args, code, out.getvalue(), err.getvalue())
+        return out.getvalue()
 
 
 def vif_spec(vif: tuple[int, int], bridge: str) -> VifSpec:
@@ -407,9 +422,7 @@ class Convergence(RuleBasedStateMachine):
     def guest_reboot(self, guest: int) -> None:
         """The guest's kernel goes down (its frontends close) and comes back: a new guest
         agent finds every frontend at Initialising."""
-        runner = self.system.runners.pop(f"guest{guest}")
-        runner.stop()
-        runner._drop()
+        self.system.stop_agent(f"guest{guest}")
         own = connect_store(self.system.xenstored.domain_sockets[guest], timeout=5.0)
         try:
             for vif in [v for v in self.model.vifs if v[0] == guest]:
@@ -440,6 +453,16 @@ class Convergence(RuleBasedStateMachine):
             path = VifPaths(0, *vif).backend_key(key)
             value = self.system.toolstack.try_read(path)
             self.system.toolstack.write(path, b"0" if value == b"1" else b"1")
+        self.system.quiesce()
+
+    @rule(guest=st.sampled_from([None, *GUESTS]))
+    def a_second_agent_starts(self, guest: int | None) -> None:
+        """``xenoffload backend-agent --once`` (or ``guest-agent --once`` in a guest) beside
+        the running agent of the same end: it exits 5 and writes nothing (the invariant after
+        it checks that nothing moved)."""
+        role = ["backend-agent"] if guest is None else ["guest-agent", "--domid", str(guest)]
+        self.system.command(*role, "--once", "--mode", "full", "--toggles", "dry-run",
+                            "--no-config", guest=guest, expect=cli.EXIT_BUSY)
         self.system.quiesce()
 
     # -- XenStore and connections
@@ -477,8 +500,15 @@ def check_invariant(system: System, model: Model) -> None:
     store = system.toolstack
     backend = system.agent("backend")
     assert set(backend.endpoints) == set(model.vifs), (sorted(backend.endpoints), model.vifs)
-    reports = {(r.guest_domid, r.devid): r
-               for r in collect(store, [VifPaths(0, *vif) for vif in sorted(model.vifs)])}
+    shown = {(record["domid"], record["devid"]): record
+             for record in json.loads(system.command("show", "--json"))}
+    for guest in GUESTS:  # a guest's administrator sees the same of the guest's own vifs
+        records = json.loads(system.command("show", "--json", guest=guest))
+        assert {(r["domid"], r["devid"]) for r in records} == {
+            vif for vif in model.vifs if vif[0] == guest}, (guest, records)
+        for record in records:
+            assert record == shown[(record["domid"], record["devid"])], record
+    assert set(shown) == set(model.vifs), (sorted(shown), model.vifs)
     for vif in sorted(model.vifs):
         paths = VifPaths(0, *vif)
         policies = {Role.BACKEND: model.backend_policy(vif), Role.FRONTEND: model.guest_policy(vif)}
@@ -510,9 +540,20 @@ def check_invariant(system: System, model: Model) -> None:
             check_kernel(system.devices, device, role, expected,
                          store.read(f"{dirs[role]}/{STATUS_KEY}").decode())
         # (d) show reports exactly that
-        report = reports[vif]
-        assert report.result == expected and report.backend_status is not None
-        assert str(report.backend_state) == str(report.frontend_state) == "Connected"
+        record = shown[vif]
+        assert record["connected"] and record["agreed"], record
+        assert record["negotiated"] == result_json(expected), (record, expected)
+        for role, end in ((Role.BACKEND, "backend"), (Role.FRONTEND, "frontend")):
+            assert record[end]["result"] == result_json(expected), record
+            assert record[end]["status"] == store.read(
+                f"{dirs[role]}/{STATUS_KEY}").decode(), record
+
+
+def result_json(result: LinkResult) -> dict[str, dict[str, bool]]:
+    """``result`` as ``show --json`` writes it."""
+    return {direction: {"ipv4": flags.ipv4, "ipv6": flags.ipv6}
+            for direction, flags in (("to_guest", result.to_guest),
+                                     ("from_guest", result.from_guest))}
 
 
 def check_kernel(devices: RecordingToggles, device: DeviceRef, role: Role, result: LinkResult,

@@ -70,7 +70,7 @@ def test_once_beside_a_running_agent_writes_nothing(lab: Lab, processes: Process
     status = lab.toolstack.try_read(f"{vif.backend_dir}/xenoffload-csum-status")
     before, since = _connections(lab), len(lab.xenstored.request_log)
     # The case: --once with a namespace that does not exist would have written
-    # "error: TogglesUnavailable" over the daemon's status.
+    # "error: toggles unavailable" over the daemon's status.
     once = run_cli("backend-agent", "--once", "--toggles", "netlink", "--netns", "nosuchns",
                    "--no-config", "--xenstore", lab.socket)
     assert once.returncode == EXIT_BUSY, once.stderr

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import re
 
-from xenoffload.toolstack import destroy_vif
+from xenoffload.schema import OWN_KEYS
+from xenoffload.toolstack import VifSpec, create_vif, destroy_vif
 
 from .lab import (
     COMPUTED,
@@ -223,3 +224,53 @@ def test_device_removal_is_forgotten_cleanly(netlab: Lab) -> None:
     netlab.vifs.remove(removed)
     assert netlab.settled({(1, 0): COMPUTED, (2, 1): SUPPRESSED})
     assert backend.running() and guests[0].running()
+
+
+def _own_keys(lab: Lab, key: tuple[int, int]) -> dict[str, bytes | None]:
+    """Both ends' xenoffload feature keys of vif ``key`` as XenStore holds them."""
+    paths = next(p for p in lab.vifs if (p.guest_domid, p.devid) == key)
+    return {f"{end}/{name}": lab.store().try_read(f"{directory}/{name}")
+            for end, directory in (("backend", paths.backend_dir),
+                                   ("frontend", paths.frontend_dir))
+            for name in OWN_KEYS.values()}
+
+
+def test_a_policy_change_undone_leaves_the_keys_and_kernel_as_before(netlab: Lab) -> None:
+    """A -> B -> A through ``xenoffload set`` and ``--clear``, then through SIGHUP: every end
+    advertises the policy in force again (issue 10, defect 1)."""
+    backend, _guests = _start(netlab)
+    before = _own_keys(netlab, (1, 0))
+    _vif_set(netlab, "1/0", "--tx", "on", "--rx", "on")
+    netlab.wait_settled({(1, 0): SUPPRESSED})
+    assert _own_keys(netlab, (1, 0)) != before
+    _vif_set(netlab, "1/0", "--clear")
+    netlab.wait_settled({(1, 0): COMPUTED})
+    assert _own_keys(netlab, (1, 0)) == before
+    netlab.assert_kernel_matches((1, 0), COMPUTED)
+
+    allow = netlab.write_file("dom0.toml", PRIVATE_POLICY_TOML + """
+[[rule]]
+bridge = "xenbr0"
+to-guest = true
+from-guest = true
+""")
+    backend.hup()
+    netlab.wait_settled({(1, 0): SUPPRESSED, (2, 0): SUPPRESSED})
+    allow.write_text(PRIVATE_POLICY_TOML)
+    backend.hup()
+    netlab.wait_settled({(1, 0): COMPUTED, (2, 0): COMPUTED})
+    assert _own_keys(netlab, (1, 0)) == before
+    for key in ((1, 0), (2, 0)):
+        netlab.assert_kernel_matches(key, COMPUTED)
+
+
+def test_a_device_recreated_in_one_transaction_is_negotiated_afresh(netlab: Lab) -> None:
+    """The toolstack removes both directories and writes them anew in one transaction (states
+    back to Initialising): both ends write their keys again and connect (issue 10, defect 2)."""
+    _backend, _guests = _start(netlab)
+    before = _own_keys(netlab, (1, 1))
+    create_vif(netlab.store(), VifSpec(1, 1, "00:16:3e:00:01:01", "xenpriv0"))
+    netlab.wait_settled({(1, 0): COMPUTED, (1, 1): SUPPRESSED})
+    assert _own_keys(netlab, (1, 1)) == before  # every key written again, none missing
+    netlab.assert_kernel_matches((1, 1), SUPPRESSED)
+

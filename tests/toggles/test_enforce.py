@@ -28,7 +28,7 @@ ACT_CSUM_MISSING = "act_csum unavailable (ENOENT: Failed to load TC action modul
 #: docs/toggles.md's status grammar, as a regular expression.
 STATUS = re.compile(
     r"ok( \(enforced-by-tc: (ingress|egress) ipv[46](, (ingress|egress) ipv[46])*\))?"
-    r"|unenforced: .+|no-device: \S+|error: \w+"
+    r"|unenforced: .+|no-device: \S+|error: (permission denied|toggles unavailable|toggle failure)"
 )
 
 

@@ -154,7 +154,10 @@ class ApplyResult:
 
 
 class ToggleError(Exception):
-    """Reading or setting a device's features failed; ``device`` names it when known."""
+    """Reading or setting a device's features failed; ``device`` names it when known.
+    ``status_words`` is what the ``error:`` status of docs/protocol.md says of it."""
+
+    status_words = "toggle failure"
 
     def __init__(self, message: str, device: DeviceRef | None = None) -> None:
         self.device = device
@@ -172,10 +175,14 @@ class TogglePermissionDenied(ToggleError):
     """The kernel refused for lack of privilege: changing features needs CAP_NET_ADMIN in the
     device's namespace; entering a named namespace needs CAP_SYS_ADMIN."""
 
+    status_words = "permission denied"
+
 
 class TogglesUnavailable(ToggleError):
     """The means to reach the device are missing: the network namespace does not exist, the
     kernel has no ethtool netlink family, or the netlink socket failed."""
+
+    status_words = "toggles unavailable"
 
 
 class Toggles(Protocol):

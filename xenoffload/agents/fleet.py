@@ -349,15 +349,12 @@ class Fleet:
         store = self.store
         assert store is not None
         selectors = self.policy.selectors()
-        wanted = [self.router.identity_paths(key, selectors) for key in keys]
-        values = iter(store.read_batch([(None, path) for paths in wanted
-                                        for path in paths.values()]))
+        fields = self._read_fields([self.router.identity_paths(key, selectors) for key in keys])
         if self._xapi_present:
             self._read_xapi(keys)
         built: set[VifKey] = set()
         effective = self.effective_policy()
-        for key, paths in zip(keys, wanted, strict=True):
-            found = {field: next(values) for field in paths}
+        for key, found in zip(keys, fields, strict=True):
             if all(value is None for value in found.values()):
                 self.refused.pop(key, None)
                 continue  # nothing there (any more)
@@ -405,14 +402,9 @@ class Fleet:
 
     def _reread_identities(self, keys: Sequence[VifKey]) -> None:
         """Read what the policy matches on again (a reload started using a new field)."""
-        store = self.store
-        assert store is not None
         selectors = self.policy.selectors()
-        wanted = [self.router.identity_paths(key, selectors) for key in keys]
-        values = iter(store.read_batch([(None, path) for paths in wanted
-                                        for path in paths.values()]))
-        for key, paths in zip(keys, wanted, strict=True):
-            found = {field: next(values) for field in paths}
+        fields = self._read_fields([self.router.identity_paths(key, selectors) for key in keys])
+        for key, found in zip(keys, fields, strict=True):
             if key in self.endpoints:
                 self.identities[key] = self.router.identity(key, found)
 
@@ -454,16 +446,20 @@ class Fleet:
         if changed:
             self._policy_marks(marks, changed)
 
+    def _read_fields(self, wanted: Sequence[Mapping[str, str]]
+                     ) -> list[dict[str, bytes | None]]:
+        """Read every path of ``wanted`` (per vif: field -> path) in one round trip; return
+        per vif field -> value (None: absent)."""
+        assert self.store is not None
+        values = iter(self.store.read_batch([(None, path) for paths in wanted
+                                             for path in paths.values()]))
+        return [{field: next(values) for field in paths} for paths in wanted]
+
     def _read_xapi(self, keys: Sequence[VifKey]) -> None:
         from xenoffload.xapi import parse_xapi_config
 
-        store = self.store
-        assert store is not None
         wanted = [self.router.xapi_paths(key) for key in keys]
-        values = iter(store.read_batch([(None, path) for paths in wanted
-                                        for path in paths.values()]))
-        for key, paths in zip(keys, wanted, strict=True):
-            found = {name: next(values) for name in paths}
+        for key, paths, found in zip(keys, wanted, self._read_fields(wanted), strict=True):
             where = next(iter(paths.values()), "").rpartition("/")[0]
             try:
                 setting = parse_xapi_config(where, found)

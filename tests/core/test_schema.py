@@ -60,7 +60,8 @@ def test_backend_never_writes_feature_no_csum_offload() -> None:
 
 
 def test_stock_netfront_keys_read_as_ipv4_and_ipv6_offload_accepted() -> None:
-    # What a real Linux netfront wrote (shared/fixtures): no feature-no-csum-offload, ipv6=1.
+    # What a real Linux netfront wrote (tests/conformance/fixtures/real-xen-vif-negotiation.trace):
+    # no feature-no-csum-offload, ipv6=1.
     parsed = parse_advertisement("/d", {LEGACY_IPV6_CSUM_OFFLOAD: b"1"})
     assert parsed.source == "legacy"
     assert parsed.advertisement.rx == FamilyFlags(True, True)

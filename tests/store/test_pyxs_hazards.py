@@ -1,5 +1,5 @@
-"""Each pyxs 0.4.1 hazard of docs/dependency-notes.md, reproduced against the embedded xenstored,
-and the PyxsStore guard that contains it."""
+"""Each pyxs 0.4.1 hazard PyxsStore guards against (its module docstring lists them),
+reproduced against the embedded xenstored, and the guard that contains it."""
 
 from __future__ import annotations
 

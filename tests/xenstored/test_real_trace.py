@@ -19,7 +19,7 @@ from xenoffload.xs.dispatch import handle_request
 from xenoffload.xs.model import XenStoreModel
 from xenoffload.xs.wire import Op
 
-#: The real trace, committed beside the conformance suite (a copy of shared/fixtures).
+#: The real trace (Xen 4.17's C xenstored), committed beside the conformance suite.
 TRACE = Path(__file__).resolve().parents[1] / "conformance/fixtures/real-xen-vif-negotiation.trace"
 XL_CONNECTION = "0x5555fccf4f70"
 INDEPENDENT_PREFIX = 169

@@ -2,7 +2,8 @@
 
 pyxs provides the transport (Unix socket or /dev/xen/xenbus), the router thread that multiplexes
 replies and events, and the packet type. Requests are built and awaited here rather than through
-``pyxs.Client`` methods, which is how each hazard of docs/dependency-notes.md is contained:
+``pyxs.Client`` methods, which is how each hazard of pyxs 0.4.1 (found exercising it against a
+wire-exact server; docs/xenstored.md, "PyxsStore and pyxs' hazards") is contained:
 
 1. Connection loss kills the router thread and ``RVar.get()`` would block forever: every call
    waits on the reply's condition with a deadline and watches the router thread; loss or a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import attrs
@@ -36,6 +37,7 @@ class World:
     backend_policy: Policy = Policy()
     guest_policy: Policy = Policy()
     mode: Mode = Mode.FULL
+    clock: Callable[[], float] = time.monotonic
     dom0: Store = attrs.field(init=False)
     backend: BackendAgent = attrs.field(init=False)
     guests: dict[int, tuple[Store, GuestAgent]] = attrs.field(factory=dict)
@@ -45,7 +47,8 @@ class World:
         create_domain(self.dom0, 0, "Domain-0")
         self.backend = BackendAgent(
             self.backend_policy, 0, self.mode,
-            lambda vif: TogglesEnforcer(self.toggles, self.vif_device(vif.domid, vif.devid)))
+            lambda vif: TogglesEnforcer(self.toggles, self.vif_device(vif.domid, vif.devid)),
+            clock=self.clock)
 
     @staticmethod
     def vif_device(domid: int, devid: int) -> DeviceRef:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from xenoffload.negotiation import LinkResult
 from xenoffload.policy import DirectionSetting, Match, Rule, VifIdentity, parse_policy
 from xenoffload.schema import RESULT_KEY, STATUS_KEY, FamilyFlags
+from xenoffload.toggles.recording import NETBACK_VIF
 
 from .helpers import World
 
@@ -201,3 +206,33 @@ def test_a_value_xapi_would_refuse_is_ignored() -> None:
     world.start()
     world.settle()
     assert world.backend.endpoints[(1, 0)].result == LinkResult()
+
+
+def test_a_missing_device_is_logged_once_and_retried_with_growing_delays(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    now = [100.0]
+    world = World(clock=lambda: now[0])
+    world.add_guest(1, "g", ["xenbr0"])
+    world.toggles.remove_device(world.vif_device(1, 0))  # netback has not made vif1.0 yet
+    world.start()
+    world.settle()
+    delays = []
+    for _ in range(6):
+        due = world.backend.next_due()
+        assert due is not None
+        delays.append(due - now[0])
+        now[0] = due
+        world.backend.tick()
+        world.settle()
+    assert delays == sorted(delays) and delays[-1] >= 8 * delays[0], delays
+    lines = [r.getMessage() for r in caplog.records if "domid=1 devid=0 backend" in r.getMessage()]
+    assert sum("not applied yet" in line for line in lines) == 1, lines
+    assert sum("negotiated" in line for line in lines) == 1, lines
+    world.toggles.add_device(world.vif_device(1, 0), NETBACK_VIF)  # there it is
+    now[0] = world.backend.next_due() or now[0]
+    world.backend.tick()
+    world.settle()
+    assert world.backend.next_due() is None
+    status = world.dom0.read("/local/domain/0/backend/vif/1/0/xenoffload-csum-status")
+    assert status.startswith(b"ok"), status

@@ -18,14 +18,13 @@ import logging
 import math
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
-from xenoffload import __version__
+from xenoffload import __version__, sdnotify
 from xenoffload.agentlock import EndBusy, EndKey, acquire_agent, held
 from xenoffload.devices import DevicePattern
 from xenoffload.names import (
@@ -43,7 +42,6 @@ from xenoffload.store.location import daemon_socket_path, default_xenstore_path
 if TYPE_CHECKING:  # the agents are imported only by the commands that run them
     from xenoffload.agents.backend import BackendAgent
     from xenoffload.agents.guest import GuestAgent
-    from xenoffload.endpoint import VifEndpoint
     from xenoffload.enforce import Enforcers
     from xenoffload.paths import VifPaths
     from xenoffload.show import AgentView, VifReport
@@ -202,42 +200,27 @@ def _load(path: str | None, role: Role) -> Policy:
 # ----------------------------------------------------------------------------- agents
 
 
-def _sd_notify(message: str) -> None:
-    """Tell systemd ``message`` (``READY=1``...) when run as a Type=notify service."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as error:
-        log.warning("cannot notify systemd at %s: %s", address, error)
-
-
-def _agent_views(logic: BackendAgent | GuestAgent) -> list[tuple[tuple[int, int] | int,
-                                                                 AgentView]]:
-    """Return what the agent holds per vif: its key (``(guest, devid)`` for the backend,
-    ``devid`` for the guest) and its view. All reading of agent internals is here."""
-    from xenoffload.agents.backend import BackendAgent
+def _agent_views(logic: BackendAgent | GuestAgent, store: Store
+                 ) -> list[tuple[VifPaths, AgentView]]:
+    """Return what the agent holds per vif (both agents key vifs by (guest domid, devid)): its
+    paths and its view. All reading of agent internals is here."""
+    from xenoffload.paths import VifPaths
     from xenoffload.show import AgentView
 
-    role = Role.BACKEND if isinstance(logic, BackendAgent) else Role.FRONTEND
-    views: list[tuple[tuple[int, int] | int, AgentView]] = []
-    endpoints: dict[Any, VifEndpoint] = dict(logic.endpoints)
-    refused: dict[Any, str] = dict(logic.refused)
-    for key, endpoint in sorted(endpoints.items()):
+    role = logic.router.role
+    views: list[tuple[VifPaths, AgentView]] = []
+    for _key, endpoint in sorted(logic.endpoints.items()):
         enforcement = endpoint.enforcement
-        views.append((key, AgentView(
+        views.append((endpoint.paths, AgentView(
             role, endpoint.machine.own_state, endpoint.machine.peer_state, endpoint.result,
             enforcement.status if enforcement else None,
             enforcement.unsafe if enforcement else False,
             enforcement.retry if enforcement else False,
             tuple(enforcement.details) if enforcement else ())))
-    for refused_key, why in sorted(refused.items()):
-        views.append((refused_key, AgentView(role, refused=why)))
+    for (guest, devid), why in sorted(logic.refused.items()):
+        paths = VifPaths(logic.domid, guest, devid) if role is Role.BACKEND else \
+            _guest_vif_paths(store, guest, devid)
+        views.append((paths, AgentView(role, refused=why)))
     return views
 
 
@@ -246,17 +229,12 @@ def _once_reports(logic: BackendAgent | GuestAgent, path: str) -> list[VifReport
     with the agent's own view attached."""
     import attrs
 
-    from xenoffload.paths import VifPaths
     from xenoffload.show import collect
 
     store = _connect(path)
     try:
         reports = []
-        for key, view in _agent_views(logic):
-            if isinstance(key, tuple):
-                paths = VifPaths(logic.domid, key[0], key[1])
-            else:
-                paths = _guest_vif_paths(store, logic.domid, key)
+        for paths, view in _agent_views(logic, store):
             (report,) = collect(store, [paths])
             reports.append(attrs.evolve(report, agent=view))
         return reports
@@ -325,14 +303,14 @@ def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
             nonlocal attached
             if not attached:
                 attached = True
-                _sd_notify(f"READY=1\nSTATUS=acting for {end.describe()}")
+                sdnotify.ready(f"acting for {end.describe()}")
 
         runner.on_attached = on_attached
         signal.signal(signal.SIGHUP, on_hup)
         log.info("xenoffload %s %s on %s (mode %s, toggles %s, policy %s)", __version__,
                  what, path, args.mode, args.toggles, source or "built-in")
         runner.run()
-        _sd_notify("STOPPING=1")
+        sdnotify.stopping()
     return EXIT_OK
 
 

@@ -144,6 +144,8 @@ def test_once_summaries_follow_the_same_schema(lab: Lab) -> None:
                     "--xenstore", lab.guest_socket(1), *FULL)
     assert guest.returncode == EXIT_OUTCOME, guest.stderr  # no backend agent moves on
     (vif,) = validated(guest.stdout)
+    assert (vif["domid"], vif["devid"], vif["backend_domid"]) == (1, 0, 0)
+    assert vif["backend"]["directory"] == "/local/domain/0/backend/vif/1/0"
     assert vif["agent"]["role"] == "frontend" and vif["agent"]["refused"] is None
     assert vif["agent"]["peer_state"] == {"value": 2, "name": "InitWait"}
     assert vif["frontend"]["state"] == vif["agent"]["own_state"]

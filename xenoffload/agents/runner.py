@@ -23,6 +23,9 @@ StoreFactory = Callable[[], Store]
 
 #: Most events taken from the connection as one batch.
 MAX_BATCH = 8192
+#: Longest single wait for events: a signal's request (SIGHUP's reload, SIGTERM's stop) is
+#: seen at most this long after its handler ran, however long the idle wait.
+WAKE_SLICE = 0.02
 
 
 class AgentLogic(Protocol):
@@ -51,7 +54,8 @@ class Runner:
     whenever the connection is lost, with exponential backoff between attempts.
 
     ``clock`` is the logic's clock too (monotonic seconds); ``idle_seconds`` bounds a wait
-    for events when nothing is due, so that a stop request is seen.
+    for events when nothing is due. A stop request or a pending reload (what the CLI's
+    signal handlers set) ends any wait within :data:`WAKE_SLICE`.
     """
 
     factory: StoreFactory
@@ -148,7 +152,7 @@ class Runner:
         due = self.logic.next_due()
         now = self.clock()
         timeout = wait_seconds if due is None else max(0.0, min(wait_seconds, due - now))
-        batch = store.next_events(timeout, MAX_BATCH)
+        batch = self._wait(store, timeout)
         if batch:
             self.logic.handle(batch)
         due = self.logic.next_due()
@@ -156,6 +160,19 @@ class Runner:
         if ran:
             self.logic.tick()
         return bool(batch) or ran
+
+    def _wait(self, store: Store, timeout: float) -> list[WatchEvent]:
+        """Wait at most ``timeout`` seconds for a batch of events, in slices of at most
+        :data:`WAKE_SLICE`, returning early (with no events) once a reload is pending or a
+        stop requested: a signal handler only sets those, and a Python signal handler cannot
+        end a wait, so the wait has to look."""
+        while True:
+            wait = min(timeout, WAKE_SLICE)
+            batch = store.next_events(wait, MAX_BATCH)
+            timeout -= wait
+            if batch or timeout <= 0 or self.pending_reload is not None or \
+                    self.stop_event.is_set():
+                return batch
 
     def _drop(self) -> None:
         if self.store is not None:

@@ -39,7 +39,7 @@ from xenoffload.overrides import OverrideSetting, rules_from_overrides
 from xenoffload.paths import Route, RouteKind
 from xenoffload.policy import Policy, PolicyError, VifIdentity
 from xenoffload.schema import Role
-from xenoffload.store.base import Store, WatchEvent, XenStoreError, ensure_watch
+from xenoffload.store.base import Store, WatchEvent, XenStoreError
 from xenoffload.xapi import XapiSetting, rules_from_xapi
 
 __all__ = ["EnforcerFactory", "Fleet", "Router", "VifKey", "Fairness"]
@@ -58,6 +58,8 @@ CHUNK = 256
 #: Retry delays for a vif whose device could not be reached or whose step kept failing.
 RETRY_FIRST, RETRY_MAX = 0.05, 30.0
 DEVICE_RETRY_FIRST = 1.0
+#: Longest wait in :meth:`Fleet.attach` for the events that registering its watches causes.
+REGISTRATION_WAIT = 1.0
 
 
 class Router(Protocol):
@@ -196,12 +198,12 @@ class Fleet:
         and step every vif."""
         self.store = store
         self._peer_watches.clear()
-        for path in self.router.watches():
-            ensure_watch(store, path, self.token)
+        registered = {path for path in self.router.watches() if self._watch(path)}
         for key, endpoint in self.endpoints.items():
             endpoint.rebind(store)
             self._watch_peer(key, endpoint)
         marks = _Marks(discover=True, overrides=True, xapi={None})
+        self._await_registrations(registered, marks)
         self._reload_overrides(restore=True, marks=marks)
         marks.overrides = False
         marks.observe.update(self.endpoints)
@@ -380,11 +382,44 @@ class Fleet:
             built.add(key)
         return built
 
+    def _watch(self, path: str) -> bool:
+        """Watch ``path``; return False if this connection already watched it."""
+        assert self.store is not None
+        try:
+            self.store.watch(path, self.token)
+        except XenStoreError as error:
+            if error.errno_name != "EEXIST":
+                raise
+            return False
+        return True
+
+    def _await_registrations(self, watches: set[str], marks: _Marks) -> None:
+        """Take the events XenStore sends when ``watches`` are registered (one each, naming
+        the watched path), before the rescan that follows, and mark every other event taken
+        meanwhile. Such an event, received before the rescan, tells nothing the rescan will
+        not read; on ``/local/domain`` it would otherwise cost a second rescan of every vif.
+        Waits at most :data:`REGISTRATION_WAIT` seconds (a registration event never comes
+        when the server drops it: the rescan then goes ahead, and nothing is skipped
+        later)."""
+        assert self.store is not None
+        left = REGISTRATION_WAIT
+        while watches and left > 0:
+            wait = min(left, 0.05)
+            left -= wait
+            for event in self.store.next_events(wait, 1 << 16):
+                if event.token != self.token:
+                    continue
+                if event.path in watches:
+                    watches.discard(event.path)
+                    continue
+                # A watch whose first event names something below it lost its registration.
+                watches -= {path for path in watches if event.path.startswith(path + "/")}
+                self._mark(self.router.route(event.path), event.path, marks)
+
     def _watch_peer(self, key: VifKey, endpoint: VifEndpoint) -> None:
         watch = self.router.peer_watch(endpoint)
         if watch is not None:
-            assert self.store is not None
-            ensure_watch(self.store, watch, self.token)
+            self._watch(watch)
             self._peer_watches[key] = watch
 
     def _forget(self, key: VifKey) -> None:

@@ -1,0 +1,98 @@
+"""What the fleet asks of XenStore when it attaches: one rescan, whatever its watches'
+registration events do."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from xenoffload.agents import fleet
+from xenoffload.store.memory import MemoryStore
+from xenoffload.xs.errors import XenStoreError
+from xenoffload.xs.requests import Request
+from xenoffload.xs.values import WatchEvent, parse_perm
+from xenoffload.xs.wire import Op
+
+from .helpers import World, drain
+
+ROOT = "/local/domain/0/backend/vif"
+
+
+def counted(store: MemoryStore) -> list[Request]:
+    """Return the list every request ``store`` sends from now on is appended to."""
+    sent: list[Request] = []
+    exchange = store.exchange
+
+    def counting(batch: Sequence[Request]) -> list[bytes | XenStoreError]:
+        sent.extend(batch)
+        return exchange(batch)
+
+    store.exchange = counting  # type: ignore[method-assign]
+    return sent
+
+
+def rescans(sent: list[Request]) -> int:
+    """How many times the backend root was listed."""
+    return sum(1 for request in sent
+               if request.op == Op.DIRECTORY and request.payload == ROOT.encode() + b"\0")
+
+
+def world_with_vifs() -> World:
+    world = World()
+    for domid in (1, 2, 3):
+        world.add_guest(domid, f"guest{domid}", ["xenbr0", "xenbr1"])
+    return world
+
+
+def test_attach_rescans_once_its_watches_registration_events_cost_nothing() -> None:
+    world = world_with_vifs()
+    sent = counted(world.dom0)
+    world.backend.attach(world.dom0)
+    assert rescans(sent) == 1
+    assert len(world.backend.endpoints) == 6
+    steps = sum(1 for request in sent if request.op == Op.TRANSACTION_START)
+    while drain(world.dom0, world.backend.handle):  # the echoes of its own writes
+        pass
+    assert rescans(sent) == 1
+    # Nothing but the echoes came: no vif was stepped again.
+    assert sum(1 for request in sent if request.op == Op.TRANSACTION_START) == steps
+
+
+def test_a_change_of_the_watched_node_itself_after_attach_still_rescans() -> None:
+    world = world_with_vifs()
+    sent = counted(world.dom0)
+    world.backend.attach(world.dom0)
+    while drain(world.dom0, world.backend.handle):
+        pass
+    world.dom0.set_perms("/local/domain", [parse_perm("n0")])  # an event on /local/domain
+    while drain(world.dom0, world.backend.handle):
+        pass
+    assert rescans(sent) == 2
+
+
+class LosesRegistrations(MemoryStore):
+    """A session whose server dropped the event of every watch's registration."""
+
+    def watch(self, path: str, token: str) -> None:
+        super().watch(path, token)
+        with self._cond:
+            self._events = type(self._events)(
+                event for event in self._events if event != WatchEvent(path, token))
+
+
+def test_lost_registration_events_delay_attach_and_skip_nothing_later(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fleet, "REGISTRATION_WAIT", 0.1)
+    world = world_with_vifs()
+    store = LosesRegistrations(world.xs, world.xs.model.connect(0))
+    sent = counted(store)
+    world.backend.attach(store)
+    assert rescans(sent) == 1 and len(world.backend.endpoints) == 6
+    while drain(store, world.backend.handle):
+        pass
+    # The first event naming the watched path after the rescan is a change: rescanned.
+    store.set_perms("/local/domain", [parse_perm("n0")])
+    while drain(store, world.backend.handle):
+        pass
+    assert rescans(sent) == 2

@@ -132,7 +132,7 @@ class VifEndpoint:
     violations: list[Violation] = attrs.field(factory=list)
     #: Own nodes written by committed steps whose watch events have not come back yet.
     echoes: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    #: The result last announced in the log (a retried result is not logged again).
+    #: The result last enforced by a committed step (the log names a result when it changes).
     logged_result: LinkResult | None = None
 
     @property
@@ -180,8 +180,9 @@ class VifEndpoint:
         """Change the policy; return True when the end must step (:attr:`StepKind.RECOMPUTE`)."""
         if policy == self.machine.policy:
             return False
-        log.info("%s policy %s -> %s", self.label, self.machine.policy.describe(),
-                 policy.describe())
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s policy %s -> %s", self.label, self.machine.policy.describe(),
+                     policy.describe())
         return self.machine.set_policy(policy)
 
     def step(self, kind: StepKind = StepKind.OBSERVE) -> bool:
@@ -223,6 +224,18 @@ class VifEndpoint:
             self.echoes[f"{self.own_dir}/{name}"] += 1
         if step.state is not None:
             self.echoes[f"{self.own_dir}/state"] += 1
+        if log.isEnabledFor(logging.INFO):  # the lines below cost more than the step
+            self._log_committed(step, written)
+        if step.enforce is not None:
+            self.logged_result = step.enforce
+        if step.enforce is not None and self.on_result is not None:
+            self.on_result(step.enforce)
+        if step.forget:
+            self.gone = True
+            log.info("%s device removed: %s gone", self.label, self.own_dir)
+
+
+    def _log_committed(self, step: Step, written: Mapping[str, bytes]) -> None:
         if written:
             log.info("%s wrote %s", self.label,
                      " ".join(f"{k}={v.decode('ascii', 'replace')}"
@@ -234,12 +247,6 @@ class VifEndpoint:
             log.info("%s negotiated %s (was %s; peer speaks %s)", self.label,
                      step.enforce.describe(),
                      self.logged_result.describe() if self.logged_result else "none", peer)
-            self.logged_result = step.enforce
-        if step.enforce is not None and self.on_result is not None:
-            self.on_result(step.enforce)
-        if step.forget:
-            self.gone = True
-            log.info("%s device removed: %s gone", self.label, self.own_dir)
 
 
 # ---------------------------------------------------------------------------- the stepper

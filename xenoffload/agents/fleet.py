@@ -376,9 +376,10 @@ class Fleet:
             self.endpoints[key] = endpoint
             self.identities[key] = identity
             self._watch_peer(key, endpoint)
-            log.info("domid=%d devid=%d found (%s)", key[0], key[1],
-                     ", ".join(f"{name}={value}" for name, value in attrs.asdict(identity).items()
-                               if value is not None and name not in ("domid", "devid")))
+            if log.isEnabledFor(logging.INFO):
+                log.info("domid=%d devid=%d found (%s)", key[0], key[1], ", ".join(
+                    f"{name}={value}" for name, value in attrs.asdict(identity).items()
+                    if value is not None and name not in ("domid", "devid")))
             built.add(key)
         return built
 

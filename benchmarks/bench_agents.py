@@ -1,472 +1,749 @@
-"""Benchmark one backend agent bringing 1,000 vifs to Connected, against the bare protocol ops.
+"""Benchmark the backend agent on the path users run, against a minimal backend in the same run.
 
-Setup, per phase: the embedded xenstored runs as its own process (``python -m
-xenoffload.xenstored``, like C xenstored beside dom0's tools), the toolstack lays out 250 guests
-x 4 vifs as libxl does (not timed), and a *minimal scripted frontend* runs in another process:
-one dom0 connection, one watch on ``/local/domain/0/backend/vif``; when a backend reaches
-InitWait it writes its six feature keys and ``state`` = Connected in one transaction, as
-netfront does (full-mode guest agents would also work but would put 250 more processes or
-threads on a 2-core machine and measure the guests instead of the backend).
+Every part is its own process (benchmarks/agentlab.py): the embedded xenstored, the agent as
+users start it (``xenoffload backend-agent --mode full --toggles dry-run --config FILE``), a
+scripted frontend for every guest (one dom0 connection), and the benchmark itself acting as
+the toolstack and the operator. 250 guests x 4 vifs by default, laid out as libxl does before
+anything is timed.
 
-Phases (each on a fresh server and layout):
+One *run* is two worlds on fresh servers, in alternating order from run to run:
 
-* ``baseline``: a script doing only the XenStore operations the protocol needs for a backend
-  (discovery, the ``frontend`` and ``bridge`` reads, keys + InitWait in one transaction, a
-  snapshot of the frontend in one transaction, Connected + status in one transaction), driven
-  by the same single watch, over the same kind of connection; then a policy flip = rewrite the
-  keys of every vif in one transaction each.
-* ``agent``: an in-process BackendAgent (full mode, RecordingToggles) driven by a Runner-style
-  loop (one connection, one watch, batched events) until every vif is Connected and enforced;
-  then ``set_policy`` (allow everything) re-advertises and re-applies on every vif.
-* ``memory``: the agent phase again under tracemalloc (peak Python allocations per vif).
-* ``profile``: the agent phase under cProfile (top entries).
+* **minimal**: a backend doing only the requests the protocol needs, one blocking round trip
+  at a time (agentlab.run_minimal): connect every vif; a flip (every vif's keys and result
+  rewritten, one transaction each); a reboot of every guest.
+* **agent**: the empty agent's RSS and start-up CPU (no vifs yet); then connect every vif; a
+  flip through ``xenoffload set --bridge xenbr0 --tx on --rx on`` (a real subprocess) until
+  every backend advertises it, and back with ``set --bridge xenbr0 --clear``; the same
+  through SIGHUP with a changed policy file, and back; a reboot of every guest (frontends
+  Closing, Closed and Initialising once their backend closed, Connected again); a restart of
+  the agent on the connected fleet (rescan, nothing to change); a well-behaved guest's new
+  vifs during a 60,000-flap attack by another guest on its own guest socket (its vif's
+  ``state`` Initialising <-> Connected, pipelined, bounded), and the reconnects the agent's
+  log shows; the server's own pipelined throughput (the bound on anything that talks to it).
 
-XenStore operations are counted on the client (every request the connection sends, which is
-exactly what the server's request log would list). RSS is the process's resident set before
-the agent is created and after every vif is Connected. Prints a table, or JSON with ``--json``.
-Figures, not pass/fail; the targets of issue #6 are printed beside them.
+Times run from the moment the command is given (process started, signal sent) until the
+scripted frontend sees the last backend reach the goal; *quiescent* is when the agent's CPU
+went flat after it (issue 10: within 1 s per 1,000 vifs). Agent CPU comes from
+/proc/PID/task/*/schedstat, RSS from /proc/PID/status. Requests are counted per client and
+type from xenstored's trace in one extra *traced* run of the same phases (the trace halves
+the server's throughput, so no time is taken from it). Figures are medians over the runs
+with their spread (min-max); ratios are taken within one run, then summarised. Prints a table
+(targets of issue 11 beside each figure), or JSON with ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import cProfile
-import io
 import json
 import os
-import pstats
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xenoffload.agents.backend import BackendAgent
-from xenoffload.endpoint import Enforcer
-from xenoffload.enforce import TogglesEnforcer
-from xenoffload.machine import Mode
-from xenoffload.negotiation import LinkPolicy
-from xenoffload.policy import Policy, VifIdentity
-from xenoffload.schema import FamilyFlags
-from xenoffload.store.base import Store, Transaction, WatchEvent, run_transaction
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import agentlab as lab
+
+from xenoffload.negotiation import LinkResult
+from xenoffload.schema import FamilyFlags, Role
 from xenoffload.store.pyxs_store import PyxsStore
 from xenoffload.toggles.base import DeviceRef
-from xenoffload.toggles.recording import RecordingToggles, profile_for_name
-from xenoffload.toolstack import VifSpec, create_domain, create_vif
-from xenoffload.xenbus import XenbusState
-from xenoffload.xs.wire import op_name
+from xenoffload.toolstack import create_vif
+from xenoffload.xs.wire import HEADER, Op
 
-GUESTS, VIFS_PER_GUEST = 250, 4
-ROOT = "/local/domain/0/backend/vif"
-FRONTEND_KEYS = {"feature-csum-tx": b"1", "feature-csum-rx": b"1", "feature-csum-tx-ipv6": b"1",
-                 "feature-csum-rx-ipv6": b"1", "feature-no-csum-offload": b"0",
-                 "feature-ipv6-csum-offload": b"1"}
-BACKEND_KEYS = ("feature-csum-tx", "feature-csum-rx", "feature-csum-tx-ipv6",
-                "feature-csum-rx-ipv6", "feature-ipv6-csum-offload")
-TARGETS = {"ops_ratio": 1.5, "connect_s": 3.0, "flip_s": 1.0, "kib_per_vif": 20.0}
+GUESTS, PER_GUEST = 250, 4
+ATTACKER, WELL_BEHAVED = 1, 2
+FLAPS = 60_000
 TIMEOUT = 120.0
+ALLOW_ALL = "[default]\nto-guest = true\nfrom-guest = true\n"
+SET = ("--bridge", lab.BRIDGE)
+
+#: Issue 11's targets (and issue 10's quiescence), by figure.
+TARGETS = {
+    "connect_requests_per_vif": ("<=", 17.0),
+    "connect_s": ("<", 3.0),
+    "connect_ratio": ("<=", 1.2),
+    "set_flip_s": ("<", 1.0),
+    "set_flip_requests_per_vif": ("<=", 8.0),
+    "hup_flip_s": ("<", 1.0),
+    "hup_flip_requests_per_vif": ("<=", 8.0),
+    "attack_new_vif_max_s": ("<", 0.5),
+    "attack_reconnects": ("<=", 0),
+    "cpu_ms_per_vif": ("<=", 1.0),
+    "rss_kib_per_vif": ("<=", 20.0),
+    # Issue 10: quiescence within one second per 1,000 vifs after a change of override,
+    # policy file, daemon or device layout.
+    "set_flip_quiescent_s": ("<", 1.0 * GUESTS * PER_GUEST / 1000),
+    "hup_flip_quiescent_s": ("<", 1.0 * GUESTS * PER_GUEST / 1000),
+    "restart_quiescent_s": ("<", 1.0 * GUESTS * PER_GUEST / 1000),
+    "recreate_quiescent_after_s": ("<", 1.0 * GUESTS * PER_GUEST / 1000),
+}
 
 
-class CountingStore(PyxsStore):
-    """PyxsStore counting every request it sends, by type."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(path, timeout=30.0)
-        self.ops: collections.Counter[str] = collections.Counter()
-
-    def _send(self, op: int, payload: bytes, tx_id: int, path: str | None = None) -> Any:
-        self.ops[op_name(op)] += 1
-        return super()._send(op, payload, tx_id, path)
-
-
-def rss_kib() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+#: What any backend must send per vif, whatever its design (benchmarks/README.md): connect =
+#: discovery (0.25: the root's and each guest's listing) + the ``frontend`` link check (1) +
+#: keys and InitWait in one transaction (start, 5 keys, state, end: 8) + the frontend's
+#: state and 6 keys read and Connected, status and result written in one transaction (12);
+#: a flip of every key = start, 5 keys, result, status (it changes with tc), end. Without the
+#: guard read of the own ``state`` a write can re-create a removed device, so the agent sends
+#: one more read per step.
+FLOORS = {"connect_requests_per_vif": 21.25, "set_flip_requests_per_vif": 9.0,
+          "hup_flip_requests_per_vif": 9.0}
 
 
-# ------------------------------------------------------------------------------- the world
+# ------------------------------------------------------------------------------- helpers
+
+
+def xenoffload(socket: str, *args: str) -> float:
+    """Run ``xenoffload ARGS --xenstore SOCKET``; return its wall time."""
+    start = time.monotonic()
+    subprocess.run(lab.python_command("-m", "xenoffload", *args, "--xenstore", socket),
+                   check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+class Timer:
+    """One phase: when it began, the CPU the backend under test, the server and the scripted
+    frontend used during it, and when the backend went quiet."""
+
+    def __init__(self, world: World, proc: lab.Proc) -> None:
+        self.procs = {"": proc, "server_": world.server.proc, "frontend_": world.frontend.proc}
+        self.cpu = {name: each.cpu_s() for name, each in self.procs.items()}
+        self.start = time.monotonic()
+
+    def quiet(self) -> tuple[float, float]:
+        """Wait until the backend is idle; return (seconds to quiescence, its CPU seconds)."""
+        idle = self.procs[""].wait_idle(timeout=TIMEOUT)
+        return idle - self.start, self.procs[""].cpu_s() - self.cpu[""]
+
+    def cpu_used(self) -> dict[str, float]:
+        return {name: each.cpu_s() - self.cpu[name] for name, each in self.procs.items()}
+
+
+def phase_end(world: World, name: str, figures: dict[str, Any], timer: Timer,
+              done: float) -> None:
+    """Record a phase: its time (to ``done``), quiescence, the CPU each process used (the
+    backend's up to quiescence), then its trace marker."""
+    figures[f"{name}_s"] = done - timer.start
+    figures[f"{name}_quiescent_s"], figures[f"{name}_cpu_s"] = timer.quiet()
+    for who, used in timer.cpu_used().items():
+        if who:
+            figures[f"{name}_{who}cpu_s"] = used
+    world.server.mark(name)
 
 
 class World:
-    """A xenstored process, the layout, and the scripted frontend process."""
+    """A server, the layout and the scripted frontend, in a temporary directory."""
 
-    def __init__(self, tmp: Path, guests: int, per_guest: int) -> None:
-        self.socket = str(tmp / "xenstored.sock")
-        self.server = subprocess.Popen([sys.executable, "-m", "xenoffload.xenstored",
-                                        "--socket", self.socket])
-        deadline = time.monotonic() + 10
-        while not os.path.exists(self.socket):
-            if time.monotonic() > deadline or self.server.poll() is not None:
-                raise RuntimeError("xenstored did not start")
-            time.sleep(0.02)
-        toolstack = PyxsStore(self.socket)
-        create_domain(toolstack, 0, "Domain-0")
-        for domid in range(1, guests + 1):
-            create_domain(toolstack, domid, f"guest{domid}")
-            for devid in range(per_guest):
-                create_vif(toolstack, VifSpec(domid, devid,
-                                              f"00:16:3e:{domid >> 8:02x}:{domid & 255:02x}:"
-                                              f"{devid:02x}", "xenbr0"))
-        toolstack.close()
-        self.vifs = guests * per_guest
-        self.frontend = subprocess.Popen([sys.executable, __file__, "--frontend", self.socket],
-                                         stdout=subprocess.PIPE, text=True)
-        assert self.frontend.stdout is not None
-        if self.frontend.stdout.readline().strip() != "ready":
-            raise RuntimeError("scripted frontend did not start")
+    def __init__(self, tmp: Path, guests: int, per_guest: int, trace: bool) -> None:
+        self.tmp = tmp
+        self.server = lab.Server(tmp, trace, guests=[ATTACKER])
+        self.vifs = lab.lay_out(self.server.socket, list(range(1, guests + 1)), per_guest)
+        self.frontend = lab.Frontend(self.server.socket)
+        self.server.mark("layout")
+
+    def goal(self, command: str) -> None:
+        self.frontend.send(command)
+
+    def done(self) -> float:
+        return self.frontend.wait_done(TIMEOUT)
 
     def close(self) -> None:
-        for process in (self.frontend, self.server):
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        self.frontend.close()
+        self.server.close()
 
 
-def scripted_frontend(socket: str) -> None:
-    """Every frontend of the layout: Connected (keys + state in one transaction) as soon as
-    its backend is in InitWait. Runs until terminated."""
-    store = PyxsStore(socket, timeout=30.0)
-    store.watch(ROOT, "frontend")
-    print("ready", flush=True)
-    connected: set[str] = set()
-    while True:
-        event = store.next_event(None)
-        batch = [event] if event is not None else []
-        while (more := store.next_event(0)) is not None:
-            batch.append(more)
-        for path in sorted({e.path for e in batch if e.path.endswith("/state")}):
-            if path in connected or store.try_read(path) != b"2":
-                continue
-            frontend = store.read(path.rsplit("/", 1)[0] + "/frontend").decode()
-
-            def body(txn: Transaction, frontend: str = frontend) -> None:
-                for name, value in FRONTEND_KEYS.items():
-                    txn.write(f"{frontend}/{name}", value)
-                txn.write(f"{frontend}/state", b"4")
-
-            run_transaction(store, body)
-            connected.add(path)
+# ------------------------------------------------------------------------------- minimal
 
 
-# ------------------------------------------------------------------------------- baseline
+def minimal_world(world: World) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    minimal = lab.Minimal(world.server.socket)
+    try:
+        timer = Timer(world, minimal.proc)
+        world.goal("connected")
+        phase_end(world, "connect", figures, timer, world.done())
+        if minimal.line(TIMEOUT) != "ready":
+            raise RuntimeError("minimal backend did not report")
 
+        timer = Timer(world, minimal.proc)
+        minimal.send("flip 1")
+        line = minimal.line(TIMEOUT)
+        if not line.startswith("flipped "):
+            raise RuntimeError(f"minimal backend: {line}")
+        phase_end(world, "flip", figures, timer, float(line.split()[1]))
 
-def baseline(world: World) -> dict[str, Any]:
-    """The bare operations the protocol needs, driven by one watch; then a bare policy flip."""
-    store = CountingStore(world.socket)
-    keys = {name: b"0" for name in BACKEND_KEYS}
-    connected: set[tuple[int, int]] = set()
-    waiting: set[tuple[int, int]] = set()
-    start = time.perf_counter()
-    store.watch("/local/domain", "baseline")
-
-    def take_initwait(guest: int, devid: int) -> None:
-        backend = f"{ROOT}/{guest}/{devid}"
-        store.read(f"{backend}/frontend")  # the toolstack's link, checked
-        store.read(f"{backend}/bridge")  # what the policy matches on
-
-        def body(txn: Transaction) -> None:
-            for name, value in keys.items():
-                txn.write(f"{backend}/{name}", value)
-            txn.write(f"{backend}/state", b"2")
-
-        run_transaction(store, body)
-        waiting.add((guest, devid))
-
-    def try_connect(guest: int, devid: int) -> None:
-        backend, frontend = f"{ROOT}/{guest}/{devid}", f"/local/domain/{guest}/device/vif/{devid}"
-
-        def snapshot(txn: Transaction) -> bytes | None:
-            state = txn.try_read(f"{frontend}/state")
-            for name in FRONTEND_KEYS:
-                txn.try_read(f"{frontend}/{name}")
-            return state
-
-        if run_transaction(store, snapshot) != b"4":
-            return
-
-        def connect(txn: Transaction) -> None:
-            txn.write(f"{backend}/state", b"4")
-            txn.write(f"{backend}/xenoffload-csum-status", b"ok")
-
-        run_transaction(store, connect)
-        waiting.discard((guest, devid))
-        connected.add((guest, devid))
-
-    def discover() -> None:
-        for guest in store.directory(ROOT):
-            for devid in store.directory(f"{ROOT}/{guest}"):
-                key = (int(guest), int(devid))
-                if key not in waiting and key not in connected:
-                    take_initwait(*key)
-
-    deadline = time.monotonic() + TIMEOUT
-    discover()
-    while len(connected) < world.vifs and time.monotonic() < deadline:
-        event = store.next_event(1.0)
-        batch = [event] if event is not None else []
-        while (more := store.next_event(0)) is not None:
-            batch.append(more)
-        dirty = set()
-        for e in batch:
-            parts = e.path.split("/")
-            if len(parts) == 8 and parts[4] == "device" and parts[7] == "state":
-                dirty.add((int(parts[3]), int(parts[6])))
-        for key in sorted(dirty & waiting):
-            try_connect(*key)
-    connect_s = time.perf_counter() - start
-    connect_ops = sum(store.ops.values())
-    ops_before_flip = collections.Counter(store.ops)
-
-    flip_start = time.perf_counter()
-    keys = {name: b"1" for name in BACKEND_KEYS}
-    for guest, devid in sorted(connected):
-        def rewrite(txn: Transaction, backend: str = f"{ROOT}/{guest}/{devid}") -> None:
-            for name, value in keys.items():
-                txn.write(f"{backend}/{name}", value)
-
-        run_transaction(store, rewrite)
-    flip_s = time.perf_counter() - flip_start
-    flip_ops = sum((store.ops - ops_before_flip).values())
-    store.close()
-    return {"connected": len(connected), "connect_s": connect_s, "connect_ops": connect_ops,
-            "flip_s": flip_s, "flip_ops": flip_ops, "ops_by_type": dict(ops_before_flip)}
+        timer = Timer(world, minimal.proc)
+        world.goal("reboot")
+        phase_end(world, "reboot", figures, timer, world.done())
+        figures["cpu_connect_s"] = figures["connect_cpu_s"]
+    finally:
+        minimal.close()
+    return figures
 
 
 # ------------------------------------------------------------------------------- agent
 
 
-def all_connected(agent: BackendAgent, vifs: int) -> bool:
-    if len(agent.endpoints) < vifs:
-        return False
-    return all(e.machine.own_state is XenbusState.CONNECTED and e.result is not None
-               for e in agent.endpoints.values())
-
-
-def run_agent(world: World, wrap: Callable[[Callable[[], None]], None] | None = None
-              ) -> dict[str, Any]:
-    """Bring every vif to Connected with one BackendAgent, then flip the policy."""
-    toggles = RecordingToggles(auto_profile=profile_for_name)
-
-    def enforcer(vif: VifIdentity) -> Enforcer:
-        return TogglesEnforcer(toggles, DeviceRef(f"vif{vif.domid}.{vif.devid}", "dom0"))
-
-    rss_before = rss_kib()
-    store = CountingStore(world.socket)
-    agent = BackendAgent(Policy(), 0, Mode.FULL, enforcer)
+def agent_world(world: World, attack: bool, flaps: int) -> dict[str, Any]:
     figures: dict[str, Any] = {}
+    socket = world.server.socket
+    config = world.tmp / "policy.toml"
+    config.write_text("")
+    log = world.tmp / "agent.log"
 
-    def connect_all() -> None:
-        start = time.perf_counter()
-        agent.attach(store)
-        deadline = time.monotonic() + TIMEOUT
-        while not all_connected(agent, world.vifs) and time.monotonic() < deadline:
-            batch = _take_batch(store, 1.0)
-            if batch:
-                agent.handle(batch)
-        figures["connect_s"] = time.perf_counter() - start
-        figures["connected"] = sum(e.machine.own_state is XenbusState.CONNECTED
-                                   for e in agent.endpoints.values())
+    agent = lab.Agent(socket, config, log)
+    try:
+        timer = Timer(world, agent.proc)
+        world.goal("connected")
+        phase_end(world, "connect", figures, timer, world.done())
+        figures["rss_kib"] = agent.proc.rss_kib()
 
-    if wrap is None:
-        connect_all()
-    else:
-        wrap(connect_all)
-    figures["connect_ops"] = sum(store.ops.values())
-    figures["ops_by_type"] = dict(store.ops)
-    figures["rss_kib_per_vif"] = (rss_kib() - rss_before) / world.vifs
-    ops_before_flip = collections.Counter(store.ops)
-    sets_before = toggles.sets_sent
+        world.goal("key feature-csum-tx 1")
+        timer = Timer(world, agent.proc)
+        figures["set_process_s"] = xenoffload(socket, "set", *SET, "--tx", "on", "--rx", "on")
+        phase_end(world, "set_flip", figures, timer, world.done())
 
-    everything = LinkPolicy(FamilyFlags(True, True), FamilyFlags(True, True))
-    start = time.perf_counter()
-    agent.set_policy(Policy(everything))
-    figures["flip_s"] = time.perf_counter() - start
-    figures["flip_ops"] = sum((store.ops - ops_before_flip).values())
-    figures["flip_sets"] = toggles.sets_sent - sets_before
-    store.close()
+        world.goal("key feature-csum-tx 0")
+        timer = Timer(world, agent.proc)
+        figures["clear_process_s"] = xenoffload(socket, "set", *SET, "--clear")
+        phase_end(world, "set_clear", figures, timer, world.done())
+
+        config.write_text(ALLOW_ALL)
+        world.goal("key feature-csum-tx 1")
+        timer = Timer(world, agent.proc)
+        agent.hup()
+        phase_end(world, "hup_flip", figures, timer, world.done())
+
+        config.write_text("")
+        world.goal("key feature-csum-tx 0")
+        timer = Timer(world, agent.proc)
+        agent.hup()
+        phase_end(world, "hup_back", figures, timer, world.done())
+
+        timer = Timer(world, agent.proc)
+        world.goal("reboot")
+        phase_end(world, "reboot", figures, timer, world.done())
+
+        timer = Timer(world, agent.proc)
+        world.goal("recreate")
+        lab.recreate(socket, world.vifs)
+        figures["recreate_toolstack_s"] = time.monotonic() - timer.start
+        phase_end(world, "recreate", figures, timer, world.done())
+        figures["recreate_quiescent_after_s"] = \
+            figures["recreate_quiescent_s"] - figures["recreate_toolstack_s"]
+        figures["cpu_total_s"] = agent.proc.cpu_s()
+    finally:
+        agent.close()
+
+    agent = lab.Agent(socket, config, log)
+    try:
+        timer = Timer(world, agent.proc)
+        figures["restart_quiescent_s"], figures["restart_cpu_s"] = timer.quiet()
+        world.server.mark("restart")
+        if attack:
+            figures.update(fairness(world, agent, flaps))
+        figures["reconnects"] = lab.count_lines(agent.log_lines(), "lost XenStore",
+                                                "rescan kept conflicting")
+        figures["eagain_give_ups"] = lab.count_lines(agent.log_lines(), "conflicted (EAGAIN)")
+        figures["throttled"] = lab.count_lines(agent.log_lines(), "throttled")
+    finally:
+        agent.close()
     return figures
 
 
-def _take_batch(store: Store, timeout: float) -> list[WatchEvent]:
-    first = store.next_event(timeout)
-    if first is None:
-        return []
-    batch = [first]
-    while len(batch) < 4096 and (more := store.next_event(0)) is not None:
-        batch.append(more)
-    return batch
+def wait_backend_state(store: PyxsStore, vif: lab.Vif, wanted: bytes, timeout: float
+                       ) -> float:
+    """Wait until vif's backend ``state`` is ``wanted`` (a watch on it); return when."""
+    path = f"{lab.backend_dir(vif)}/state"
+    store.watch(path, "latency")
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if store.try_read(path) == wanted:
+                return time.monotonic()
+            store.next_events(max(0.0, deadline - time.monotonic()), 1 << 16)
+        raise TimeoutError(f"{path} never became {wanted!r}")
+    finally:
+        store.unwatch(path, "latency")
 
 
-def with_tracemalloc(figures: dict[str, Any], vifs: int) -> Callable[[Callable[[], None]], None]:
-    def wrap(body: Callable[[], None]) -> None:
-        tracemalloc.start()
-        base = tracemalloc.get_traced_memory()[0]
-        body()
-        current, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        figures["traced_kib_per_vif"] = (current - base) / 1024 / vifs
-        figures["traced_peak_kib_per_vif"] = (peak - base) / 1024 / vifs
-
-    return wrap
+def new_vif_latency(world: World, watcher: PyxsStore, devid: int) -> float:
+    """Create a vif of the well-behaved guest as libxl does; return the seconds until its
+    backend is Connected."""
+    vif = (WELL_BEHAVED, devid)
+    start = time.monotonic()
+    create_vif(world.server.store, lab.vif_spec(vif))
+    return wait_backend_state(watcher, vif, lab.CONNECTED, 30.0) - start
 
 
-def with_profile(figures: dict[str, Any], top: int) -> Callable[[Callable[[], None]], None]:
-    def wrap(body: Callable[[], None]) -> None:
-        profile = cProfile.Profile()
-        profile.runcall(body)
-        out = io.StringIO()
-        stats = pstats.Stats(profile, stream=out)
-        stats.sort_stats("tottime").print_stats(top)
-        figures["profile_tottime"] = out.getvalue()
-        out = io.StringIO()
-        pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(top)
-        figures["profile_cumulative"] = out.getvalue()
+def fairness(world: World, agent: lab.Agent, flaps: int) -> dict[str, Any]:
+    """New vifs of a well-behaved guest during a flapping attack by another guest."""
+    figures: dict[str, Any] = {}
+    watcher = PyxsStore(world.server.socket, timeout=60.0)
+    devid = PER_GUEST
+    try:
+        quiet = []
+        for _ in range(3):
+            quiet.append(new_vif_latency(world, watcher, devid))
+            devid += 1
+        figures["new_vif_quiet_s"] = quiet
+        world.frontend.send(f"ignore {ATTACKER} 0")
+        cpu = agent.proc.cpu_s()
+        flapper = subprocess.Popen(
+            lab.python_command(str(lab.HERE), "flap", world.server.guest_sockets[ATTACKER],
+                               str(ATTACKER), "0", str(flaps)),
+            stdout=subprocess.PIPE, text=True)
+        assert flapper.stdout is not None
+        started = float(flapper.stdout.readline().split()[1])
+        during = []
+        while flapper.poll() is None:
+            during.append(new_vif_latency(world, watcher, devid))
+            devid += 1
+            time.sleep(0.05)
+        line = flapper.stdout.readline().split()
+        ended = float(line[1]) if line else time.monotonic()
+        converged = wait_backend_state(watcher, (ATTACKER, 0), lab.INIT_WAIT, TIMEOUT)
+        idle = agent.proc.wait_idle(timeout=TIMEOUT)
+        figures.update({
+            "attack_flaps": flaps,
+            "attack_s": ended - started,
+            "attack_flaps_per_s": flaps / max(ended - started, 1e-9),
+            "new_vif_during_attack_s": during,
+            "attacked_vif_converged_after_s": max(0.0, converged - ended),
+            "attack_quiescent_after_s": max(0.0, idle - ended),
+            "attack_agent_cpu_s": agent.proc.cpu_s() - cpu,
+        })
+    finally:
+        watcher.close()
+    return figures
 
-    return wrap
+
+# ------------------------------------------------------------------------------- bounds
 
 
-# ------------------------------------------------------------------------------- main
+def server_throughput(socket: str, count: int = 20_000) -> dict[str, float]:
+    """Requests per second the server answers on one connection with every request in flight
+    at once (raw socket: no client library cost): READs, and transactions of one guard READ,
+    seven WRITEs and the end (the shape of a flip)."""
+    import socket as sockets
+    import threading
+
+    def pipelined(frames: list[bytes]) -> float:
+        sock = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+        sock.connect(socket)
+        data = b"".join(frames)
+        start = time.perf_counter()
+        sender = threading.Thread(target=sock.sendall, args=(data,))
+        sender.start()
+        got, buf = 0, b""
+        while got < len(frames):
+            buf += sock.recv(1 << 16)
+            while len(buf) >= HEADER.size:
+                size = HEADER.unpack_from(buf)[3]
+                if len(buf) < HEADER.size + size:
+                    break
+                kind = HEADER.unpack_from(buf)[0]
+                buf = buf[HEADER.size + size:]
+                if kind != Op.WATCH_EVENT:
+                    got += 1
+        elapsed = time.perf_counter() - start
+        sender.join()
+        sock.close()
+        return len(frames) / elapsed
+
+    def frame(op: int, req: int, tx: int, payload: bytes) -> bytes:
+        return HEADER.pack(op, req, tx, len(payload)) + payload
+
+    path = b"/bench/3/1"
+    pipelined([frame(Op.WRITE, 0, 0, path + b"/state\0" + b"4")])
+    rates = {"read_per_s": pipelined([frame(Op.READ, i, 0, path + b"/state\0")
+                                      for i in range(count)])}
+    # Transaction ids count from 1 on a new connection: each TRANSACTION_START gets the next.
+    body: list[bytes] = []
+    for tx in range(1, count // 10 + 1):
+        body.append(frame(Op.TRANSACTION_START, 0, 0, b"\0"))
+        body.append(frame(Op.READ, 1, tx, path + b"/state\0"))
+        for key in range(7):
+            body.append(frame(Op.WRITE, 2, tx, path + f"/key{key}\0".encode() + b"1"))
+        body.append(frame(Op.TRANSACTION_END, 3, tx, b"T\0"))
+    rates["flip_txn_requests_per_s"] = pipelined(body)
+    return rates
 
 
-def phase(name: str, guests: int, per_guest: int, action: Callable[[World], dict[str, Any]]
-          ) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix=f"xo-bench-{name}-") as tmp:
-        world = World(Path(tmp), guests, per_guest)
+def startup_costs() -> dict[str, float]:
+    """Wall time of a bare interpreter, of ``xenoffload --version`` and of ``xenoffload set
+    --help`` (import cost of the CLI path), medians of 5."""
+    def wall(*args: str) -> float:
+        times = []
+        for _ in range(5):
+            start = time.monotonic()
+            subprocess.run(lab.python_command(*args), check=True, stdout=subprocess.DEVNULL)
+            times.append(time.monotonic() - start)
+        return statistics.median(times)
+
+    return {"python_s": wall("-c", "pass"),
+            "cli_version_s": wall("-m", "xenoffload", "--version"),
+            "cli_set_help_s": wall("-m", "xenoffload", "set", "--help")}
+
+
+def client_cost(socket: str, count: int = 10_000) -> dict[str, float]:
+    """CPU microseconds the client library (PyxsStore) spends per request: pipelined (a
+    batch, as the agent sends them) and one blocking round trip at a time (the minimal
+    backend), measured in this process on the server given."""
+    with PyxsStore(socket) as store:
+        store.write("/bench/client", b"1")
+        start = time.process_time()
+        store.read_batch([(None, "/bench/client")] * count)
+        pipelined = (time.process_time() - start) / count * 1e6
+        start = time.process_time()
+        for _ in range(count // 5):
+            store.read("/bench/client")
+        blocking = (time.process_time() - start) / (count // 5) * 1e6
+    return {"pipelined_us": pipelined, "blocking_us": blocking}
+
+
+def enforcement_cost(vifs: int) -> dict[str, float]:
+    """CPU milliseconds per vif of the agent's enforcement under ``--toggles dry-run`` (tc on),
+    in this process: the same enforcers over simulated devices (the simulated kernel
+    answers the ethtool and tc requests), the connect's result on every vif, then the
+    flip's."""
+    from xenoffload.enforce import make_enforcers
+
+    enforcers = make_enforcers("dry-run", tc=True)
+    try:
+        devices = [enforcers.for_device(DeviceRef(f"vif{guest}.{devid}", None))
+                   for guest in range(1, vifs // PER_GUEST + 2) for devid in range(PER_GUEST)]
+        devices = devices[:vifs]
+        figures = {}
+        for name, flag in (("connect", False), ("flip", True)):
+            result = LinkResult(FamilyFlags(flag, flag), FamilyFlags(flag, flag))
+            start = time.process_time()
+            for enforcer in devices:
+                enforcer.enforce(Role.BACKEND, result)
+            figures[f"{name}_ms_per_vif"] = (time.process_time() - start) * 1000 / vifs
+        return figures
+    finally:
+        enforcers.close()
+
+
+# ------------------------------------------------------------------------------- runs
+
+
+def in_world(guests: int, per_guest: int, trace: bool,
+             body: Callable[[World], dict[str, Any]]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="xob-", dir="/tmp") as tmp:
+        world = World(Path(tmp), guests, per_guest, trace)
         try:
-            return action(world)
+            figures = body(world)
+            if not trace:
+                figures["server"] = server_throughput(world.server.socket)
+                figures["client"] = client_cost(world.server.socket)
         finally:
             world.close()
+        if trace:
+            assert world.server.trace is not None
+            spans = lab.requests_by_client(world.server.trace)
+            figures["requests"] = {span: {client: dict(counts) for client, counts
+                                          in found.by_client.items()}
+                                   for span, found in spans.items()}
+        return figures
 
 
-#: xenstored's trace of real Linux netback/netfront negotiating two vifs (tests/fixtures).
-LINUX_TRACE = Path(__file__).resolve().parents[1] / "tests/fixtures/stock-linux-two-vifs.trace"
+def empty_agent() -> dict[str, float]:
+    """The agent's RSS and CPU once started and idle with no vif (nothing laid out)."""
+    with tempfile.TemporaryDirectory(prefix="xob-", dir="/tmp") as tmp:
+        server = lab.Server(Path(tmp))
+        config = Path(tmp) / "policy.toml"
+        config.write_text("")
+        agent = lab.Agent(server.socket, config, Path(tmp) / "agent.log")
+        try:
+            agent.proc.wait_idle(timeout=TIMEOUT)
+            cpu, rss = agent.proc.cpu_s(), agent.proc.rss_kib()
+            time.sleep(1.0)
+            return {"rss_kib": rss, "cpu_s": cpu,
+                    "idle_cpu_ms_per_s": (agent.proc.cpu_s() - cpu) * 1000}
+        finally:
+            agent.close()
+            server.close()
 
 
-def linux_netback_ops_per_vif(trace: Path = LINUX_TRACE) -> float:
-    """Requests Linux netback (dom0's kernel connection) made per vif to bring the trace's
-    vifs to Connected: every request naming a vif path, and the transactions around them,
-    up to netback's last ``state`` = 4. The real-driver baseline of the op count."""
-    from xenoffload.conformance.observe import parse_trace
+def one_run(index: int, args: argparse.Namespace) -> dict[str, Any]:
+    g, n = args.guests, args.vifs_per_guest
+    order = ["minimal", "agent"] if index % 2 == 0 else ["agent", "minimal"]
+    run: dict[str, Any] = {}
+    for which in order:
+        if which == "minimal":
+            run["minimal"] = in_world(g, n, False, minimal_world)
+        else:
+            run["agent"] = in_world(g, n, False,
+                                    lambda w: agent_world(w, not args.no_attack, args.flaps))
+    return run
 
-    records = parse_trace(trace.read_text(encoding="latin-1").splitlines())
-    kernel = records[0].conn_id  # the first client: dom0's kernel (xenbus core, netback)
-    vifs: set[bytes] = set()
-    counted = 0
-    in_vif_txn: set[int] = set()
-    for record in (r for r in records if r.conn_id == kernel):
-        payload = record.payload
-        names_vif = b"backend/vif/" in payload or b"/device/vif/" in payload
-        if record.op == "TRANSACTION_START":
-            continue  # counted with its end, once the transaction proves to be about a vif
-        if record.op == "TRANSACTION_END":
-            if record.tx_id in in_vif_txn:
-                counted += 2  # its start and its end
+
+def summarise(runs: list[dict[str, Any]], empty: list[dict[str, float]],
+              traced: dict[str, Any], vifs: int) -> dict[str, Any]:
+    """Per-run derived figures, then medians and spreads."""
+    derived: list[dict[str, float]] = []
+    for run, idle in zip(runs, empty, strict=True):
+        a, m = run["agent"], run["minimal"]
+        row = {
+            "connect_s": a["connect_s"], "minimal_connect_s": m["connect_s"],
+            "connect_ratio": a["connect_s"] / m["connect_s"],
+            "connect_quiescent_s": a["connect_quiescent_s"],
+            "set_flip_s": a["set_flip_s"], "set_process_s": a["set_process_s"],
+            "set_flip_quiescent_s": a["set_flip_quiescent_s"],
+            "set_clear_s": a["set_clear_s"],
+            "hup_flip_s": a["hup_flip_s"], "hup_flip_quiescent_s": a["hup_flip_quiescent_s"],
+            "hup_back_s": a["hup_back_s"],
+            "minimal_flip_s": m["flip_s"],
+            "reboot_s": a["reboot_s"], "minimal_reboot_s": m["reboot_s"],
+            "reboot_ratio": a["reboot_s"] / m["reboot_s"],
+            "reboot_quiescent_s": a["reboot_quiescent_s"],
+            "restart_quiescent_s": a["restart_quiescent_s"],
+            "recreate_toolstack_s": a["recreate_toolstack_s"],
+            "recreate_s": a["recreate_s"],
+            "recreate_quiescent_after_s": a["recreate_quiescent_after_s"],
+            "recreate_cpu_ms_per_vif": a["recreate_cpu_s"] * 1000 / vifs,
+            "connect_agent_cpu_s": a["connect_cpu_s"],
+            "connect_server_cpu_s": a["connect_server_cpu_s"],
+            "connect_frontend_cpu_s": a["connect_frontend_cpu_s"],
+            "minimal_connect_cpu_s": m["connect_cpu_s"],
+            "minimal_connect_server_cpu_s": m["connect_server_cpu_s"],
+            "set_flip_agent_cpu_s": a["set_flip_cpu_s"],
+            "set_flip_server_cpu_s": a["set_flip_server_cpu_s"],
+            "cpu_ms_per_vif": (a["connect_cpu_s"] - idle["cpu_s"]) * 1000 / vifs,
+            "minimal_cpu_ms_per_vif": m["connect_cpu_s"] * 1000 / vifs,
+            "flip_cpu_ms_per_vif": a["set_flip_cpu_s"] * 1000 / vifs,
+            "reboot_cpu_ms_per_vif": a["reboot_cpu_s"] * 1000 / vifs,
+            "restart_cpu_ms_per_vif": a["restart_cpu_s"] * 1000 / vifs,
+            "rss_kib_per_vif": (a["rss_kib"] - idle["rss_kib"]) / vifs,
+            "empty_agent_rss_kib": idle["rss_kib"], "empty_agent_cpu_s": idle["cpu_s"],
+            "idle_cpu_ms_per_s": idle["idle_cpu_ms_per_s"],
+            "client_pipelined_us": a["client"]["pipelined_us"],
+            "client_blocking_us": a["client"]["blocking_us"],
+            "server_read_per_s": a["server"]["read_per_s"],
+            "server_flip_txn_requests_per_s": a["server"]["flip_txn_requests_per_s"],
+        }
+        if "new_vif_during_attack_s" in a:
+            row.update({
+                "new_vif_quiet_max_s": max(a["new_vif_quiet_s"]),
+                "attack_new_vif_max_s": max(a["new_vif_during_attack_s"]),
+                "attack_new_vif_median_s": statistics.median(a["new_vif_during_attack_s"]),
+                "attack_new_vifs": len(a["new_vif_during_attack_s"]),
+                "attack_s": a["attack_s"], "attack_flaps_per_s": a["attack_flaps_per_s"],
+                "attacked_vif_converged_after_s": a["attacked_vif_converged_after_s"],
+                "attack_agent_cpu_s": a["attack_agent_cpu_s"],
+                "attack_reconnects": a["reconnects"],
+                "attack_eagain_give_ups": a["eagain_give_ups"],
+            })
+        # The server alone, answering the agent's requests of a phase as fast as it answers a
+        # pipelined stream: a bound no client of it can beat.
+        rate = a["server"]["flip_txn_requests_per_s"]
+        for phase in ("connect", "set_flip"):
+            counts = traced.get("agent", {}).get("requests", {}).get(phase, {})
+            row[f"{phase}_server_bound_s"] = sum(counts.get("agent", {}).values()) / rate
+        derived.append(row)
+    summary = {key: _spread([row[key] for row in derived if key in row])
+               for key in derived[0]}
+    summary.update(_request_figures(traced, vifs))
+    return {"per_run": derived, "summary": summary}
+
+
+def add_enforcement(report: dict[str, Any], costs: list[dict[str, float]]) -> None:
+    summary = report["summary"]
+    for name in ("connect", "flip"):
+        summary[f"enforce_{name}_ms_per_vif"] = _spread([c[f"{name}_ms_per_vif"]
+                                                         for c in costs])
+
+
+def _request_figures(traced: dict[str, Any], vifs: int) -> dict[str, dict[str, float]]:
+    """Requests per vif of each phase, from the traced run (one figure each, no spread)."""
+    figures: dict[str, dict[str, float]] = {}
+    spans = {("agent", "connect"): "connect", ("agent", "set_flip"): "set_flip",
+             ("agent", "set_clear"): "set_clear", ("agent", "hup_flip"): "hup_flip",
+             ("agent", "hup_back"): "hup_back", ("agent", "reboot"): "reboot",
+             ("agent", "restart"): "restart", ("agent", "recreate"): "recreate",
+             ("minimal", "connect"): "minimal_connect",
+             ("minimal", "flip"): "minimal_flip", ("minimal", "reboot"): "minimal_reboot"}
+    for (world, span), name in spans.items():
+        counts = traced.get(world, {}).get("requests", {}).get(span, {})
+        client = "minimal" if world == "minimal" else "agent"
+        total = sum(counts.get(client, {}).values())
+        figures[f"{name}_requests_per_vif"] = _spread([total / vifs])
+    agent = figures["connect_requests_per_vif"]["median"]
+    minimal = figures["minimal_connect_requests_per_vif"]["median"]
+    figures["connect_requests_ratio"] = _spread([agent / minimal if minimal else 0.0])
+    return figures
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+# ------------------------------------------------------------------------------- output
+
+
+ROWS: list[tuple[str, str, str]] = [
+    ("connect: 1,000 vifs to Connected, agent", "connect_s", "s"),
+    ("connect: minimal backend", "minimal_connect_s", "s"),
+    ("connect: time ratio agent / minimal (per run)", "connect_ratio", "x"),
+    ("connect: agent quiescent", "connect_quiescent_s", "s"),
+    ("connect: requests per vif, agent", "connect_requests_per_vif", ""),
+    ("connect: requests per vif, minimal backend", "minimal_connect_requests_per_vif", ""),
+    ("connect: requests ratio agent / minimal", "connect_requests_ratio", "x"),
+    ("connect: CPU of the agent (start-up included)", "connect_agent_cpu_s", "s"),
+    ("connect: CPU of the server meanwhile", "connect_server_cpu_s", "s"),
+    ("connect: CPU of the scripted frontend meanwhile", "connect_frontend_cpu_s", "s"),
+    ("connect: CPU of the minimal backend", "minimal_connect_cpu_s", "s"),
+    ("connect: CPU of the server while the minimal backend ran", "minimal_connect_server_cpu_s",
+     "s"),
+    ("agent CPU per vif (connect, start-up excluded)", "cpu_ms_per_vif", "ms"),
+    ("minimal backend CPU per vif (connect)", "minimal_cpu_ms_per_vif", "ms"),
+    ("agent RSS per vif above the empty agent's", "rss_kib_per_vif", "KiB"),
+    ("flip: `set --bridge xenbr0 --tx on --rx on` until all advertise", "set_flip_s", "s"),
+    ("flip: of which the `set` process", "set_process_s", "s"),
+    ("flip: agent quiescent", "set_flip_quiescent_s", "s"),
+    ("flip: requests per vif, agent", "set_flip_requests_per_vif", ""),
+    ("flip: agent CPU per vif", "flip_cpu_ms_per_vif", "ms"),
+    ("flip: CPU of the agent", "set_flip_agent_cpu_s", "s"),
+    ("flip: CPU of the server meanwhile", "set_flip_server_cpu_s", "s"),
+    ("flip back: `set --bridge xenbr0 --clear`", "set_clear_s", "s"),
+    ("flip back: requests per vif", "set_clear_requests_per_vif", ""),
+    ("flip: SIGHUP with a file allowing everything", "hup_flip_s", "s"),
+    ("flip: SIGHUP, agent quiescent", "hup_flip_quiescent_s", "s"),
+    ("flip: SIGHUP, requests per vif", "hup_flip_requests_per_vif", ""),
+    ("flip back: SIGHUP with the empty file", "hup_back_s", "s"),
+    ("flip: minimal backend (its own loop, no command)", "minimal_flip_s", "s"),
+    ("flip: minimal backend, requests per vif", "minimal_flip_requests_per_vif", ""),
+    ("reboot of every guest, agent", "reboot_s", "s"),
+    ("reboot: minimal backend", "minimal_reboot_s", "s"),
+    ("reboot: ratio agent / minimal (per run)", "reboot_ratio", "x"),
+    ("reboot: agent quiescent", "reboot_quiescent_s", "s"),
+    ("reboot: requests per vif, agent", "reboot_requests_per_vif", ""),
+    ("reboot: requests per vif, minimal", "minimal_reboot_requests_per_vif", ""),
+    ("reboot: agent CPU per vif", "reboot_cpu_ms_per_vif", "ms"),
+    ("agent restart on the connected fleet: quiescent", "restart_quiescent_s", "s"),
+    ("agent restart: requests per vif", "restart_requests_per_vif", ""),
+    ("agent restart: CPU per vif (start-up included)", "restart_cpu_ms_per_vif", "ms"),
+    ("every vif re-created by the toolstack: its own time", "recreate_toolstack_s", "s"),
+    ("re-created: all Connected again", "recreate_s", "s"),
+    ("re-created: agent quiescent after the toolstack's last", "recreate_quiescent_after_s",
+     "s"),
+    ("re-created: requests per vif", "recreate_requests_per_vif", ""),
+    ("re-created: agent CPU per vif", "recreate_cpu_ms_per_vif", "ms"),
+    ("new vif of a quiet guest, no attack (max of 3)", "new_vif_quiet_max_s", "s"),
+    ("attack: flaps per second the attacker reached", "attack_flaps_per_s", "/s"),
+    ("attack: new vif of the well-behaved guest, max", "attack_new_vif_max_s", "s"),
+    ("attack: new vif of the well-behaved guest, median", "attack_new_vif_median_s", "s"),
+    ("attack: new vifs measured during the attack", "attack_new_vifs", ""),
+    ("attack: attacked vif settled after the attack", "attacked_vif_converged_after_s", "s"),
+    ("attack: agent CPU during the attack", "attack_agent_cpu_s", "s"),
+    ("attack: agent reconnects (log)", "attack_reconnects", ""),
+    ("attack: steps left after 8 conflicts (log)", "attack_eagain_give_ups", ""),
+    ("agent: empty agent's RSS", "empty_agent_rss_kib", "KiB"),
+    ("agent: empty agent's CPU to start (imports, attach)", "empty_agent_cpu_s", "s"),
+    ("agent: idle CPU", "idle_cpu_ms_per_s", "ms/s"),
+    ("enforcement per vif, dry-run (in-process): connect", "enforce_connect_ms_per_vif", "ms"),
+    ("enforcement per vif, dry-run (in-process): flip", "enforce_flip_ms_per_vif", "ms"),
+    ("client library CPU per request, pipelined", "client_pipelined_us", "us"),
+    ("client library CPU per request, blocking", "client_blocking_us", "us"),
+    ("server: pipelined READs per second", "server_read_per_s", "/s"),
+    ("server alone on the agent's connect requests (bound)", "connect_server_bound_s", "s"),
+    ("server alone on the agent's flip requests (bound)", "set_flip_server_bound_s", "s"),
+    ("server: pipelined flip-shaped requests per second", "server_flip_txn_requests_per_s",
+     "/s"),
+]
+
+
+def _format(value: float, unit: str) -> str:
+    if unit == "/s":
+        return f"{value:,.0f}"
+    if unit in ("s", "x"):
+        return f"{value:.2f}"
+    if unit in ("ms", "KiB", "ms/s", "us"):
+        return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+    return f"{value:.1f}" if value != int(value) else f"{value:.0f}"
+
+
+def render(report: dict[str, Any]) -> str:
+    summary = report["summary"]
+    lines = [f"bench_agents: {report['vifs']} vifs ({report['guests']} guests x "
+             f"{report['per_guest']}), {report['runs']} run(s) + 1 traced run; "
+             f"{os.cpu_count()} CPUs, load average at start {report['load']}",
+             "median (min-max over runs); requests from the traced run"]
+    rows = []
+    for label, key, unit in ROWS:
+        if key not in summary:
             continue
-        if not names_vif:
-            continue
-        counted += 1
-        if record.tx_id:
-            in_vif_txn.add(record.tx_id)
-        path = payload.split(b"\0", 1)[0]
-        if record.op == "WRITE" and path.startswith(b"backend/vif/") and \
-                path.endswith(b"/state") and payload == path + b"\0" + b"4":
-            vifs.add(path)
-            if len(vifs) == 2:
-                break
-    return counted / max(len(vifs), 1)
+        spread = summary[key]
+        value = _format(spread["median"], unit) + (f" {unit}" if unit not in ("", "/s")
+                                                   else unit)
+        if spread["n"] > 1 and spread["min"] != spread["max"]:
+            value += f" ({_format(spread['min'], unit)}-{_format(spread['max'], unit)})"
+        target = ""
+        if key in TARGETS:
+            sign, bound = TARGETS[key]
+            met = spread["median"] < bound if sign == "<" else spread["median"] <= bound
+            target = f"{sign} {bound:g}  {'met' if met else 'MISSED'}"
+            if key in FLOORS:
+                target += f" (protocol floor {FLOORS[key]:g})"
+        rows.append((label, value, target))
+    width = max(len(row[0]) for row in rows)
+    value_width = max(len(row[1]) for row in rows)
+    lines.append(f"{'measure'.ljust(width)}  {'value'.ljust(value_width)}  target")
+    lines += [f"{label.ljust(width)}  {value.ljust(value_width)}  {target}"
+              for label, value, target in rows]
+    startup = report["startup"]
+    lines.append(f"process start: bare python {startup['python_s']:.3f} s, "
+                 f"`xenoffload --version` {startup['cli_version_s']:.3f} s, "
+                 f"`xenoffload set --help` {startup['cli_set_help_s']:.3f} s")
+    for world in ("agent", "minimal"):
+        spans = report["traced"].get(world, {}).get("requests", {})
+        for span, clients in spans.items():
+            counts = clients.get(world if world == "minimal" else "agent")
+            if counts:
+                lines.append(f"requests by type, {world} {span}: " + ", ".join(
+                    f"{op}={count}" for op, count in sorted(counts.items())))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs (default 3)")
     parser.add_argument("--guests", type=int, default=GUESTS)
-    parser.add_argument("--vifs-per-guest", type=int, default=VIFS_PER_GUEST)
-    parser.add_argument("--no-profile", action="store_true", help="skip the cProfile phase")
-    parser.add_argument("--top", type=int, default=15, help="profile entries shown")
-    parser.add_argument("--frontend", metavar="SOCKET", help=argparse.SUPPRESS)
+    parser.add_argument("--vifs-per-guest", type=int, default=PER_GUEST)
+    parser.add_argument("--flaps", type=int, default=FLAPS)
+    parser.add_argument("--no-attack", action="store_true", help="skip the flapping guest")
     args = parser.parse_args(argv)
-    if args.frontend:
-        scripted_frontend(args.frontend)
-        return 0
-    g, n = args.guests, args.vifs_per_guest
-    vifs = g * n
-    base = phase("baseline", g, n, baseline)
-    agent = phase("agent", g, n, run_agent)
-    memory: dict[str, Any] = {}
-    phase("memory", g, n, lambda w: run_agent(w, with_tracemalloc(memory, vifs)))
-    profile: dict[str, Any] = {}
-    if not args.no_profile:
-        phase("profile", g, n, lambda w: run_agent(w, with_profile(profile, args.top)))
-
-    report = {
-        "vifs": vifs,
-        "baseline": base,
-        "agent": agent,
-        "memory": memory,
-        "ratios": {"connect_ops": agent["connect_ops"] / base["connect_ops"],
-                   "connect_time": agent["connect_s"] / base["connect_s"],
-                   "flip_ops": agent["flip_ops"] / max(base["flip_ops"], 1),
-                   "flip_time": agent["flip_s"] / max(base["flip_s"], 1e-9)},
-        "targets": TARGETS,
-        "linux_netback_ops_per_vif": linux_netback_ops_per_vif(),
+    vifs = args.guests * args.vifs_per_guest
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    startup = startup_costs()
+    runs, empty, enforcement = [], [], []
+    for index in range(args.runs):
+        empty.append(empty_agent())
+        enforcement.append(enforcement_cost(vifs))
+        runs.append(one_run(index, args))
+    traced = {
+        "minimal": in_world(args.guests, args.vifs_per_guest, True, minimal_world),
+        "agent": in_world(args.guests, args.vifs_per_guest, True,
+                          lambda w: agent_world(w, False, 0)),
     }
-    if args.json:
-        print(json.dumps({**report, "profile": profile}, indent=2, default=str))
-        return 0
-    rows = [
-        ("vifs Connected (agent / baseline)", f"{agent['connected']} / {base['connected']}",
-         f"{vifs}"),
-        ("connect: agent time", f"{agent['connect_s']:.2f} s", f"< {TARGETS['connect_s']} s"),
-        ("connect: baseline time", f"{base['connect_s']:.2f} s", ""),
-        ("connect: time ratio agent/baseline", f"{report['ratios']['connect_time']:.2f}x",
-         f"<= {TARGETS['ops_ratio']}x"),
-        ("connect: XenStore ops per vif agent / baseline",
-         f"{agent['connect_ops'] / vifs:.1f} / {base['connect_ops'] / vifs:.1f}", ""),
-        ("connect: ops ratio agent/baseline", f"{report['ratios']['connect_ops']:.2f}x",
-         f"<= {TARGETS['ops_ratio']}x"),
-        ("Linux netback ops per vif to Connected (real trace)",
-         f"{report['linux_netback_ops_per_vif']:.1f}", ""),
-        ("policy flip: agent time", f"{agent['flip_s']:.2f} s", f"< {TARGETS['flip_s']} s"),
-        ("policy flip: baseline time", f"{base['flip_s']:.2f} s", ""),
-        ("policy flip: ops per vif agent / baseline",
-         f"{agent['flip_ops'] / vifs:.1f} / {base['flip_ops'] / vifs:.1f}", ""),
-        ("policy flip: kernel change requests", f"{agent['flip_sets']}", f"{vifs}"),
-        ("RSS delta per vif (agent process)", f"{agent['rss_kib_per_vif']:.1f} KiB",
-         f"<= {TARGETS['kib_per_vif']} KiB"),
-        ("Python heap per vif after connect (tracemalloc)",
-         f"{memory.get('traced_kib_per_vif', 0):.1f} KiB", ""),
-        ("Python heap peak per vif (tracemalloc)",
-         f"{memory.get('traced_peak_kib_per_vif', 0):.1f} KiB", ""),
-    ]
-    width = max(len(row[0]) for row in rows)
-    print(f"bench_agents: one backend agent, {g} guests x {n} vifs, embedded xenstored "
-          "process, scripted frontend process")
-    print(f"{'measure'.ljust(width)}  {'value':>18}  target")
-    for label, value, target in rows:
-        print(f"{label.ljust(width)}  {value:>18}  {target}")
-    print("\nops by type, agent:    " + ", ".join(
-        f"{k}={v}" for k, v in sorted(agent["ops_by_type"].items())))
-    print("ops by type, baseline: " + ", ".join(
-        f"{k}={v}" for k, v in sorted(base["ops_by_type"].items())))
-    if profile:
-        print("\ncProfile of the agent phase, by own time:")
-        print(_trim(profile["profile_tottime"]))
-        print("cProfile of the agent phase, cumulative:")
-        print(_trim(profile["profile_cumulative"]))
+    report = {"vifs": vifs, "guests": args.guests, "per_guest": args.vifs_per_guest,
+              "runs": args.runs, "load": load, "startup": startup, "targets": TARGETS,
+              "floors": FLOORS,
+              "empty_agent": empty, "raw": runs, "traced": traced,
+              **summarise(runs, empty, traced, vifs)}
+    add_enforcement(report, enforcement)
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     return 0
-
-
-def _trim(text: str) -> str:
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip().startswith("ncalls")), 0)
-    return "\n".join(lines[start:])
 
 
 if __name__ == "__main__":

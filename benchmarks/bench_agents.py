@@ -456,18 +456,32 @@ def in_world(guests: int, per_guest: int, trace: bool,
 
 
 def empty_agent() -> dict[str, float]:
-    """The agent's RSS and CPU once started and idle with no vif (nothing laid out)."""
+    """The agent's RSS and CPU once started and idle with no vif (nothing laid out), its
+    CPU while idle, and how long after a SIGHUP it reloads its file (``-v``: its log says
+    "policy reloaded"; the longest of 5)."""
     with tempfile.TemporaryDirectory(prefix="xob-", dir="/tmp") as tmp:
         server = lab.Server(Path(tmp))
         config = Path(tmp) / "policy.toml"
         config.write_text("")
-        agent = lab.Agent(server.socket, config, Path(tmp) / "agent.log")
+        agent = lab.Agent(server.socket, config, Path(tmp) / "agent.log", extra=["-v"])
         try:
             agent.proc.wait_idle(timeout=TIMEOUT)
             cpu, rss = agent.proc.cpu_s(), agent.proc.rss_kib()
             time.sleep(1.0)
-            return {"rss_kib": rss, "cpu_s": cpu,
-                    "idle_cpu_ms_per_s": (agent.proc.cpu_s() - cpu) * 1000}
+            figures = {"rss_kib": rss, "cpu_s": cpu,
+                       "idle_cpu_ms_per_s": (agent.proc.cpu_s() - cpu) * 1000}
+            latencies = []
+            for count in range(1, 6):
+                start = time.monotonic()
+                agent.hup()
+                while lab.count_lines(agent.log_lines(), "policy reloaded") < count:
+                    if time.monotonic() - start > 10:
+                        raise TimeoutError("the agent did not reload its policy")
+                    time.sleep(0.001)
+                latencies.append(time.monotonic() - start)
+                time.sleep(0.1 + 0.1 * count)  # signals at different points of the idle wait
+            figures["hup_reload_max_s"] = max(latencies)
+            return figures
         finally:
             agent.close()
             server.close()
@@ -525,6 +539,7 @@ def summarise(runs: list[dict[str, Any]], empty: list[dict[str, float]],
             "rss_kib_per_vif": (a["rss_kib"] - idle["rss_kib"]) / vifs,
             "empty_agent_rss_kib": idle["rss_kib"], "empty_agent_cpu_s": idle["cpu_s"],
             "idle_cpu_ms_per_s": idle["idle_cpu_ms_per_s"],
+            "hup_reload_max_s": idle["hup_reload_max_s"],
             "client_pipelined_us": a["client"]["pipelined_us"],
             "client_blocking_us": a["client"]["blocking_us"],
             "server_read_per_s": a["server"]["read_per_s"],
@@ -620,6 +635,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("flip: SIGHUP, agent quiescent", "hup_flip_quiescent_s", "s"),
     ("flip: SIGHUP, requests per vif", "hup_flip_requests_per_vif", ""),
     ("flip back: SIGHUP with the empty file", "hup_back_s", "s"),
+    ("SIGHUP to \"policy reloaded\" in the log, idle agent (max of 5)", "hup_reload_max_s",
+     "s"),
     ("flip: minimal backend (its own loop, no command)", "minimal_flip_s", "s"),
     ("flip: minimal backend, requests per vif", "minimal_flip_requests_per_vif", ""),
     ("reboot of every guest, agent", "reboot_s", "s"),

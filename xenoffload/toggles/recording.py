@@ -321,6 +321,8 @@ class RecordingToggles:
         self._namespaces: set[str] = set()
         self._vanishing: set[DeviceRef] = set()
         self._next_ifindex = 2
+        #: (namespace, ifindex) -> device, rebuilt after any device came or went.
+        self._by_index: dict[tuple[str | None, int], _SimulatedDevice] | None = None
         self.applies: list[RecordedApply] = []
         #: Every rtnetlink request the simulated kernel answered: (device's namespace, label,
         #: refusal or None). Reads included; see :attr:`tc_changes`.
@@ -345,11 +347,13 @@ class RecordingToggles:
             if device.netns is not None:
                 self._namespaces.add(device.netns)
             self._devices[device] = self._new_device(profile)
+            self._by_index = None
 
     def remove_device(self, device: DeviceRef) -> None:
         """Delete ``device``; later calls naming it raise DeviceGone."""
         with self._lock:
             self._devices.pop(device, None)
+            self._by_index = None
             self._vanishing.discard(device)
 
     def remove_namespace(self, netns: str) -> None:
@@ -358,6 +362,7 @@ class RecordingToggles:
             self._namespaces.discard(netns)
             for device in [device for device in self._devices if device.netns == netns]:
                 del self._devices[device]
+            self._by_index = None
 
     def vanish_during_next_apply(self, device: DeviceRef) -> None:
         """Make the device disappear inside the next apply naming it, after its state was read
@@ -401,6 +406,14 @@ class RecordingToggles:
             simulated = self._device(device)
             return simulated.slot, simulated.gso_max_segs, tuple(simulated.filters)
 
+    def device_by_index(self, netns: str | None, ifindex: int) -> _SimulatedDevice | None:
+        """Return the simulated device of ``ifindex`` in ``netns``, or None."""
+        index = self._by_index
+        if index is None:
+            index = self._by_index = {(device.netns, simulated.ifindex): simulated
+                                      for device, simulated in self._devices.items()}
+        return index.get((netns, ifindex))
+
     def _new_device(self, profile: FeatureProfile) -> _SimulatedDevice:
         simulated = _SimulatedDevice(profile, self._next_ifindex)
         self._next_ifindex += 1
@@ -424,6 +437,7 @@ class RecordingToggles:
             if device in self._vanishing:
                 self._vanishing.discard(device)
                 del self._devices[device]
+                self._by_index = None
                 if plan.to_send:
                     self.applies.append(RecordedApply(device, wanted, {}, {}, None))
                     raise DeviceGone("device vanished during apply", device)
@@ -461,6 +475,7 @@ class RecordingToggles:
             if device.netns is not None:
                 self._namespaces.add(device.netns)
             simulated = self._devices[device] = self._new_device(self._auto_profile(device))
+            self._by_index = None
             return simulated
         if device.netns is not None and device.netns not in self._namespaces:
             raise TogglesUnavailable(f"network namespace {device.netns!r} does not exist", device)
@@ -512,10 +527,7 @@ class _SimulatedRtnetlink:
             return outcome
 
     def _device_by_index(self, ifindex: int) -> _SimulatedDevice | None:
-        for device, simulated in self._world._devices.items():
-            if device.netns == self._netns and simulated.ifindex == ifindex:
-                return simulated
-        return None
+        return self._world.device_by_index(self._netns, ifindex)
 
     def _answer(self, message: Message) -> Answer | ErrorAnswer:
         kind = message.kind

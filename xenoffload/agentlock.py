@@ -23,8 +23,10 @@ pid is never signalled.
 
 An end is keyed on (role, domid, XenStore): the system XenStore (its daemon's socket or the
 xenbus device, however reached) is one store; any other endpoint (an embedded xenstored's
-socket) is keyed on its resolved path. The rule is enforced among the processes of one
-operating system, which is where an end's agents run (they toggle that system's devices).
+socket) is keyed on its resolved path. On the system XenStore the frontend end is the guest's
+own, whatever its domid (it changes across ``xl restore`` and migration). The rule is enforced
+among the processes of one operating system, which is where an end's agents run (they toggle
+that system's devices).
 """
 
 from __future__ import annotations
@@ -124,9 +126,14 @@ class EndKey:
 
     @property
     def stem(self) -> str:
-        """The lock files' common name: role, domid and a digest of the store's identity."""
+        """The lock files' common name: role, domid and a digest of the store's identity.
+        The frontend end on the system XenStore is named ``self`` instead of a domid: a
+        guest's system reaches one domain, its own, whose domid changes when it is restored
+        or migrated (an agent that follows it and one started afterwards are one end)."""
         digest = hashlib.sha256(self.store.encode()).hexdigest()[:12]
-        return f"{self.role.value}-{self.domid}-{digest}"
+        domain = "self" if self.role is Role.FRONTEND and self.store == "system" else \
+            str(self.domid)
+        return f"{self.role.value}-{domain}-{digest}"
 
     def describe(self) -> str:
         where = "the system XenStore" if self.store == "system" else self.store

@@ -455,7 +455,8 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
         return _run_agent(
             args, Role.FRONTEND, path, domid,
             lambda policy: GuestAgent(policy, domid, Mode(args.mode),
-                                      device_logged(enforcer, args.device_log)),
+                                      device_logged(enforcer, args.device_log),
+                                      follows=args.domid is None),
             stop or threading.Event())
     finally:
         if enforcers is not None:
@@ -576,8 +577,34 @@ def _own_domid_or_fail(store: Store, path: str) -> int:
     return domid
 
 
-def cmd_set(args: argparse.Namespace) -> int:
+def _vif_override_keys(store: Store, spec: VifSpec, backend_domid: int
+                       ) -> tuple[str, tuple[str, ...], str]:
+    """Return the override key of the vif ``spec`` names (by its VM's UUID when the domain
+    has one: the override then holds across save/restore, migration and reboot), the keys
+    it may also have been written under (by domid), and how to name it. A UUID with a devid
+    names a VM's vif whether or not the VM runs."""
     from xenoffload.names import resolve_domain, resolve_vif
+    from xenoffload.overrides import vif_key
+    from xenoffload.paths import domain_vm_path
+    from xenoffload.policy import parse_uuid, vm_uuid
+
+    uuid = parse_uuid(spec.name)
+    if uuid is not None and spec.devid is not None and not _uuid_runs(store, uuid):
+        return vif_key(uuid, 0, spec.devid), (), f"vif {spec.devid} of VM {uuid}"
+    guest = resolve_domain(store, spec)
+    devid = resolve_vif(store, spec, guest, backend_domid)
+    uuid = vm_uuid(store.try_read(domain_vm_path(guest)))
+    return vif_key(uuid, guest, devid), (vif_key(None, guest, devid),), f"vif {guest}/{devid}"
+
+
+def _uuid_runs(store: Store, uuid: str) -> bool:
+    """Whether a domain of VM ``uuid`` runs (its ``/vm/<uuid>`` exists)."""
+    from xenoffload.paths import vm_dir
+
+    return store.try_read(vm_dir(uuid)) is not None
+
+
+def cmd_set(args: argparse.Namespace) -> int:
     from xenoffload.override_store import clear_override, write_override
     from xenoffload.overrides import OverrideSetting, bridge_key
     from xenoffload.paths import frontend_vif_root, override_path
@@ -600,6 +627,7 @@ def cmd_set(args: argparse.Namespace) -> int:
     path = resolve_xenstore(args.xenstore)
     store = _connect(path)
     try:
+        legacy: tuple[str, ...] = ()
         if args.local is not None:
             guest = _own_domid_or_fail(store, path)
             if store.try_read(f"{frontend_vif_root(guest)}/{args.local}") is None:
@@ -613,16 +641,17 @@ def cmd_set(args: argparse.Namespace) -> int:
             if args.bridge is not None:
                 key, what = bridge_key(args.bridge), f"bridge {args.bridge}"
             else:
-                guest = resolve_domain(store, args.vif)
-                devid = resolve_vif(store, args.vif, guest, args.backend_domid)
-                key, what = f"vif/{guest}/{devid}", f"vif {guest}/{devid}"
+                key, legacy, what = _vif_override_keys(store, args.vif, args.backend_domid)
             # From dom0, tx is the vif's transmit (ethtool -K vifD.N tx): to-guest.
             tx_dir, rx_dir = "to_guest", "from_guest"
         node = override_path(home, role, key)
         if args.clear:
-            if store.try_read(node) is None:
+            found = [k for k in dict.fromkeys((key, *legacy))
+                     if store.try_read(override_path(home, role, k)) is not None]
+            if not found:
                 raise NotFound(f"no override for {what} ({node}): nothing to clear")
-            print(f"cleared {clear_override(store, home, role, key)}")
+            for k in found:
+                print(f"cleared {clear_override(store, home, role, k)}")
             return EXIT_OK
         directions: dict[str, DirectionSetting] = {}
         for flag, direction in ((args.tx, tx_dir), (args.rx, rx_dir)):
@@ -630,6 +659,9 @@ def cmd_set(args: argparse.Namespace) -> int:
                 ipv6 = flag if args.ipv6 is None else args.ipv6
                 directions[direction] = DirectionSetting(flag, ipv6)
         print(f"set {write_override(store, home, role, key, OverrideSetting(**directions))}")
+        for k in legacy:
+            if k != key and store.try_read(override_path(home, role, k)) is not None:
+                print(f"cleared {clear_override(store, home, role, k)} (now {key})")
         return EXIT_OK
     finally:
         store.close()

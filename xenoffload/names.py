@@ -1,6 +1,7 @@
 """xl's ways of naming a domain and a vif, resolved against XenStore.
 
-``xl`` accepts a domain as a domid or a name (``/local/domain/<domid>/name``) everywhere, and a
+``xl`` accepts a domain as a domid or a name (``/local/domain/<domid>/name``) everywhere (and
+xenoffload a VM's UUID too), and a
 network device as a devid or a MAC (``xl network-detach DOMAIN DEVID|MAC``). ``xenoffload show``
 and ``set`` take the same: ``DOMAIN[/DEVICE]``. :func:`parse_vif_spec` checks the syntax (no
 I/O); :func:`resolve_domain` and :func:`resolve_vif` look the names up.
@@ -12,8 +13,8 @@ import re
 
 import attrs
 
-from xenoffload.paths import backend_vif_root, domain_path
-from xenoffload.policy import node_text
+from xenoffload.paths import backend_vif_root, domain_path, domain_vm_path
+from xenoffload.policy import node_text, parse_uuid, vm_uuid
 from xenoffload.store.base import Store, XenStoreError
 
 __all__ = ["DOMID_LIMIT", "VifSpec", "NotFound", "parse_domid", "parse_vif_spec",
@@ -103,8 +104,9 @@ def parse_bridge_pattern(text: str) -> str:
 
 def resolve_domain(store: Store, spec: VifSpec) -> int:
     """Return the domid ``spec`` names. A name is looked up as xl does, in
-    ``/local/domain/*/name``. Raises NotFound (no such name; or, in a guest that cannot list
-    the domains, a name that is not its own)."""
+    ``/local/domain/*/name``; a name no domain has that is a UUID, in ``/local/domain/*/vm``.
+    Raises NotFound (no such name; or, in a guest that cannot list the domains, a name that
+    is not its own)."""
     if spec.domid is not None:
         return spec.domid
     assert spec.name is not None
@@ -118,6 +120,10 @@ def resolve_domain(store: Store, spec: VifSpec) -> int:
         domids = [own] if own is not None and own.isdigit() else []
     found = [int(d) for d in domids
              if _read_text(store, f"{domain_path(int(d))}/name") == spec.name]
+    uuid = parse_uuid(spec.name)
+    if not found and uuid is not None:
+        found = [int(d) for d in domids
+                 if vm_uuid(store.try_read(domain_vm_path(int(d)))) == uuid]
     if not found:
         raise NotFound(f"no domain named {spec.name!r}")
     if len(found) > 1:

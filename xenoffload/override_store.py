@@ -55,8 +55,8 @@ def refresh_overrides(store: Store, home_domid: int, role: Role,
     """Return the overrides steering ``home_domid``'s ``role`` agent: what XenStore holds
     (malformed nodes are logged and skipped). With ``restore`` (a new connection), when
     XenStore holds none but ``known`` is not empty and even the override directory is gone,
-    XenStore restarted
-    without its tree: ``known`` is written back and returned, so no policy is lost. (Clearing
+    XenStore restarted without its tree (or the guest, restored or migrated, is a new domain
+    with a new home): ``known`` is written back and returned, so no policy is lost. (Clearing
     the last override leaves the directory: a cleared override is never restored.)"""
     found, problems = read_overrides(store, home_domid, role)
     for problem in problems:
@@ -65,7 +65,9 @@ def refresh_overrides(store: Store, home_domid: int, role: Role,
             store.try_read(override_root(home_domid, role)) is None:
         for key, setting in known.items():
             write_override(store, home_domid, role, key, setting)
-        log.warning("restored %d policy override(s) lost by XenStore", len(known))
+        log.warning("restored %d policy override(s) under %s: XenStore had none (it restarted "
+                    "without its tree, or this guest is now a new domain)", len(known),
+                    override_root(home_domid, role))
         return dict(known)
     return found
 

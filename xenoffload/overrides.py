@@ -1,7 +1,9 @@
 """Run-time policy overrides: what an override node holds and the policy rules it makes. Pure.
 
 An override is a node under :func:`xenoffload.paths.override_root` of the agent it steers:
-``vif/<domid>/<devid>`` for one vif seen from dom0, ``vif/<devid>`` for a guest's own vif,
+``vif/<uuid>/<devid>`` for one vif seen from dom0 (the VM's UUID: the override holds across
+save/restore, migration and reboot; ``vif/<domid>/<devid>`` for a domain without one),
+``vif/<devid>`` for a guest's own vif,
 ``bridge/<name>`` for every vif on a bridge (a name or a glob, written with
 :func:`encode_name`). The value is a list of ``direction[-family]=on|off`` tokens, e.g.
 ``to-guest=on from-guest=off to-guest-ipv6=off``; omitted ones are not overridden. Overrides
@@ -16,10 +18,10 @@ from collections.abc import Mapping
 
 import attrs
 
-from xenoffload.policy import DirectionSetting, Match, PolicyError, Rule
+from xenoffload.policy import DirectionSetting, Match, PolicyError, Rule, parse_uuid
 
 __all__ = ["OverrideSetting", "format_override", "parse_override", "rules_from_overrides",
-           "bridge_key", "encode_name", "decode_name"]
+           "bridge_key", "vif_key", "encode_name", "decode_name"]
 
 _TOKEN = re.compile(r"\A(to-guest|from-guest)(?:-(ipv4|ipv6))?=(on|off)\Z")
 _NAME = re.compile(r"\A[!-~]{1,64}\Z")
@@ -43,6 +45,12 @@ def decode_name(element: str) -> str:
 def bridge_key(name: str) -> str:
     """Return the override key of every vif on bridge ``name`` (a name or a shell glob)."""
     return f"bridge/{encode_name(name)}"
+
+
+def vif_key(uuid: str | None, domid: int, devid: int) -> str:
+    """Return the override key of one vif seen from dom0: by the VM's UUID when it has one,
+    else by its domid."""
+    return f"vif/{uuid if uuid is not None else domid}/{devid}"
 
 
 @attrs.frozen
@@ -101,6 +109,10 @@ def rules_from_overrides(overrides: Mapping[str, OverrideSetting],
             target = bridge_rules
         elif parts[0] == "vif" and len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
             match = Match(domid=int(parts[1]), devid=int(parts[2]))
+            target = vif_rules
+        elif parts[0] == "vif" and len(parts) == 3 and parse_uuid(parts[1]) is not None and \
+                parts[2].isdigit():
+            match = Match(uuid=parse_uuid(parts[1]), devid=int(parts[2]))
             target = vif_rules
         elif (parts[0] == "vif" and len(parts) == 2 and parts[1].isdigit()
               and guest_domid is not None):

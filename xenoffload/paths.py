@@ -24,6 +24,8 @@ __all__ = [
     "frontend_vif_root",
     "backend_device_name",
     "override_root",
+    "domain_vm_path",
+    "vm_dir",
     "override_path",
     "xapi_vif_config_root",
     "parse_backend_dir",
@@ -61,6 +63,17 @@ def domain_path(domid: int) -> str:
 def domain_name_path(domid: int) -> str:
     """The node holding a domain's name (written by the toolstack)."""
     return f"{domain_path(domid)}/name"
+
+
+def domain_vm_path(domid: int) -> str:
+    """The node naming a domain's VM directory, ``/vm/<uuid>`` (written by libxl): the
+    domain's UUID, which a restored, migrated or rebooted domain keeps."""
+    return f"{domain_path(domid)}/vm"
+
+
+def vm_dir(uuid: str) -> str:
+    """``/vm/<uuid>``: the toolstack's directory of the VM with that UUID."""
+    return f"/vm/{uuid}"
 
 
 def backend_vif_root(backend_domid: int) -> str:

@@ -10,6 +10,7 @@ a vif is identified by what the toolstack knows of it (:class:`VifIdentity`).
 from __future__ import annotations
 
 import fnmatch
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,6 +31,8 @@ __all__ = [
     "load_policy",
     "parse_policy",
     "node_text",
+    "parse_uuid",
+    "vm_uuid",
     "builtin_policy",
     "GUEST_DEFAULT",
 ]
@@ -60,6 +63,9 @@ class VifIdentity:
     #: The kernel device name the toolstack chose (xl's ``vifname=``, libxl's backend
     #: ``vifname`` key); None: the driver's default name.
     vifname: str | None = None
+    #: The VM's UUID (libxl's ``/local/domain/<domid>/vm`` names ``/vm/<uuid>``), lower case:
+    #: unlike the domid it stays the same across save/restore, migration and reboot.
+    uuid: str | None = None
 
 
 @attrs.frozen
@@ -72,6 +78,7 @@ class Match:
     devid: int | None = None
     bridge: str | None = None
     mac: str | None = None
+    uuid: str | None = None
 
     def matches(self, vif: VifIdentity) -> bool:
         if self.domid is not None and self.domid != vif.domid:
@@ -83,6 +90,8 @@ class Match:
             return False
         if self.bridge is not None and (
                 vif.bridge is None or not fnmatch.fnmatchcase(vif.bridge, self.bridge)):
+            return False
+        if self.uuid is not None and (vif.uuid is None or vif.uuid != self.uuid.lower()):
             return False
         return not (self.mac is not None and (
             vif.mac is None or vif.mac.lower() != self.mac.lower()))
@@ -156,7 +165,23 @@ def builtin_policy(role: Role) -> Policy:
     return Policy(SAFE_POLICY if role is Role.BACKEND else GUEST_DEFAULT)
 
 
-_MATCH_KEYS = {"domain": str, "domid": int, "devid": int, "bridge": str, "mac": str}
+_MATCH_KEYS = {"domain": str, "domid": int, "devid": int, "bridge": str, "mac": str,
+               "uuid": str}
+_UUID = re.compile(r"\A[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\Z")
+
+
+def parse_uuid(text: str | None) -> str | None:
+    """Return ``text`` as a VM UUID in lower case (``8-4-4-4-12`` hex digits), or None."""
+    return text.lower() if text is not None and _UUID.match(text) else None
+
+
+def vm_uuid(raw: bytes | None) -> str | None:
+    """Return the UUID a domain's ``vm`` node names (libxl writes ``/vm/<uuid>``), or None
+    for anything else."""
+    text = node_text(raw)
+    if text is None or not text.startswith("/vm/"):
+        return None
+    return parse_uuid(text[len("/vm/"):])
 _DIRECTIONS = {"to-guest": "to_guest", "from-guest": "from_guest"}
 
 
@@ -214,6 +239,10 @@ def parse_policy(document: Mapping[str, Any], source: str = "<policy>",
                 value = table[key]
                 if not isinstance(value, kind) or isinstance(value, bool):
                     raise PolicyError(f"{where}.{key}: must be {kind.__name__}, not {value!r}")
+                if key == "uuid":
+                    value = parse_uuid(str(value))
+                    if value is None:
+                        raise PolicyError(f"{where}.uuid: not a UUID: {table[key]!r}")
                 match_args[key] = value
         name = table.get("name", "")
         if not isinstance(name, str):

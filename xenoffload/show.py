@@ -35,7 +35,13 @@ from xenoffload.schema import (
     Role,
     parse_advertisement,
 )
-from xenoffload.store.base import Store, Transaction, XenStoreError, run_transaction
+from xenoffload.store.base import (
+    Store,
+    Transaction,
+    XenStoreError,
+    read_own_domid,
+    run_transaction,
+)
 from xenoffload.toggles.base import FeatureState
 from xenoffload.xenbus import XenbusState, parse_state
 
@@ -154,14 +160,9 @@ def list_vifs(store: Store, backend_domid: int, guest: int | None = None) -> lis
 
 
 def own_domid(store: Store) -> int | None:
-    """Return the domid of the domain this connection belongs to (its relative ``domid``
-    node, which libxl writes for every domain and dom0's init writes for dom0), or None."""
-    try:
-        raw = node_text(store.try_read("domid"))
-    except XenStoreError:
-        return None
-    return int(raw) if raw is not None and raw.isascii() and raw.isdigit() and \
-        len(raw) <= 5 else None
+    """Return the domid of the domain this connection belongs to, or None
+    (:func:`xenoffload.store.base.read_own_domid`)."""
+    return read_own_domid(store)
 
 
 def list_own_frontends(store: Store, guest_domid: int) -> list[VifPaths]:

@@ -12,13 +12,14 @@ toolstacks that do not run the agent).
 from __future__ import annotations
 
 import time
+import uuid as uuid_module
 
 import attrs
 
 from xenoffload.endpoint import Enforcer, VifEndpoint, backend_endpoint
 from xenoffload.machine import Mode
 from xenoffload.negotiation import LinkPolicy, LinkResult
-from xenoffload.paths import VifPaths, domain_path
+from xenoffload.paths import VifPaths, domain_path, vm_dir
 from xenoffload.store.base import Access, Perm, Store, Transaction, run_transaction
 from xenoffload.xenbus import XenbusState
 
@@ -42,17 +43,25 @@ class VifSpec:
         return VifPaths(self.backend_domid, self.guest_domid, self.devid)
 
 
-def create_domain(store: Store, domid: int, name: str) -> None:
+def create_domain(store: Store, domid: int, name: str, uuid: str | None = None) -> str:
     """Create the domain's home as libxl does (one transaction): ``/local/domain/<domid>``,
-    its ``name``, ``domid`` and ``device`` nodes owned by the toolstack and readable by the
-    guest (``n0 r<domid>``), its ``data`` directory owned by the guest (``n<domid>``)."""
+    its ``name``, ``domid``, ``vm`` (naming ``/vm/<uuid>``, which holds ``uuid`` and ``name``)
+    and ``device`` nodes owned by the toolstack and readable by the guest (``n0 r<domid>``),
+    its ``data`` directory owned by the guest (``n<domid>``). ``uuid``: the VM's (a restored
+    domain keeps it); None: a new one, as ``xl create`` of a config without ``uuid=``.
+    Return the UUID."""
     home = domain_path(domid)
     toolstack_owned = [Perm(Access.NONE, 0), Perm(Access.READ, domid)]
+    uuid = str(uuid_module.uuid4()) if uuid is None else uuid
+    vm = vm_dir(uuid)
 
     def body(txn: Transaction) -> None:
         txn.mkdir(home)
         txn.set_perms(home, toolstack_owned)
-        for key, value in (("name", name), ("domid", str(domid))):
+        for path, value in ((vm, ""), (f"{vm}/uuid", uuid), (f"{vm}/name", name)):
+            txn.write(path, value.encode())
+            txn.set_perms(path, toolstack_owned)
+        for key, value in (("name", name), ("domid", str(domid)), ("vm", vm)):
             txn.write(f"{home}/{key}", value.encode())
             txn.set_perms(f"{home}/{key}", toolstack_owned)
         txn.mkdir(f"{home}/device")
@@ -61,6 +70,7 @@ def create_domain(store: Store, domid: int, name: str) -> None:
         txn.set_perms(f"{home}/data", [Perm(Access.NONE, domid)])
 
     run_transaction(store, body)
+    return uuid
 
 
 def create_vif(store: Store, spec: VifSpec) -> VifPaths:

@@ -69,7 +69,8 @@ class World:
         store = self.xs.connect(domid)
         agent = GuestAgent(self.guest_policy, domid, self.mode,
                            lambda vif: TogglesEnforcer(self.toggles,
-                                                       self.eth_device(domid, vif.devid)))
+                                                       self.eth_device(domid, vif.devid)),
+                           follows=True)
         self.guests[domid] = (store, agent)
         return paths
 

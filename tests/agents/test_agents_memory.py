@@ -6,10 +6,14 @@ import logging
 
 import pytest
 
+from xenoffload.agents.guest import GuestAgent
 from xenoffload.negotiation import LinkResult
-from xenoffload.policy import DirectionSetting, Match, Rule, VifIdentity, parse_policy
-from xenoffload.schema import RESULT_KEY, STATUS_KEY, FamilyFlags
+from xenoffload.override_store import write_override
+from xenoffload.overrides import OverrideSetting, vif_key
+from xenoffload.policy import DirectionSetting, Match, Rule, VifIdentity, parse_policy, vm_uuid
+from xenoffload.schema import RESULT_KEY, STATUS_KEY, FamilyFlags, Role
 from xenoffload.toggles.recording import NETBACK_VIF
+from xenoffload.toolstack import VifSpec, create_domain, create_vif
 
 from .helpers import World
 
@@ -236,3 +240,52 @@ def test_a_missing_device_is_logged_once_and_retried_with_growing_delays(
     assert world.backend.next_due() is None
     status = world.dom0.read("/local/domain/0/backend/vif/1/0/xenoffload-csum-status")
     assert status.startswith(b"ok"), status
+
+
+def test_a_restored_guest_is_followed_and_both_ends_overrides_hold() -> None:
+    """xl save + xl restore: the same VM comes back as a new domain (new domid, new home,
+    its kernel's connection now the new domain's, its watches registered again). The guest
+    agent acts for the new domain and carries its own override there; dom0's override, keyed
+    by the VM's UUID, applies to the new domain's vif."""
+    world = World(backend_policy=PRIVATE, guest_policy=GUEST_ALLOWS)
+    world.add_guest(3, "g", ["xenbr0", "xenpriv0"])
+    world.start()
+    world.settle()
+    store, agent = world.guests[3]
+    uuid = vm_uuid(world.dom0.read("/local/domain/3/vm"))
+    off = DirectionSetting(False, False)
+    write_override(world.dom0, 0, Role.BACKEND, vif_key(uuid, 3, 1), OverrideSetting(off))
+    write_override(store, 3, Role.FRONTEND, "vif/1", OverrideSetting(from_guest=off))
+    world.settle()
+    assert world.backend.endpoints[(3, 1)].result == LinkResult()
+    assert world.backend.endpoints[(3, 0)].result == LinkResult()
+
+    world.dom0.rm("/local/domain/3")  # xl save: the domain is gone
+    world.dom0.rm("/local/domain/0/backend/vif/3")
+    world.settle()
+    create_domain(world.dom0, 4, "g", uuid)  # xl restore: the same VM as domain 4
+    for devid, bridge in enumerate(["xenbr0", "xenpriv0"]):
+        world.toggles.add_device(world.vif_device(4, devid), NETBACK_VIF)
+        create_vif(world.dom0, VifSpec(4, devid, f"00:16:3e:00:03:{devid:02x}", bridge))
+    store.resume_as(4)
+    world.settle()
+
+    assert agent.domid == 4 and set(agent.endpoints) == {(4, 0), (4, 1)}
+    assert world.dom0.read("/local/domain/4/data/xenoffload/policy/vif/1") == \
+        b"from-guest-ipv4=off from-guest-ipv6=off"
+    for devid in (0, 1):
+        assert world.state(f"/local/domain/4/device/vif/{devid}") == b"4"
+        backend = world.dom0.read(f"/local/domain/0/backend/vif/4/{devid}/{RESULT_KEY}")
+        assert world.dom0.read(f"/local/domain/4/device/vif/{devid}/{RESULT_KEY}") == backend
+    assert world.backend.endpoints[(4, 1)].result == LinkResult()  # both overrides held
+    assert agent.endpoints[(4, 1)].result == LinkResult()
+
+
+def test_a_guest_agent_given_its_domid_does_not_follow_the_connection() -> None:
+    """An agent told which guest it acts for (``--domid``, e.g. on dom0's connection in a
+    test rig) never takes the connection's own domain for its guest."""
+    world = World(guest_policy=GUEST_ALLOWS)
+    world.add_guest(1, "a", ["xenbr0"])
+    agent = GuestAgent(GUEST_ALLOWS, 1, world.mode)
+    agent.attach(world.dom0)
+    assert agent.domid == 1 and set(agent.endpoints) == {(1, 0)}

@@ -309,8 +309,8 @@ class Convergence(RuleBasedStateMachine):
         self.model = Model()
         store = self.system.toolstack
         create_domain(store, 0, "Domain-0")
-        for guest in GUESTS:
-            create_domain(store, guest, f"guest{guest}")
+        #: Each guest's VM UUID: the toolstack lays a domain out again with its own.
+        self.uuids = {guest: create_domain(store, guest, f"guest{guest}") for guest in GUESTS}
         for vif, bridge in (((1, 0), "xenbr0"), ((1, 1), "xenpriv0"), ((2, 0), "xenpriv0")):
             create_vif(store, vif_spec(vif, bridge))
             self.model.vifs[vif] = bridge
@@ -477,7 +477,7 @@ class Convergence(RuleBasedStateMachine):
             store = self.system.toolstack
             create_domain(store, 0, "Domain-0")
             for guest in GUESTS:
-                create_domain(store, guest, f"guest{guest}")
+                create_domain(store, guest, f"guest{guest}", self.uuids[guest])
             for vif, bridge in sorted(self.model.vifs.items()):
                 create_vif(store, vif_spec(vif, bridge))
         self.system.quiesce()

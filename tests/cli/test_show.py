@@ -11,6 +11,7 @@ import pytest
 from e2e.lab import Lab, run_cli
 
 from xenoffload.cli import EXIT_OK, EXIT_OUTCOME
+from xenoffload.policy import vm_uuid
 from xenoffload.show import json_schema
 
 from .conftest import Processes
@@ -79,19 +80,26 @@ def test_show_takes_a_domain_name_and_a_mac_as_xl_does(settled: Lab, spec: str) 
     assert [(v["domid"], v["devid"]) for v in validated(done.stdout)] == [(2, 0)]
 
 
+def vm_of(lab: Lab, domid: int) -> str:
+    """The VM UUID of domain ``domid`` (what ``set`` keys a vif's override by)."""
+    uuid = vm_uuid(lab.toolstack.try_read(f"/local/domain/{domid}/vm"))
+    assert uuid is not None
+    return uuid
+
+
 def test_set_takes_a_name_and_a_mac_and_writes_that_vifs_override(settled: Lab) -> None:
     done = run_cli("set", "web/00:16:3e:00:01:01", "--tx", "off", "--xenstore",
                    settled.socket)
     assert done.returncode == EXIT_OK, done.stderr
-    assert done.stdout.strip() == "set /local/domain/0/xenoffload/policy/vif/1/1"
-    node = settled.toolstack.read("/local/domain/0/xenoffload/policy/vif/1/1")
-    assert node == b"to-guest-ipv4=off to-guest-ipv6=off"
+    node = f"/local/domain/0/xenoffload/policy/vif/{vm_of(settled, 1)}/1"
+    assert done.stdout.strip() == f"set {node}"
+    assert settled.toolstack.read(node) == b"to-guest-ipv4=off to-guest-ipv6=off"
 
 
 def test_ipv6_sets_the_ipv6_family_apart(settled: Lab) -> None:
     done = run_cli("set", "web/1", "--tx", "off", "--ipv6", "on", "--xenstore", settled.socket)
     assert done.returncode == EXIT_OK, done.stderr
-    node = settled.toolstack.read("/local/domain/0/xenoffload/policy/vif/1/1")
+    node = settled.toolstack.read(f"/local/domain/0/xenoffload/policy/vif/{vm_of(settled, 1)}/1")
     assert node == b"to-guest-ipv4=off to-guest-ipv6=on"
 
 
@@ -160,3 +168,28 @@ def test_a_refused_vif_is_in_the_once_summary(lab: Lab) -> None:
     assert done.returncode == EXIT_OUTCOME
     (record,) = validated(done.stdout)
     assert "is not /local/domain/1/device/vif/0" in record["agent"]["refused"]
+
+
+def test_set_keys_a_vifs_override_by_its_vm_and_takes_a_vm_that_does_not_run(
+        settled: Lab) -> None:
+    """An override follows the VM (its UUID), so it holds across xl save/restore; a UUID
+    names a VM's vif even while the VM is down; an override written by domid is found by
+    --clear and replaced by the UUID key at the next set."""
+    uuid = vm_of(settled, 2)
+    settled.toolstack.write("/local/domain/0/xenoffload/policy/vif/2/0", b"to-guest=off")
+    done = run_cli("set", uuid, "--tx", "on", "--xenstore", settled.socket)
+    assert done.returncode == 2 and "expected DOMAIN/DEVID" in done.stderr  # a vif is needed
+    done = run_cli("set", f"{uuid}/0", "--tx", "on", "--xenstore", settled.socket)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert done.stdout.splitlines() == [
+        f"set /local/domain/0/xenoffload/policy/vif/{uuid}/0",
+        f"cleared /local/domain/0/xenoffload/policy/vif/2/0 (now vif/{uuid}/0)"]
+    down = "0b8d3c5e-1111-4222-8333-444455556666"
+    done = run_cli("set", f"{down}/1", "--rx", "off", "--xenstore", settled.socket)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert settled.toolstack.read(f"/local/domain/0/xenoffload/policy/vif/{down}/1") == \
+        b"from-guest-ipv4=off from-guest-ipv6=off"
+    done = run_cli("set", f"{down}/1", "--clear", "--xenstore", settled.socket)
+    assert done.returncode == EXIT_OK, done.stderr
+    done = run_cli("set", "nfs/0", "--clear", "--xenstore", settled.socket)
+    assert done.stdout.strip() == f"cleared /local/domain/0/xenoffload/policy/vif/{uuid}/0"

@@ -17,8 +17,16 @@ from xenoffload.overrides import (
     format_override,
     parse_override,
     rules_from_overrides,
+    vif_key,
 )
-from xenoffload.policy import DirectionSetting, Policy, PolicyError, VifIdentity
+from xenoffload.policy import (
+    DirectionSetting,
+    Policy,
+    PolicyError,
+    VifIdentity,
+    parse_policy,
+    vm_uuid,
+)
 from xenoffload.schema import FamilyFlags, Role
 from xenoffload.store.memory import MemoryXenStore
 
@@ -90,3 +98,28 @@ def test_a_cleared_override_is_never_restored() -> None:
     clear_override(store, 0, Role.BACKEND, "vif/3/1")  # the operator's --clear, while away
     assert refresh_overrides(store, 0, Role.BACKEND, {"vif/3/1": ON}, restore=True) == {}
     assert read_overrides(store, 0, Role.BACKEND)[0] == {}
+
+
+UUID = "8e0b4bd2-3c1a-4a8e-9c0d-2f6c1d1e5a77"
+
+
+def test_a_vif_override_keyed_by_uuid_follows_the_vm_whatever_its_domid() -> None:
+    rules = rules_from_overrides({vif_key(UUID.upper(), 3, 1): OverrideSetting(
+        DirectionSetting(True, True))})
+    policy = Policy().with_rules(rules)
+    assert vif_key(UUID, 3, 1) == f"vif/{UUID}/1" and vif_key(None, 3, 1) == "vif/3/1"
+    for domid in (3, 4):  # before and after xl restore
+        assert policy.for_vif(VifIdentity(domid, 1, uuid=UUID)).to_guest == FamilyFlags(True, True)
+    assert policy.for_vif(VifIdentity(3, 1)).to_guest == FamilyFlags()  # UUID unknown
+    assert policy.for_vif(VifIdentity(3, 0, uuid=UUID)).to_guest == FamilyFlags()
+    assert rules_from_overrides({"vif/not-a-uuid/1": OverrideSetting(
+        DirectionSetting(True, True))}) == []
+
+
+def test_a_policy_rule_may_match_a_uuid_and_refuses_what_is_not_one() -> None:
+    policy = parse_policy({"rule": [{"uuid": UUID.upper(), "to-guest": True}]})
+    assert policy.rules[0].match.uuid == UUID and policy.selectors() == {"uuid"}
+    with pytest.raises(PolicyError, match=r"rule\[0\]\.uuid: not a UUID"):
+        parse_policy({"rule": [{"uuid": "8e0b4bd2", "to-guest": True}]})
+    assert vm_uuid(f"/vm/{UUID}".encode()) == UUID
+    assert vm_uuid(b"/vm/../x") is None and vm_uuid(None) is None

@@ -31,15 +31,23 @@ def _libxl_tree() -> XenStoreModel:
     return model
 
 
+def _trace_uuid() -> str:
+    """The VM UUID xl gave the domain in the trace (``vm`` names ``/vm/<uuid>``)."""
+    node = _libxl_tree().node(f"/local/domain/{GUEST}/vm")
+    assert node is not None and node.value.startswith(b"/vm/")
+    return node.value[len(b"/vm/"):].decode()
+
+
 def _ours() -> MemoryXenStore:
     xs = MemoryXenStore()
     toolstack = xs.connect(0)
-    create_domain(toolstack, GUEST, "domu")
+    create_domain(toolstack, GUEST, "domu", _trace_uuid())
     create_vif(toolstack, TRACE_VIF)
     return xs
 
 
-@pytest.mark.parametrize("top", ["/local/domain/1", "/local/domain/0/backend/vif/1/0"])
+@pytest.mark.parametrize("top", ["/local/domain/1", "/local/domain/0/backend/vif/1/0",
+                                 "/vm"])
 def test_every_node_we_write_has_libxls_permissions_and_value(top: str) -> None:
     libxl, ours = _libxl_tree(), _ours().model
     written = ours.dump(top)

@@ -25,10 +25,11 @@ from xenoffload.paths import (
     VifPaths,
     backend_vif_root,
     domain_name_path,
+    domain_vm_path,
     route_backend_event,
     xapi_vif_config_root,
 )
-from xenoffload.policy import Policy, VifIdentity, node_text
+from xenoffload.policy import Policy, VifIdentity, node_text, vm_uuid
 from xenoffload.schema import Role
 from xenoffload.store.base import Store, XenStoreError
 from xenoffload.xapi import XAPI_KEYS
@@ -50,6 +51,9 @@ class BackendRouter:
 
     def watches(self) -> list[str]:
         return [_WATCH_PATH, XAPI_ROOT]
+
+    def follow(self, store: Store) -> BackendRouter | None:
+        return None  # a driver domain is not restored under its agent
 
     def route(self, path: str) -> Route:
         return route_backend_event(self.domid, path)
@@ -77,13 +81,16 @@ class BackendRouter:
             wanted["mac"] = paths.backend_key("mac")
         if "domain" in selectors:
             wanted["domain"] = domain_name_path(key[0])
+        if "uuid" in selectors:
+            wanted["vm"] = domain_vm_path(key[0])
         return wanted
 
     def identity(self, key: VifKey, found: Mapping[str, bytes | None]) -> VifIdentity:
         return VifIdentity(domid=key[0], devid=key[1], domain=node_text(found.get("domain")),
                            bridge=node_text(found.get("bridge")),
                            mac=node_text(found.get("mac")),
-                           vifname=node_text(found.get("vifname")))
+                           vifname=node_text(found.get("vifname")),
+                           uuid=vm_uuid(found.get("vm")))
 
     def build(self, store: Store, key: VifKey, found: Mapping[str, bytes | None],
               mode: Mode) -> VifEndpoint:

@@ -36,7 +36,7 @@ from xenoffload.endpoint import (
 from xenoffload.machine import Mode
 from xenoffload.override_store import refresh_overrides
 from xenoffload.overrides import OverrideSetting, rules_from_overrides
-from xenoffload.paths import Route, RouteKind
+from xenoffload.paths import Route, RouteKind, domain_path
 from xenoffload.policy import Policy, PolicyError, VifIdentity
 from xenoffload.schema import Role
 from xenoffload.store.base import Store, WatchEvent, XenStoreError
@@ -81,6 +81,11 @@ class Router(Protocol):
 
     def route(self, path: str) -> Route:
         """What a watch event on ``path`` means."""
+        ...
+
+    def follow(self, store: Store) -> Router | None:
+        """The router for this agent's domain when it is no longer :attr:`domid` (a guest
+        restored or migrated is a new domain), else None."""
         ...
 
     def list_vifs(self, store: Store, guests: Iterable[int] | None = None) -> set[VifKey]:
@@ -185,6 +190,9 @@ class Fleet:
     _backoff: dict[VifKey, float] = attrs.field(factory=dict)
     _peer_watches: dict[VifKey, str] = attrs.field(factory=dict)
     _xapi_present: bool = False
+    #: The policy's match fields the ends' identities were read with (a source starting to
+    #: match on another field has them read again).
+    _selectors: frozenset[str] = frozenset()
     _xapi_refusals: dict[VifKey, str] = attrs.field(factory=dict)
 
     @property
@@ -198,6 +206,9 @@ class Fleet:
         and step every vif."""
         self.store = store
         self._peer_watches.clear()
+        moved = self.router.follow(store)
+        if moved is not None:
+            self._leave_domain(moved)
         registered = {path for path in self.router.watches() if self._watch(path)}
         for key, endpoint in self.endpoints.items():
             endpoint.rebind(store)
@@ -234,10 +245,7 @@ class Fleet:
 
     def set_policy(self, policy: Policy) -> None:
         """Replace the configured policy (SIGHUP reload); re-decide the vifs it changes."""
-        reread = not policy.selectors() <= self.policy.selectors()
         self.policy = policy
-        if reread and self.store is not None:
-            self._reread_identities(list(self.identities))
         self._process(self._policy_marks(_Marks()))
 
     def effective_policy(self) -> Policy:
@@ -281,6 +289,14 @@ class Fleet:
     def _process(self, marks: _Marks) -> None:
         store = self.store
         assert store is not None
+        if marks.discover or marks.overrides:
+            moved = self.router.follow(store)
+            if moved is not None:
+                self._leave_domain(moved)
+                for path in moved.watches():
+                    self._watch(path)
+                self._reload_overrides(restore=True, marks=marks)
+                marks.overrides = False
         if marks.overrides:
             self._reload_overrides(restore=False, marks=marks)
         if marks.xapi:
@@ -350,12 +366,13 @@ class Fleet:
         built. A vif whose peer link is not its own is refused and logged once."""
         store = self.store
         assert store is not None
-        selectors = self.policy.selectors()
-        fields = self._read_fields([self.router.identity_paths(key, selectors) for key in keys])
         if self._xapi_present:
             self._read_xapi(keys)
-        built: set[VifKey] = set()
         effective = self.effective_policy()
+        self._selectors |= effective.selectors()
+        fields = self._read_fields([self.router.identity_paths(key, self._selectors)
+                                    for key in keys])
+        built: set[VifKey] = set()
         for key, found in zip(keys, fields, strict=True):
             if all(value is None for value in found.values()):
                 self.refused.pop(key, None)
@@ -436,10 +453,27 @@ class Fleet:
         if not any(other[0] == key[0] for other in self.endpoints):
             self.fairness.forget(key[0])
 
+    def _leave_domain(self, moved: Router) -> None:
+        """This agent's domain is now ``moved.domid`` (a guest restored or migrated): forget
+        the old domain's vifs and watches and act for the new one. The overrides known are
+        kept, to be written under the new home if it has none (:meth:`_reload_overrides`)."""
+        log.warning("this domain is now domid %d (was %d: restored or migrated); acting for "
+                    "it", moved.domid, self.domid)
+        assert self.store is not None
+        for path in self.router.watches():
+            with contextlib.suppress(XenStoreError):
+                self.store.unwatch(path, self.token)
+        for key in [*self.endpoints, *self.refused]:
+            self._forget(key)
+        self.refused.clear()
+        self.due.clear()
+        self._backoff.clear()
+        self.router = moved
+
     def _reread_identities(self, keys: Sequence[VifKey]) -> None:
-        """Read what the policy matches on again (a reload started using a new field)."""
-        selectors = self.policy.selectors()
-        fields = self._read_fields([self.router.identity_paths(key, selectors) for key in keys])
+        """Read what the policy matches on again (a source started using a new field)."""
+        fields = self._read_fields([self.router.identity_paths(key, self._selectors)
+                                    for key in keys])
         for key, found in zip(keys, fields, strict=True):
             if key in self.endpoints:
                 self.identities[key] = self.router.identity(key, found)
@@ -449,6 +483,10 @@ class Fleet:
     def _policy_marks(self, marks: _Marks, keys: Iterable[VifKey] | None = None) -> _Marks:
         """Mark for re-deciding every vif (of ``keys``) whose resolved policy changed."""
         effective = self.effective_policy()
+        if not effective.selectors() <= self._selectors:
+            self._selectors |= effective.selectors()
+            if self.store is not None:
+                self._reread_identities(list(self.identities))
         for key in (self.endpoints if keys is None else keys):
             endpoint = self.endpoints.get(key)
             if endpoint is not None and endpoint.set_policy(
@@ -460,9 +498,18 @@ class Fleet:
         assert self.store is not None
         found = refresh_overrides(self.store, self.domid, self.router.role, self.overrides,
                                   restore)
+        if not found and self.overrides and not self._home_exists():
+            return  # this domain's home is gone (a guest saved or migrating): keep them
         if found != self.overrides:
             self.overrides = found
             self._policy_marks(marks)
+
+    def _home_exists(self) -> bool:
+        assert self.store is not None
+        try:
+            return self.store.try_read(domain_path(self.domid)) is not None
+        except XenStoreError:
+            return False  # a guest may not read what is not there any more (EACCES)
 
     def _reload_xapi(self, which: set[VifKey | None], marks: _Marks) -> None:
         assert self.store is not None

@@ -40,6 +40,7 @@ __all__ = [
     "parse_perm",
     "run_transaction",
     "ensure_watch",
+    "read_own_domid",
 ]
 
 
@@ -205,6 +206,19 @@ def ensure_watch(store: Store, path: str, token: str) -> None:
     except XenStoreError as error:
         if error.errno_name != "EEXIST":
             raise
+
+
+def read_own_domid(store: StoreOps) -> int | None:
+    """Return the domid of the domain this connection belongs to: its relative ``domid`` node
+    (libxl writes it for every domain, dom0's init for dom0; a guest's home moves with it when
+    the guest is restored or migrated), or None when absent, unreadable or not a domid."""
+    try:
+        raw = store.try_read("domid")
+    except XenStoreError:
+        return None
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw) > 5:
+        return None
+    return int(raw)
 
 
 T = TypeVar("T")

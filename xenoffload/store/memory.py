@@ -131,6 +131,15 @@ class MemoryStore(StoreAdapter):
         """Simulate connection loss: the session ends, every call raises StoreUnavailable."""
         self._end("connection lost (injected)")
 
+    def resume_as(self, domid: int) -> None:
+        """Simulate this guest's save and restore (or migration): the session now belongs to
+        domain ``domid`` and re-registers its watches, each firing once (what Linux's
+        ``xs_resume`` does on the same connection). The old domain's tree is the test's to
+        remove."""
+        with self.model.lock:
+            self.model.resume_as(self._live(), domid)
+            self._on_events(self.conn)
+
     def inject_event(self, event: WatchEvent) -> None:
         """Queue a spurious event, as xenstored may send (clients must re-read)."""
         with self._cond:

@@ -494,6 +494,20 @@ class XenStoreModel:
             raise XenStoreError("ENOENT", name, ctx.op)
         self._unindex(watch)
 
+    def resume_as(self, conn: Connection, domid: int) -> None:
+        """The guest behind ``conn`` resumed as domain ``domid`` (``xl restore``, a
+        migration): its kernel's one connection now belongs to the new domain (relative
+        paths resolve under the new home) and registers its watches again, as given
+        (Linux's ``xs_resume``), each firing once. Its transactions are gone."""
+        given = [(watch.node[watch.prefix_len:] if watch.prefix_len else watch.node,
+                  watch.token) for watch in conn.watches.values()]
+        self._drop_watches(conn)
+        self._drop_transactions(conn)
+        conn.domid = domid
+        self.add_domain(domid)
+        for path, token in given:
+            self.watch(conn, path, token)
+
     def reset_watches(self, conn: Connection) -> None:
         """RESET_WATCHES: drop every watch and transaction of the connection."""
         self._drop_watches(conn)

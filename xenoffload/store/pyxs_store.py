@@ -21,6 +21,12 @@ wire-exact server; docs/xenstored.md, "PyxsStore and pyxs' hazards") is containe
    sent as plain requests; xenstored decides.
 8. Request ids would overflow uint32 and the global counter has no lock: ids come from a locked
    per-store counter wrapping at 2**32 and skipping ids still in flight.
+9. Not pyxs' but Linux's: /dev/xen/xenbus (drivers/xen/xenbus) queues a request with its body
+   still in the file's one message buffer, and its xenbus thread copies it to the ring later, so
+   a request written before the previous one went out overwrites that one's body (seen in the
+   Xen lab: pipelined READs arrived at xenstored as truncated paths, answered ENOENT). Over a
+   XenBus connection requests go one at a time: each is written only once the previous one is
+   answered. Over a Unix socket they are pipelined.
 
 Everything above the wire (node operations, transactions, batches, DIRECTORY_PART for long
 child lists, which pyxs lacks) is :class:`~xenoffload.store.adapter.StoreAdapter`'s, shared
@@ -173,6 +179,9 @@ class PyxsStore(StoreAdapter):
         self._in_flight = internals.pending_replies(router)
         self._router_thread = internals.router_thread(router)
         self._lock = threading.Lock()
+        # Hazard 9: over XenBus, one request at a time (held from its write to its reply).
+        self._one_at_a_time = threading.Lock() if isinstance(
+            internals.router_connection(router), XenBusConnection) else None
         self._next_req_id = 0
         self._watch_serial = 0
         self._wire_tokens: dict[tuple[str, str], str] = {}
@@ -191,9 +200,16 @@ class PyxsStore(StoreAdapter):
     # ------------------------------------------------------------ the adapter's part
 
     def exchange(self, batch: Sequence[Request]) -> list[bytes | XenStoreError]:
-        """Send every request (pipelined: none waits for a reply), then wait for each reply,
-        every wait bounded by ``timeout``. Raises StoreUnavailable on connection loss, a
-        timeout or a reply that does not match its request."""
+        """Send every request, then wait for each reply, every wait bounded by ``timeout``:
+        pipelined (none waits for a reply) over a Unix socket, one at a time over XenBus
+        (hazard 9). Raises StoreUnavailable on connection loss, a timeout or a reply that does
+        not match its request."""
+        if self._one_at_a_time is not None:
+            replies: list[bytes | XenStoreError] = []
+            for request in batch:
+                with self._one_at_a_time:
+                    replies.append(self._wait(self._send(request)))
+            return replies
         pendings = [self._send(request) for request in batch]
         return [self._wait(pending) for pending in pendings]
 

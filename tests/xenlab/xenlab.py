@@ -50,16 +50,17 @@ XEN = "4.17"
 PY = "3.11"
 MULTIARCH = "x86_64-linux-gnu"
 GUEST_NAME = "xenlab-guest"
-DEFAULT_TIMEOUT = 540.0
+DEFAULT_TIMEOUT = 590.0
 
-# Host packages the build uses directly, with the file each one must provide.
-HOST_PACKAGES = {
-    "qemu-system-x86": "/usr/bin/qemu-system-x86_64",
-    "busybox-static": "/bin/busybox",
-    "ethtool": "/usr/sbin/ethtool",
-    "tcpdump": "/usr/bin/tcpdump",
-    "iproute2": "/sbin/ip",
-    "bash": "/bin/bash",
+# Host files the build copies or runs, with the Debian package providing each.
+HOST_FILES = {
+    "/usr/bin/qemu-system-x86_64": "qemu-system-x86",
+    "/bin/busybox": "busybox-static",
+    "/usr/sbin/ethtool": "ethtool",
+    "/usr/bin/tcpdump": "tcpdump",
+    "/sbin/ip": "iproute2",
+    "/sbin/tc": "iproute2",
+    "/bin/bash": "bash",
 }
 XEN_DEBS = (
     f"xen-hypervisor-{XEN}-amd64", f"xen-utils-{XEN}", "xen-utils-common", "xenstore-utils",
@@ -70,9 +71,16 @@ XEN_DEBS = (
 PY_DEBS = (f"python{PY}-minimal", f"libpython{PY}-minimal", f"libpython{PY}-stdlib")
 WHEELS = ("attrs", "pyxs==0.4.1")
 
+# tc: clsact (sch_ingress), the classifiers xenoffload uses (u32, then matchall) and its csum
+# action; gact for the lab's own "foreign" filter. There is no modprobe in the images: the kernel
+# cannot load a module on demand, so everything tc needs is loaded at boot (docs/xenlab.md).
+# act_csum needs libcrc32c, whose init needs a "crc32c" hash (modinfo: softdep=pre: crc32c,
+# which the insmod order does not follow): crc32c_generic first.
+TC_MODULES = ("sch_ingress", "cls_u32", "cls_matchall", "crc32c_generic", "act_csum",
+              "act_gact")
 DOM0_MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-netback",
-                "bridge")
-GUEST_MODULES = ("xen-netfront", "veth")
+                "bridge", "veth", *TC_MODULES)
+GUEST_MODULES = ("xen-netfront", "veth", *TC_MODULES)
 XEN_DAEMONS = ("xenstored", "xl", "xenconsoled", "xen-init-dom0", "xenconsole",
                "libxl-save-helper")
 XENSTORE_TOOLS = ("xenstore", "xenstore-chmod", "xenstore-exists", "xenstore-list", "xenstore-ls",
@@ -84,7 +92,28 @@ STDLIB_BASE = ("asyncio", "argparse", "logging", "logging.handlers", "json", "so
                "threading", "dataclasses", "enum", "typing", "copy", "errno", "contextlib",
                "functools", "collections", "re", "string", "datetime", "uuid", "queue",
                "concurrent.futures", "importlib.metadata", "encodings.idna", "encodings.ascii",
-               "encodings.latin_1", "encodings.utf_8_sig")
+               "encodings.latin_1", "encodings.utf_8_sig",
+               # `xenoffload units` reads its templates with importlib.resources and finds
+               # its entry point with sysconfig (whose data module Debian names per arch)
+               "importlib.resources", "importlib.readers", "importlib.resources.readers",
+               "sysconfig", f"_sysconfigdata__{MULTIARCH}",
+               # the lab helper's datetime.strptime (xo.py logtime) imports it lazily
+               "_strptime")
+
+
+# The guest's /sbin/poweroff and /sbin/reboot (see Builder.guest).
+GUEST_SHUTDOWN = """#!/bin/sh
+# xenlab guest: run by the kernel for xl shutdown / xl reboot. Stop the guest agent as a
+# service manager would (SIGTERM, at most 5 s), then {how} for real.
+_pid=$(cat /run/xo-guest-agent.pid 2>/dev/null)
+if [ -n "$_pid" ] && kill -TERM "$_pid" 2>/dev/null; then
+    _i=0
+    while kill -0 "$_pid" 2>/dev/null && [ $_i -lt 25 ]; do sleep 0.2; _i=$((_i + 1)); done
+fi
+echo "@@XL [guest] {how}: guest agent stopped"
+sync
+exec /bin/busybox {how} -f
+"""
 
 
 class LabError(RuntimeError):
@@ -126,7 +155,7 @@ class Fetcher:
 
     def ensure_host_packages(self) -> None:
         """apt-get install the host tools the build copies or runs, if any is missing."""
-        missing = [pkg for pkg, path in HOST_PACKAGES.items() if not Path(path).exists()]
+        missing = sorted({pkg for path, pkg in HOST_FILES.items() if not Path(path).exists()})
         if not missing:
             return
         self.apt_update()
@@ -482,8 +511,10 @@ class Builder:
         shutil.copytree(pytree / "usr", image.root / "usr", symlinks=True, dirs_exist_ok=True)
         image.binaries.append(image.root / f"usr/bin/python{PY}")
         image.binaries.extend((image.root / f"usr/lib/python{PY}/lib-dynload").glob("*.so"))
-        image.copy(Path(os.path.realpath(HOST_PACKAGES["iproute2"])), "usr/sbin/ip", binary=True)
-        image.copy(Path(HOST_PACKAGES["ethtool"]), "usr/sbin/ethtool", binary=True)
+        for host, dest in (("/sbin/ip", "usr/sbin/ip"), ("/sbin/tc", "usr/sbin/tc"),
+                           ("/usr/sbin/ethtool", "usr/sbin/ethtool"),
+                           ("/usr/bin/tcpdump", "usr/bin/tcpdump")):
+            image.copy(Path(os.path.realpath(host)), dest, binary=True)
         for tool in XENSTORE_TOOLS:
             image.copy(self.xen_root / "usr/bin" / tool, f"usr/bin/{tool}", binary=True)
 
@@ -491,9 +522,12 @@ class Builder:
         """Build the guest image; return its cpio path."""
         image = Image(self.workdir / "guest-root")
         self.common(image, pytree)
-        image.copy(Path(HOST_PACKAGES["tcpdump"]), "usr/bin/tcpdump", binary=True)
         image.modules(self.modroot, GUEST_MODULES)
         image.lab_files("guest-init")
+        # What the kernel runs for xl shutdown / xl reboot (orderly_poweroff/_reboot; without
+        # them poweroff never happens): stop the services (the guest agent), then go.
+        for name, how in (("poweroff", "poweroff"), ("reboot", "reboot")):
+            image.write(f"sbin/{name}", GUEST_SHUTDOWN.format(how=how), mode=0o755)
         image.libraries([self.xen_root / f"usr/lib/{MULTIARCH}"])
         out = self.workdir / "guest.cpio"
         self.facts["guest_cpio_bytes"] = write_newc(image.root, out)
@@ -519,20 +553,25 @@ class Builder:
         image.copy(vmlinux, "boot/guest-vmlinux")
         image.copy(guest_cpio, "boot/guest.cpio")
         image.write("etc/xen/xenlab-guest.cfg", self.guest_cfg())
+        # Scenario 8 creates the guest again from this one: both vifs hotplugged by
+        # xenoffload's wrapper, the private one named by vifname=.
+        image.write("etc/xen/xenlab-guest-xo.cfg", self.guest_cfg(
+            ("script=vif-bridge-xenoffload", "script=vif-bridge-xenoffload,vifname=xo-priv")))
         out = self.workdir / "dom0.cpio"
         self.facts["dom0_cpio_bytes"] = write_newc(image.root, out)
         return out
 
-    def guest_cfg(self) -> str:
-        """Return the xl configuration of the guest: PV, 1 vCPU, two vifs on two bridges."""
-        vifs = ", ".join(
-            f"'mac=00:16:3e:58:4f:0{n},bridge={br},script=vif-bridge'"
-            for n, br in enumerate(("xenbr0", "xenpriv0")))
+    def guest_cfg(self, vifs: Sequence[str] = ("script=vif-bridge", "script=vif-bridge")) -> str:
+        """Return an xl configuration of the guest: PV, 1 vCPU, 256 MiB, a vif on xenbr0 and
+        one on xenpriv0, each with its extra ``vifs`` options (hotplug script, vifname...)."""
+        specs = ", ".join(
+            f"'mac=00:16:3e:58:4f:0{n},bridge={br},{extra}'"
+            for n, (br, extra) in enumerate(zip(("xenbr0", "xenpriv0"), vifs, strict=True)))
         return (f'name = "{GUEST_NAME}"\ntype = "pv"\nkernel = "/boot/guest-vmlinux"\n'
                 f'ramdisk = "/boot/guest.cpio"\n'
                 f'extra = "console=hvc0 rdinit=/init quiet xo_deadline={self.deadline}"\n'
-                f"memory = 512\nvcpus = 1\nvif = [ {vifs} ]\n"
-                'on_crash = "preserve"\non_poweroff = "destroy"\n')
+                f"memory = 256\nvcpus = 1\nvif = [ {specs} ]\n"
+                'on_crash = "preserve"\non_poweroff = "destroy"\non_reboot = "restart"\n')
 
     def _find(self, rel: str) -> Path:
         for base in (self.xen_root, self.xen_root / "usr"):
@@ -686,7 +725,7 @@ def parse_serial(text: str) -> dict[str, Any]:
     if trace_b64:
         try:
             trace = gzip.decompress(base64.b64decode("".join(trace_b64))).decode(errors="replace")
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, zlib.error) as exc:
             bad.append(f"trace undecodable: {exc}")
     return {"facts": facts, "stages": stages, "unparsed": bad, "guest_console": guest,
             "trace": trace}
@@ -708,28 +747,97 @@ def scenario_secs(facts: Sequence[dict[str, Any]]) -> dict[str, float]:
     return secs
 
 
+#: Scenario 3's modes of dom0-sent traffic (the report's first table).
+S3_MODES = ("on", "off", "off+gro")
+#: Probe traffic (scenarios 7 and 8, probes.sh): (name, base port) per direction and network.
+PROBE_FLOWS = (("to-guest public", "10.0.0.2", 6000), ("to-guest private", "10.1.0.2", 6001),
+               ("from-guest public", "10.0.0.9", 6100), ("from-guest private", "10.1.0.1", 6101))
+
+
 def csum_table(facts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Return scenario 3's packet counts as rows (mode, capture point, destination, proto)."""
+    """Return the packet counts of scenario 3 and 6 (guest-sent rounds) as rows (scenario,
+    mode, capture point, destination, proto, verdict counts)."""
     rows = []
     for fact in facts:
-        if fact.get("fact") != "csum-capture":
+        if fact.get("fact") != "csum-capture" or str(fact.get("mode", "")).startswith("probe-"):
             continue
         for dst, protos in sorted(fact.get("counts", {}).items()):
             for proto, c in sorted(protos.items()):
-                rows.append({"mode": fact["mode"], "point": fact["point"], "dst": dst,
-                             "proto": proto, **c})
+                rows.append({"scenario": fact["scenario"], "mode": fact["mode"],
+                             "point": fact["point"], "dst": dst, "proto": proto, **c})
     return rows
 
 
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Render the checksum evidence rows as a text table."""
-    head = f"{'vif tx csum':<12}{'captured on':<12}{'dst':<11}{'proto':<6}{'correct':>8}" \
-           f"{'incorrect':>10}{'unverified':>11}"
-    lines = [head]
-    for r in rows:
-        lines.append(f"{r['mode']:<12}{r['point']:<12}{r['dst']:<11}{r['proto']:<6}"
-                     f"{r['correct']:>8}{r['incorrect']:>10}{r['unverified']:>11}")
+def probe_table(facts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the probes of scenarios 7 and 8 as rows: per step (scenario, number, label),
+    direction and network, proto: the verdict counts of the captures (counted per destination
+    port; the guest's captures for to-guest, dom0's for from-guest)."""
+    counts: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
+    for fact in facts:
+        if fact.get("fact") == "csum-capture" and str(fact.get("mode", "")).startswith("probe-"):
+            for key, protos in fact.get("counts", {}).items():
+                counts[(fact["scenario"], key)] = protos
+    rows = []
+    for fact in facts:
+        if fact.get("fact") != "probe-step":
+            continue
+        step = int(fact["step"])
+        for flow, dst, base in PROBE_FLOWS:
+            for proto, offset in (("tcp", 0), ("udp", 2)):
+                c = counts.get((fact["scenario"], f"{dst}:{base + offset + 4 * step}"), {}).get(
+                    proto, {"correct": 0, "incorrect": 0, "unverified": 0, "large": 0,
+                            "incorrect_large": 0})
+                rows.append({"scenario": fact["scenario"], "step": step, "label": fact["label"],
+                             "flow": flow, "proto": proto, **c})
+    return rows
+
+
+#: A text table's column: header, width, and how to get the cell from a row.
+Column = tuple[str, int, Callable[[dict[str, Any]], object]]
+
+
+def render_rows(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+    """Render rows as a fixed-width text table (text left-aligned, numbers right-aligned)."""
+    def cell(value: object, width: int) -> str:
+        return f"{value:>{width}}" if isinstance(value, int) else f"{value!s:<{width}}"
+
+    numeric = [bool(rows) and isinstance(get(rows[0]), int) for _head, _width, get in columns]
+    lines = ["".join(f"{head:>{width}}" if right else f"{head:<{width}}"
+                     for (head, width, _get), right in zip(columns, numeric, strict=True))]
+    for row in rows:
+        lines.append("".join(cell(get(row), width) for _head, width, get in columns))
     return "\n".join(lines)
+
+
+def _key(name: str, default: object = 0) -> Callable[[dict[str, Any]], object]:
+    return lambda row: row.get(name, default)
+
+
+VERDICTS: list[Column] = [("correct", 8, _key("correct")), ("incorrect", 10, _key("incorrect"))]
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Render scenario 3's checksum evidence rows as a text table."""
+    return render_rows(rows, [("vif tx csum", 12, _key("mode")), ("captured on", 12, _key("point")),
+                              ("dst", 11, _key("dst")), ("proto", 6, _key("proto")), *VERDICTS,
+                              ("unverified", 11, _key("unverified"))])
+
+
+def format_guest_tx(rows: Sequence[dict[str, Any]]) -> str:
+    """Render the guest-sent rounds (scenario 3 "guest-tx", scenario 6) as a text table."""
+    return render_rows(rows, [("scen step", 15, lambda r: f"{r['scenario']} {r['mode']}"),
+                              ("captured on", 12, _key("point")), ("dst", 11, _key("dst")),
+                              ("proto", 6, _key("proto")), *VERDICTS,
+                              ("of them >MTU", 13, _key("incorrect_large"))])
+
+
+def format_probes(rows: Sequence[dict[str, Any]]) -> str:
+    """Render the probe rows as a text table."""
+    return render_rows(rows, [("scen step", 20, lambda r: f"{r['scenario']} {r['step']} "
+                                                           f"{r['label']}"),
+                              ("flow", 19, _key("flow")), ("proto", 6, _key("proto")),
+                              *VERDICTS,
+                              ("of them >MTU", 13, _key("incorrect_large"))])
 
 
 # ----------------------------------------------------------------------------------------- run
@@ -801,7 +909,8 @@ def run_lab(workdir: Path, cache: Path = DEFAULT_CACHE, scenarios: str = "all",
     (workdir / "guest-console.log").write_text("\n".join(parsed["guest_console"]) + "\n")
     report.update(facts=parsed["facts"], vm_stages=parsed["stages"], unparsed=parsed["unparsed"],
                   trace=str(trace_path), trace_lines=parsed["trace"].count("\n"),
-                  serial=str(workdir / "serial.log"), csum_table=csum_table(parsed["facts"]))
+                  serial=str(workdir / "serial.log"), csum_table=csum_table(parsed["facts"]),
+                  probe_table=probe_table(parsed["facts"]))
     if qemu["timed_out"]:
         report["errors"].append(f"QEMU killed after the {timeout:.0f}s timeout")
     if "poweroff" not in parsed["stages"]:
@@ -828,9 +937,26 @@ def summary(report: dict[str, Any]) -> str:
                                           if i[0].isdigit() else 0)))
     if "qemu" in report:
         lines.append(f"QEMU peak RSS: {report['qemu'].get('maxrss_mb', '?')} MiB")
-    if report.get("csum_table"):
+    rows = report.get("csum_table", [])
+    dom0_sent = [r for r in rows if r["scenario"] == "3" and r["mode"] in S3_MODES]
+    guest_sent = [r for r in rows if r not in dom0_sent]
+    if dom0_sent:
         lines += ["scenario 3 packet evidence (TCP/UDP checksums seen by the guest's tcpdump):",
-                  format_table(report["csum_table"])]
+                  format_table(dom0_sent)]
+    if guest_sent:
+        lines += ["guest-sent TCP/UDP (scenario 3 guest-tx: nothing of xenoffload; scenario 6: "
+                  "tc steps), checksums as captured:", format_guest_tx(guest_sent)]
+    if report.get("probe_table"):
+        lines += ["probes of scenarios 7 and 8 (to-guest counted in the guest, from-guest in "
+                  "dom0):", format_probes(report["probe_table"])]
+    for fact in report.get("facts", []):
+        if fact.get("fact") == "timeline":
+            since = ", ".join(f"{fact[f'first_correct_after_{mark}']} s after {mark}"
+                              for mark in ("cmd", "write", "done")
+                              if f"first_correct_after_{mark}" in fact)
+            lines.append(f"revocation {fact['label']} at {fact['point']}: first complete "
+                         f"checksum {since} (stream: {fact.get('incorrect')} blank, "
+                         f"{fact.get('correct')} complete)")
     if report.get("errors"):
         lines.append("errors: " + "; ".join(report["errors"]))
     return "\n".join(lines)

@@ -12,6 +12,10 @@ IP=/usr/sbin/ip
 BRCTL=/usr/sbin/brctl
 ETHTOOL=/usr/sbin/ethtool
 TCPDUMP=/usr/bin/tcpdump
+TC=/usr/sbin/tc
+# The xenoffload CLI, and the lab's policies (scenarios/configs).
+XO_CLI="/usr/bin/python3 -m xenoffload"
+XO_CONF=$XO_LIB/scenarios/configs
 
 xo_now() { cut -d' ' -f1 /proc/uptime; }
 
@@ -61,6 +65,14 @@ xo_kill_wait() {
     kill -KILL "$1" 2>/dev/null
     wait "$1" 2>/dev/null
     return 0
+}
+
+# xo_kill_wait_exit PID SECONDS: wait (bounded) for a background process to end by itself,
+# then reap it (killed if it overran).
+xo_kill_wait_exit() {
+    local _w=0
+    while kill -0 "$1" 2>/dev/null && [ "$_w" -lt $(($2 * 5)) ]; do sleep 0.2; _w=$((_w + 1)); done
+    xo_kill_wait "$1" TERM 2
 }
 
 # xo_cli_present: does this image's xenoffload have its CLI (python3 -m xenoffload)? A file test,
@@ -116,14 +128,85 @@ xo_xsdir_save() {
 }
 
 # xo_run SCENARIO LABEL SECONDS CMD...: run a command (bounded); emit a "cli" fact with its exit
-# status and the tail of its output; return its status.
+# status and the tail of its output, and print all of its output on the console (dom0's, or
+# the guest's relayed at the end), each line prefixed "  [LABEL] "; return its status.
 xo_run() {
     local _s=$1 _label=$2 _secs=$3 _rc
     shift 3
     timeout "$_secs" "$@" >/tmp/xo-run-out 2>&1
     _rc=$?
     xo_emit "$_s" cli label "$_label" rc "$_rc" output "$(tail -c 1000 /tmp/xo-run-out | tr '\n' '|')"
+    sed "s/^/@@XL   [$_label] /" /tmp/xo-run-out
     return $_rc
+}
+
+# xo_agent_presence SCENARIO: emit whether this image's xenoffload has its CLI ("agent" fact);
+# return 1 if it has not (the scenario then does nothing else).
+xo_agent_presence() {
+    if ! xo_cli_present; then
+        xo_emit "$1" agent agent absent detail "$(tail -n 1 /tmp/xo-cli-help.txt)"
+        return 1
+    fi
+    xo_emit "$1" agent agent present
+}
+
+# xo_tc_save DIR IFACE...: record each interface's tc state now (qdiscs, filters of both hooks
+# with their counters, the link with gso_max_segs) for `xo.py tc --saved DIR` later.
+xo_tc_save() {
+    local _d=$1 _i
+    shift
+    mkdir -p "$_d"
+    for _i in "$@"; do
+        timeout 20 $TC -j qdisc show dev "$_i" >"$_d/$_i.qdisc" 2>/dev/null
+        timeout 20 $TC -s -j filter show dev "$_i" ingress >"$_d/$_i.ingress" 2>/dev/null
+        timeout 20 $TC -s -j filter show dev "$_i" egress >"$_d/$_i.egress" 2>/dev/null
+        timeout 20 $IP -d -j link show "$_i" >"$_d/$_i.link" 2>/dev/null
+    done
+}
+
+# xo_capture NAME IFACE FILTER [NETNS]: start tcpdump -tt -vv on IFACE (in NETNS if given) into
+# /tmp/cap-NAME (pid in /tmp/cap-NAME.pid); return once it listens (bounded).
+xo_capture() {
+    local _n=$1 _i=$2 _f=$3 _ns=$4 _w=0
+    rm -f "/tmp/cap-$_n" "/tmp/cap-$_n.err"
+    if [ -n "$_ns" ]; then
+        $IP netns exec "$_ns" $TCPDUMP -Z root -i "$_i" -nn -tt -vv -l -s 262144 "$_f" \
+            >"/tmp/cap-$_n" 2>"/tmp/cap-$_n.err" &
+    else
+        $TCPDUMP -Z root -i "$_i" -nn -tt -vv -l -s 262144 "$_f" \
+            >"/tmp/cap-$_n" 2>"/tmp/cap-$_n.err" &
+    fi
+    echo $! >"/tmp/cap-$_n.pid"
+    while ! grep -q listening "/tmp/cap-$_n.err" 2>/dev/null && [ $_w -lt 100 ]; do
+        sleep 0.1; _w=$((_w + 1))
+    done
+    grep -q listening "/tmp/cap-$_n.err"
+}
+
+# xo_capture_stop NAME...: stop those captures (SIGINT, bounded) after a short drain.
+xo_capture_stop() {
+    local _n
+    sleep 0.5
+    for _n in "$@"; do
+        xo_kill_wait "$(cat "/tmp/cap-$_n.pid" 2>/dev/null)" INT 10
+    done
+}
+
+# xo_marker DST SIZE: one ICMP echo request of SIZE bytes to DST, a time marker in captures
+# (`xo.py timeline --mark NAME=SIZE`): the same clock as the packets around it.
+xo_marker() {
+    ping -c 1 -W 1 -s "$2" "$1" >/dev/null 2>&1
+    return 0
+}
+
+# xo_xs_values FILE PATH...: record "PATH=VALUE" of each XenStore node now (no Python).
+xo_xs_values() {
+    local _f=$1 _p
+    shift
+    : >"$_f"
+    for _p in "$@"; do
+        echo "$_p=$(xenstore-read "$_p" 2>/dev/null)" >>"$_f"
+    done
 }
 
 # xo_wait_listening SECONDS FILE...: wait until every receiver FILE has its FILE.listening.
@@ -143,6 +226,7 @@ xo_wait_listening() {
 # xo_source_scenarios: define every scenario's functions (both domains source all of them).
 xo_source_scenarios() {
     local _f
+    . "$XO_LIB/scenarios/probes.sh"
     for _f in "$XO_LIB"/scenarios/[0-9]*.sh; do
         [ -f "$_f" ] && . "$_f"
     done
@@ -157,4 +241,13 @@ xo_py_timing() {
     _d=$(xo_now)
     xo_emit "$1" python-startup no_site "$(awk "BEGIN{print $_b - $_a}")" \
         site "$(awk "BEGIN{print $_c - $_b}")" xenoffload "$(awk "BEGIN{print $_d - $_c}")"
+}
+
+# xo_guest_agent_start WHY: start the guest agent daemon in the background (the lab's guest
+# policy, real toggles and tc), logging to /run/xo-guest-agent.log; pid in /run/xo-guest-agent.pid.
+xo_guest_agent_start() {
+    xo_log "starting guest-agent ($1)"
+    TZ=UTC $XO_CLI -v guest-agent --mode companion --xenstore /dev/xen/xenbus \
+        --config "$XO_CONF/guest.toml" --toggles netlink >>/run/xo-guest-agent.log 2>&1 &
+    echo $! >/run/xo-guest-agent.pid
 }

@@ -258,7 +258,7 @@ def cmd_udp_send(args: argparse.Namespace) -> int:
                 sent += 1
             except OSError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            time.sleep(0.02)
+            time.sleep(args.interval)
     emit(args.scenario, "udp-send", label=args.label, host=args.host, port=args.port,
          datagrams=sent, size=args.size, error=error)
     return 0 if not error else 1
@@ -315,46 +315,68 @@ def cmd_recv(args: argparse.Namespace) -> int:
     return 0 if len(results) == len(threads) and not any(results) else 1
 
 
-_TS_RE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ ")
-_IP_RE = re.compile(r"proto (TCP|UDP) \(\d+\)")
-_FLOW_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+)\.\d+ > (\d+\.\d+\.\d+\.\d+)\.\d+:")
+_TS_RE = re.compile(r"^(?:\d\d:\d\d:\d\d\.\d+|\d{9,}\.\d+) ")
+_IP_RE = re.compile(r"proto (TCP|UDP|ICMP) \(\d+\)")
+_IPLEN_RE = re.compile(r"proto \w+ \(\d+\), length (\d+)\)")
+_FLOW_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+)\.(\d+) > (\d+\.\d+\.\d+\.\d+)\.(\d+):")
+_ICMP_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+) > (\d+\.\d+\.\d+\.\d+): ICMP echo request")
+#: An IP packet longer than this went out as one GSO/TSO packet (the lab's MTU is 1500).
+MTU = 1500
 
 
-def count_tcpdump(text: str) -> dict[str, dict[str, dict[str, int]]]:
-    """Count TCP/UDP packets per destination by tcpdump -vv's checksum verdict.
-
-    Returns ``{dst: {"tcp"|"udp": {"correct", "incorrect", "unverified", "ip_bad"}}}``.
-    A packet is a timestamp line plus its indented continuation lines.
-    """
+def tcpdump_packets(text: str) -> list[str]:
+    """Return tcpdump -vv's packets, each its timestamp line plus its indented continuation
+    lines joined into one line."""
     packets: list[str] = []
     for line in text.splitlines():
         if _TS_RE.match(line):
             packets.append(line)
         elif packets and line[:1].isspace():
             packets[-1] += " " + line.strip()
+    return packets
+
+
+def packet_verdict(packet: str) -> tuple[str, str, str, int, str] | None:
+    """Return (proto, dst, dst port, IP length, verdict) of one TCP/UDP packet of tcpdump -vv,
+    verdict ``correct``, ``incorrect`` or ``unverified``; None for anything else."""
+    proto_match = _IP_RE.search(packet)
+    flow = _FLOW_RE.search(packet)
+    if not proto_match or not flow or proto_match.group(1) == "ICMP":
+        return None
+    proto = proto_match.group(1).lower()
+    length = _IPLEN_RE.search(packet)
+    if proto == "tcp":
+        verdict_ok, verdict_bad = "(correct)" in packet, "(incorrect" in packet
+    else:
+        verdict_ok, verdict_bad = "udp sum ok" in packet, "bad udp cksum" in packet
+    verdict = "incorrect" if verdict_bad else "correct" if verdict_ok else "unverified"
+    return proto, flow.group(3), flow.group(4), int(length.group(1)) if length else 0, verdict
+
+
+def count_tcpdump(text: str, by_port: bool = False) -> dict[str, dict[str, dict[str, int]]]:
+    """Count TCP/UDP packets per destination (``DST`` or, with ``by_port``, ``DST:PORT``) by
+    tcpdump -vv's checksum verdict.
+
+    Returns ``{dst: {"tcp"|"udp": {"correct", "incorrect", "unverified", "ip_bad", "large",
+    "incorrect_large"}}}``; ``large`` counts packets longer than the MTU (GSO/TSO packets seen
+    whole), ``incorrect_large`` those of them whose checksum was not complete.
+    A packet is a timestamp line plus its indented continuation lines.
+    """
     counts: dict[str, dict[str, dict[str, int]]] = {}
-    for packet in packets:
-        proto_match = _IP_RE.search(packet)
-        flow = _FLOW_RE.search(packet)
-        if not proto_match or not flow:
+    for packet in tcpdump_packets(text):
+        found = packet_verdict(packet)
+        if found is None:
             continue
-        proto = proto_match.group(1).lower()
-        bucket = counts.setdefault(flow.group(2), {}).setdefault(
-            proto, {"correct": 0, "incorrect": 0, "unverified": 0, "ip_bad": 0})
+        proto, dst, port, length, verdict = found
+        bucket = counts.setdefault(f"{dst}:{port}" if by_port else dst, {}).setdefault(
+            proto, {"correct": 0, "incorrect": 0, "unverified": 0, "ip_bad": 0, "large": 0,
+                    "incorrect_large": 0})
         if ", bad cksum " in packet.split(")", 1)[0]:
             bucket["ip_bad"] += 1
-        if proto == "tcp":
-            verdict_ok = "(correct)" in packet
-            verdict_bad = "(incorrect" in packet
-        else:
-            verdict_ok = "udp sum ok" in packet
-            verdict_bad = "bad udp cksum" in packet
-        if verdict_bad:
-            bucket["incorrect"] += 1
-        elif verdict_ok:
-            bucket["correct"] += 1
-        else:
-            bucket["unverified"] += 1
+        bucket[verdict] += 1
+        if length > MTU:
+            bucket["large"] += 1
+            bucket["incorrect_large"] += verdict == "incorrect"
     return counts
 
 
@@ -365,7 +387,60 @@ def cmd_tcpdump_count(args: argparse.Namespace) -> int:
         path = Path(file)
         text = path.read_text(errors="replace") if path.exists() else ""
         emit(args.scenario, "csum-capture", label=f"{args.mode}-{point}", point=point,
-             mode=args.mode, counts=count_tcpdump(text), lines=len(text.splitlines()))
+             mode=args.mode, counts=count_tcpdump(text, args.by_port),
+             lines=len(text.splitlines()))
+    return 0
+
+
+def timeline(text: str, marks: dict[str, int], stream_port: str) -> dict[str, Any]:
+    """Return when things happened in one tcpdump -tt -vv capture, relative to marker pings:
+    ``marks`` names ICMP echo requests by their length (``ping -s N`` shows as N+8); the
+    stream is the UDP packets to ``stream_port``. For each marker: its time; then the first
+    stream packet with a correct checksum after the last incorrect one, and counts."""
+    when: dict[str, float] = {}
+    stream: list[tuple[float, str]] = []
+    for packet in tcpdump_packets(text):
+        stamp = float(packet.split(" ", 1)[0]) if packet[:1].isdigit() and \
+            ":" not in packet.split(" ", 1)[0] else None
+        if stamp is None:
+            continue
+        if _ICMP_RE.search(packet):
+            length = re.search(r"ICMP echo request, id \d+, seq \d+, length (\d+)", packet)
+            for name, size in marks.items():
+                if length and int(length.group(1)) == size + 8 and name not in when:
+                    when[name] = stamp
+            continue
+        found = packet_verdict(packet)
+        if found and found[0] == "udp" and found[2] == stream_port:
+            stream.append((stamp, found[4]))
+    result: dict[str, Any] = {"marks": {k: round(v, 6) for k, v in when.items()},
+                              "stream_packets": len(stream)}
+    bad = [s for s, v in stream if v == "incorrect"]
+    good = [s for s, v in stream if v == "correct"]
+    last_bad = max(bad, default=None)
+    first_good = min((s for s in good if last_bad is None or s > last_bad), default=None)
+    result["incorrect"] = len(bad)
+    result["correct"] = len(good)
+    result["correct_before_last_incorrect"] = sum(1 for s in good if last_bad and s < last_bad)
+    result["stream_first"] = round(stream[0][0], 6) if stream else None
+    result["stream_last"] = round(stream[-1][0], 6) if stream else None
+    result["last_incorrect"] = round(last_bad, 6) if last_bad is not None else None
+    result["first_correct"] = round(first_good, 6) if first_good is not None else None
+    for name, stamp in when.items():
+        if first_good is not None:
+            result[f"first_correct_after_{name}"] = round(first_good - stamp, 3)
+        if last_bad is not None:
+            result[f"last_incorrect_after_{name}"] = round(last_bad - stamp, 3)
+    return result
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    """Emit :func:`timeline` of a capture file."""
+    path = Path(args.capture)
+    text = path.read_text(errors="replace") if path.exists() else ""
+    marks = {name: int(size) for name, _, size in (m.partition("=") for m in args.mark)}
+    emit(args.scenario, "timeline", label=args.label, point=args.point,
+         **timeline(text, marks, str(args.stream_port)))
     return 0
 
 
@@ -386,6 +461,206 @@ def cmd_emit(args: argparse.Namespace) -> int:
         except ValueError:
             fields[key] = raw
     emit(args.scenario, args.fact, **fields)
+    return 0
+
+
+#: The first 10 bytes of every xenoffload tc action cookie ("xenoffload", docs/toggles.md).
+XO_COOKIE = "78656e6f66666c6f6164"
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        text = path.read_text(errors="replace").strip()
+        return json.loads(text) if text else []
+    except (OSError, ValueError):
+        return None
+
+
+def tc_summary(qdiscs: Any, filters: dict[str, Any], link: Any) -> dict[str, Any]:
+    """Return a compact view of one device's tc state (``tc -j qdisc show``, ``tc -s -j filter
+    show ... ingress|egress``, ``ip -d -j link show``): qdisc kinds, per hook the filters that
+    carry actions (pref, protocol, classifier, handle, action kind and csum flags, control,
+    cookie, whether the cookie is xenoffload's, packets), and gso_max_segs."""
+    summary: dict[str, Any] = {
+        "qdiscs": sorted(str(q.get("kind")) for q in qdiscs or [] if q.get("kind") not in
+                         ("noqueue", "pfifo_fast", "mq", "noop")),
+    }
+    for hook, shown in filters.items():
+        rules = []
+        for entry in shown or []:
+            actions = (entry.get("options") or {}).get("actions")
+            if not actions:
+                continue
+            for action in actions:
+                cookie = str(action.get("cookie", ""))
+                stats = action.get("stats") or {}
+                rules.append({
+                    "pref": entry.get("pref"), "protocol": entry.get("protocol"),
+                    "kind": entry.get("kind"),
+                    "handle": (entry.get("options") or {}).get("fh", entry.get("handle")),
+                    "action": action.get("kind"), "csum": action.get("csum"),
+                    "control": (action.get("control_action") or {}).get("type"),
+                    "cookie": cookie, "ours": cookie.startswith(XO_COOKIE),
+                    "packets": stats.get("packets")})
+        summary[hook] = rules
+    links = link or [{}]
+    summary["gso_max_segs"] = links[0].get("gso_max_segs") if links else None
+    return summary
+
+
+def cmd_tc(args: argparse.Namespace) -> int:
+    """Emit the tc state of each interface as ``xo_tc_save`` stored it in --saved DIR
+    (IFACE.qdisc, IFACE.ingress, IFACE.egress, IFACE.link)."""
+    for iface in args.ifaces:
+        base = Path(args.saved)
+        qdiscs = _json_file(base / f"{iface}.qdisc")
+        summary = tc_summary(qdiscs, {hook: _json_file(base / f"{iface}.{hook}")
+                                      for hook in ("ingress", "egress")},
+                             _json_file(base / f"{iface}.link"))
+        emit(args.scenario, "tc", iface=iface, label=args.label, ok=qdiscs is not None,
+             **summary)
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    """Accept TCP connections on every --port of --bind and read each to EOF (a discard
+    server), until --timeout passes or SIGTERM; write --out.listening once listening and
+    --out (JSON: bytes per port) at the end."""
+    import selectors
+    import signal
+    import socket
+
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    sel = selectors.DefaultSelector()
+    received: dict[str, int] = {}
+    socks: dict[int, tuple[socket.socket, str, int]] = {}
+    for port in args.port:
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((args.bind, port))
+        srv.listen(8)
+        srv.setblocking(False)
+        sel.register(srv, selectors.EVENT_READ)
+        socks[srv.fileno()] = (srv, "listen", port)
+    Path(args.out + ".listening").touch()
+    deadline = time.monotonic() + args.timeout
+    while not stop and time.monotonic() < deadline:
+        for key, _ in sel.select(0.5):
+            sock, what, port = socks[key.fd]
+            if what == "listen":
+                try:
+                    conn, _peer = sock.accept()
+                except OSError:
+                    continue
+                conn.setblocking(False)
+                sel.register(conn, selectors.EVENT_READ)
+                socks[conn.fileno()] = (conn, "conn", port)
+                continue
+            try:
+                chunk = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if chunk:
+                received[str(port)] = received.get(str(port), 0) + len(chunk)
+            else:
+                sel.unregister(sock)
+                del socks[key.fd]
+                sock.close()
+    Path(args.out).write_text(json.dumps(received, sort_keys=True))
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    """After --delay seconds (a capture's drain), send --signal to the pid in each PIDFILE and
+    wait (bounded) until it exits."""
+    import signal
+
+    time.sleep(args.delay)
+    for pidfile in args.pidfiles:
+        try:
+            pid = int(Path(pidfile).read_text().strip())
+            os.kill(pid, getattr(signal, f"SIG{args.signal}"))
+        except (OSError, ValueError):
+            continue
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.05)
+    return 0
+
+
+def cmd_locks(args: argparse.Namespace) -> int:
+    """Emit each lock file of DIR (xenoffload's /run/xenoffload): its holder record and
+    whether a process holds it now (a non-blocking flock attempt)."""
+    import fcntl
+
+    locks = {}
+    directory = Path(args.dir)
+    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            locks[path.name] = {"error": str(exc)}
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = False
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except OSError:
+                held = True
+            record = os.read(fd, 300).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+        locks[path.name] = {"held": held, "record": record}
+    emit(args.scenario, "locks", label=args.label, dir=args.dir, locks=locks)
+    return 0
+
+
+def cmd_xsvalues(args: argparse.Namespace) -> int:
+    """Emit the XenStore values ``xo_xs_values`` stored in --saved FILE (PATH=VALUE lines)."""
+    values: dict[str, str] = {}
+    try:
+        lines = Path(args.saved).read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        path, sep, value = line.partition("=")
+        if sep:
+            values[path] = value
+    emit(args.scenario, "xsvalues", label=args.label, values=values)
+    return 0
+
+
+def cmd_logtime(args: argparse.Namespace) -> int:
+    """Emit, for each PATTERN, every line of --file containing it (at most 40) with its time
+    (seconds since the epoch: the log's asctime, UTC)."""
+    from datetime import UTC, datetime
+
+    try:
+        lines = Path(args.file).read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    found: dict[str, list[dict[str, Any]]] = {}
+    for pattern in args.pattern:
+        hits: list[dict[str, Any]] = []
+        for line in lines:
+            if pattern not in line:
+                continue
+            try:
+                stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").replace(
+                    tzinfo=UTC).timestamp()
+            except ValueError:
+                continue
+            hits.append({"at": round(stamp, 3), "line": line[24:260]})
+        found[pattern] = hits[:40]
+    emit(args.scenario, "logtime", label=args.label, file=args.file, found=found)
     return 0
 
 
@@ -492,6 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--interval", type=float, default=0.02, help="seconds between datagrams")
     p = add("udp-recv", cmd_udp_recv)
     p.add_argument("--bind", default="0.0.0.0")
     p.add_argument("--port", type=int, required=True)
@@ -508,7 +784,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("items", nargs="+", metavar="tcp|udp:BIND:PORT:LABEL:OUT")
     p = add("tcpdump-count", cmd_tcpdump_count)
     p.add_argument("--mode", required=True)
+    p.add_argument("--by-port", action="store_true", help="count per destination port")
     p.add_argument("items", nargs="+", metavar="POINT:FILE")
+    p = add("timeline", cmd_timeline)
+    p.add_argument("--capture", required=True)
+    p.add_argument("--point", required=True)
+    p.add_argument("--mark", action="append", default=[], metavar="NAME=PINGSIZE")
+    p.add_argument("--stream-port", type=int, required=True)
+    p = add("tc", cmd_tc)
+    p.add_argument("--saved", required=True, metavar="DIR")
+    p.add_argument("ifaces", nargs="+")
+    p = add("sink", cmd_sink)
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--port", type=int, action="append", required=True)
+    p.add_argument("--timeout", type=float, default=400)
+    p.add_argument("--out", required=True)
+    p = add("kill", cmd_kill)
+    p.add_argument("--signal", default="INT")
+    p.add_argument("--delay", type=float, default=0.5)
+    p.add_argument("--wait", type=float, default=5)
+    p.add_argument("pidfiles", nargs="+")
+    p = add("locks", cmd_locks)
+    p.add_argument("dir")
+    p = add("xsvalues", cmd_xsvalues)
+    p.add_argument("--saved", required=True, metavar="FILE")
+    p = add("logtime", cmd_logtime)
+    p.add_argument("--file", required=True)
+    p.add_argument("pattern", nargs="+")
     p = add("emit", cmd_emit)
     p.add_argument("--file", action="append", default=[], metavar="KEY=PATH")
     p.add_argument("fact")

@@ -10,7 +10,71 @@
 # guest's own GRO turns merged TCP packets back into partial-checksum packets (CHECKSUM_PARTIAL),
 # which is what then leaves towards the namespace.
 
+#
+# Mode "guest-tx" (the other direction, the baseline of scenario 6): the guest sends TCP and UDP
+# to dom0 (10.0.0.1) and to a capture namespace in dom0 (xo-cap, 10.0.0.9 on xo-capn, a veth
+# whose peer is a port of xenbr0), both over eth0/vifD.0, nothing of xenoffload anywhere.
+# Captures after the vif's ingress: dom0's xo-capn (forwarded through the bridge; veth keeps a
+# blank checksum blank) and xenbr0 (dom0's own delivery), and the guest's eth0 (its egress, as
+# it leaves). A capture on vifD.0 itself would not do: packet taps see ingress packets before
+# the tc ingress hook that scenario 6 uses.
+
 S3_NS=xo-far
+
+# xo_cap_setup: dom0's capture namespace xo-cap (10.0.0.9 on xo-capn, its peer xo-cap a port of
+# xenbr0), kept for scenarios 6 to 8.
+xo_cap_setup() {
+    [ -e /run/netns/xo-cap ] && return 0
+    $IP netns add xo-cap || return 1
+    $IP link add xo-cap type veth peer name xo-capn || return 1
+    $IP link set xo-capn netns xo-cap
+    $BRCTL addif xenbr0 xo-cap
+    $IP link set xo-cap up
+    $IP -n xo-cap link set lo up
+    $IP -n xo-cap addr add 10.0.0.9/24 dev xo-capn
+    $IP -n xo-cap link set xo-capn up
+    xo_emit run capture-namespace ns xo-cap addr 10.0.0.9 \
+        gro "$($IP netns exec xo-cap $ETHTOOL -k xo-capn | grep generic-receive-offload)"
+}
+
+# xo_gtx_round SCENARIO MODE: one round of guest-sent traffic (256 KiB TCP and 20 UDP
+# datagrams of 512 bytes to 10.0.0.1 and to 10.0.0.9), captured at xo-capn and xenbr0 in dom0
+# and at eth0 in the guest, counted per destination ("csum-capture" facts, mode MODE); the
+# receivers check what arrived (SHA-256, datagrams intact).
+xo_gtx_round() {
+    local _s=$1 _m=$2 _pid1 _pid2
+    rm -f /tmp/gtx-r*
+    $XO_PY recv --scenario "$_s" --timeout 60 "tcp:10.0.0.1:5311:$_m-dom0:/tmp/gtx-r5311" \
+        "udp:10.0.0.1:5312:$_m-dom0:/tmp/gtx-r5312" >/dev/null 2>&1 &
+    _pid1=$!
+    $IP netns exec xo-cap $XO_PY recv --scenario "$_s" --timeout 60 \
+        "tcp:10.0.0.9:5313:$_m-cap:/tmp/gtx-r5313" "udp:10.0.0.9:5314:$_m-cap:/tmp/gtx-r5314" \
+        >/dev/null 2>&1 &
+    _pid2=$!
+    xo_capture gtx-cap xo-capn 'src host 10.0.0.2 and (tcp or udp)' xo-cap
+    xo_capture gtx-br xenbr0 'src host 10.0.0.2 and (tcp or udp)'
+    xo_wait_listening 30 /tmp/gtx-r5311 /tmp/gtx-r5312 /tmp/gtx-r5313 /tmp/gtx-r5314
+    gcall 120 g_gtx_round "$_s" "$_m"
+    xo_results "$_s" 60 "tcp-recv:$_m-dom0:/tmp/gtx-r5311" "udp-recv:$_m-dom0:/tmp/gtx-r5312" \
+        "tcp-recv:$_m-cap:/tmp/gtx-r5313" "udp-recv:$_m-cap:/tmp/gtx-r5314"
+    xo_capture_stop gtx-cap gtx-br
+    xo_kill_wait "$_pid1" TERM 5
+    xo_kill_wait "$_pid2" TERM 5
+    $XO_PY tcpdump-count --scenario "$_s" --mode "$_m" xo-capn:/tmp/cap-gtx-cap \
+        xenbr0:/tmp/cap-gtx-br
+}
+
+g_gtx_round() {
+    local _s=$1 _m=$2
+    xo_capture gtx-eth0 eth0 'src host 10.0.0.2 and (tcp or udp)' || return 1
+    $XO_PY batch \
+        "tcp-send --scenario $_s --label $_m-dom0 --host 10.0.0.1 --port 5311 --bytes 262144 --timeout 60" \
+        "udp-send --scenario $_s --label $_m-dom0 --host 10.0.0.1 --port 5312 --count 20" \
+        "tcp-send --scenario $_s --label $_m-cap --host 10.0.0.9 --port 5313 --bytes 262144 --timeout 60" \
+        "udp-send --scenario $_s --label $_m-cap --host 10.0.0.9 --port 5314 --count 20" \
+        "kill --signal INT --wait 10 /tmp/cap-gtx-eth0.pid" \
+        "tcpdump-count --scenario $_s --mode $_m eth0:/tmp/cap-gtx-eth0"
+}
 
 s3_dom0() {
     $IP route replace 10.9.0.0/24 via 10.0.0.2 dev xenbr0
@@ -36,7 +100,8 @@ s3_dom0() {
     done
     $ETHTOOL -K "vif$GDOM.0" tx on >/dev/null 2>&1
     $IP route del 10.9.0.0/24 2>/dev/null
-    return 0
+    xo_cap_setup || return 1
+    xo_gtx_round 3 guest-tx
 }
 
 g_s3_setup() {

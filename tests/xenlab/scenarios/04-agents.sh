@@ -6,6 +6,10 @@
 # `show --json`, and `set DOMID/0 --tx on|off` each followed by backend-agent --once (an override
 # is applied by an agent) and ethtool -k of the real vif: the effect is checked on the kernel
 # device, not on the CLI's word. Ends with `set --clear` and the agent restoring the policy.
+# tc is on (the CLI's default): the agents compute with tc what ethtool cannot switch (dom0:
+# the public vif's ingress, from-guest; guest: eth0's egress, IPv4, with gso_max_segs 1). An
+# administrator's tc configuration is there before the agents run (a clsact on the public vif
+# with a filter at priority 1000): it must be left as it is (docs/toggles.md, "Proving it").
 
 S4_CONF=$XO_LIB/scenarios/configs
 S4_XO="/usr/bin/python3 -m xenoffload"
@@ -35,13 +39,21 @@ s4_dom0() {
         return 0
     fi
     xo_emit 4 agent agent present
+    # The administrator's own tc configuration on the public vif (not xenoffload's).
+    $TC qdisc add dev "vif$GDOM.0" clsact
+    $TC filter add dev "vif$GDOM.0" ingress pref 1000 protocol ip u32 match u32 0 0 action pass
+    xo_emit 4 foreign-tc rc "$?" iface "vif$GDOM.0"
     s4_backend_once backend-agent
     gcall 180 g_s4_agent
     # Kernel features are recorded at each moment (ethtool, no Python); one xo.py batch at the
     # end reports them with the XenStore directories and `show --json`.
     xo_ethtool_save /tmp/s4-eth-after-agents "vif$GDOM.0" "vif$GDOM.1"
-    set -- "xsdir --scenario 4 --label backend-0 /local/domain/0/backend/vif/$GDOM/0" \
-        "xsdir --scenario 4 --label frontend-0 /local/domain/$GDOM/device/vif/0"
+    xo_tc_save /tmp/s4-tc-after-agents "vif$GDOM.0" "vif$GDOM.1"
+    set -- "tc --scenario 4 --label after-agents --saved /tmp/s4-tc-after-agents vif$GDOM.0 vif$GDOM.1"
+    for _d in 0 1; do
+        set -- "$@" "xsdir --scenario 4 --label backend-$_d /local/domain/0/backend/vif/$GDOM/$_d" \
+            "xsdir --scenario 4 --label frontend-$_d /local/domain/$GDOM/device/vif/$_d"
+    done
     timeout 60 $S4_XO show --xenstore /run/xenstored/socket --json >/tmp/s4-show 2>&1
     set -- "$@" "emit --scenario 4 --file json=/tmp/s4-show show rc=$?" \
         "ethtool --scenario 4 --label after-agents --saved /tmp/s4-eth-after-agents vif$GDOM.0 vif$GDOM.1"
@@ -70,5 +82,7 @@ g_s4_agent() {
     g_s4_detect
     xo_cli_present || return 0
     s4_guest_once guest-agent
-    $XO_PY ethtool --scenario 4 --label after-agents eth0 eth1
+    xo_tc_save /tmp/s4-tc-after-agents eth0 eth1
+    $XO_PY batch "ethtool --scenario 4 --label after-agents eth0 eth1" \
+        "tc --scenario 4 --label after-agents --saved /tmp/s4-tc-after-agents eth0 eth1"
 }

@@ -31,11 +31,7 @@ s5_dir_items() {
 }
 
 s5_dom0() {
-    if ! xo_cli_present; then
-        xo_emit 5 agent agent absent detail "$(tail -n 1 /tmp/xo-cli-help.txt)"
-        return 0
-    fi
-    xo_emit 5 agent agent present
+    xo_agent_presence 5 || return 0
     rm -rf "$S5_DIRS"
     s5_save_dirs before
     xenstore-write "$S5_MARK" s5-reconnect
@@ -70,6 +66,7 @@ s5_dom0() {
     gcall 240 g_s5_agent
     s5_save_dirs after
     xo_ethtool_save /tmp/s5-eth-after-agents "vif$GDOM.0" "vif$GDOM.1"
+    xo_tc_save /tmp/s5-tc-after-agents "vif$GDOM.0" "vif$GDOM.1"
     for _net in public:10.0.0.2 private:10.1.0.2; do
         ping -c 3 -i 0.3 -W 2 "${_net#*:}" >/tmp/ping.out 2>&1
         xo_emit 5 ping label "${_net%%:*}" from dom0 to "${_net#*:}" rc "$?" \
@@ -86,19 +83,22 @@ s5_dom0() {
     $XO_PY batch "$@" \
         "ethtool --scenario 5 --label before-agents --saved /tmp/s5-eth-before-agents vif$GDOM.0 vif$GDOM.1" \
         "ethtool --scenario 5 --label after-agents --saved /tmp/s5-eth-after-agents vif$GDOM.0 vif$GDOM.1" \
+        "tc --scenario 5 --label after-agents --saved /tmp/s5-tc-after-agents vif$GDOM.0 vif$GDOM.1" \
         "trace-states --scenario 5 --trace $XO_TRACE --mark '$S5_MARK s5-reconnect' backend-0=$_be/0/state frontend-0=$_fe/0/state backend-1=$_be/1/state frontend-1=$_fe/1/state" \
         "tcp-send --scenario 5 --label public-dom0-to-guest --host 10.0.0.2 --port 5501 --bytes 262144 --timeout 60" \
         "tcp-send --scenario 5 --label private-dom0-to-guest --host 10.1.0.2 --port 5502 --bytes 262144 --timeout 60"
     gcall 120 g_s5_results
 }
 
-g_s5_reconnect() {
-    _drv=/sys/bus/xen/drivers/vif
+# g_reconnect SCENARIO: the frontend reconnect of a guest reboot, domain kept: netfront unbound
+# from vif-0 and vif-1 through sysfs and bound again; the new eth0, eth1 addressed again.
+g_reconnect() {
+    local _drv=/sys/bus/xen/drivers/vif _d _rc _if _i
     for _d in 0 1; do
         # netfront's remove waits for netback (Closing, then Closed): bounded here.
         timeout 30 sh -c "echo vif-$_d >$_drv/unbind"
         _rc=$?
-        xo_emit 5 unbind device "vif-$_d" rc "$_rc" \
+        xo_emit "$1" unbind device "vif-$_d" rc "$_rc" \
             xenbus_state "$(cat /sys/bus/xen/devices/vif-$_d/state 2>/dev/null)" \
             driver "$(basename "$(readlink /sys/bus/xen/devices/vif-$_d/driver 2>/dev/null)" 2>/dev/null)" \
             netdevs "$(ls /sys/class/net | tr '\n' ' ')"
@@ -112,12 +112,17 @@ g_s5_reconnect() {
             [ -n "$_if" ] && [ "$(cat /sys/bus/xen/devices/vif-$_d/state)" = Connected ] && break
             sleep 0.2
         done
-        xo_emit 5 bind device "vif-$_d" rc "$_rc" iface "$_if" \
+        xo_emit "$1" bind device "vif-$_d" rc "$_rc" iface "$_if" \
+            ifindex "$(cat /sys/class/net/$_if/ifindex 2>/dev/null)" \
             xenbus_state "$(cat /sys/bus/xen/devices/vif-$_d/state 2>/dev/null)"
     done
     # New netdevs: the addresses went with the old ones.
     $IP addr add 10.0.0.2/24 dev eth0; $IP link set eth0 up
     $IP addr add 10.1.0.2/24 dev eth1; $IP link set eth1 up
+}
+
+g_s5_reconnect() {
+    g_reconnect 5
     for _i in eth0 eth1; do
         _dev=$(basename "$(readlink /sys/class/net/$_i/device)")
         xo_emit 5 netfront iface "$_i" device "$_dev" \
@@ -127,17 +132,21 @@ g_s5_reconnect() {
             ifindex "$(cat /sys/class/net/$_i/ifindex)"
     done
     xo_ethtool_save /tmp/s5-eth-before-agents eth0 eth1
+    xo_tc_save /tmp/s5-tc-before-agents eth0 eth1
 }
 
 g_s5_agent() {
     s4_guest_once guest-agent 5
     xo_ethtool_save /tmp/s5-eth-after-agents eth0 eth1
+    xo_tc_save /tmp/s5-tc-after-agents eth0 eth1
     rm -f /tmp/s5-r*
     # shellcheck disable=SC2086
     $XO_PY recv --scenario 5 --timeout 60 $S5_TO_GUEST >/dev/null 2>&1 &
     $XO_PY batch \
         "ethtool --scenario 5 --label before-agents --saved /tmp/s5-eth-before-agents eth0 eth1" \
-        "ethtool --scenario 5 --label after-agents --saved /tmp/s5-eth-after-agents eth0 eth1"
+        "ethtool --scenario 5 --label after-agents --saved /tmp/s5-eth-after-agents eth0 eth1" \
+        "tc --scenario 5 --label before-agents --saved /tmp/s5-tc-before-agents eth0 eth1" \
+        "tc --scenario 5 --label after-agents --saved /tmp/s5-tc-after-agents eth0 eth1"
     xo_wait_listening 30 /tmp/s5-r5501.json /tmp/s5-r5502.json
 }
 

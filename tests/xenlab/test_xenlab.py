@@ -99,10 +99,12 @@ def test_every_scenario_ran_to_its_end(report: Report) -> None:
 
 
 def test_stage_wall_times_recorded(report: Report) -> None:
+    """Every stage was reached and timed (the times are reported, docs/xenlab.md; they are no
+    test's business: a loaded host stretches them)."""
     wall = report["wall"]
-    for stage in ("fetch", "build", "boot_to_dom0", "guest_connected", "scenarios", "shutdown"):
+    for stage in ("fetch", "build", "boot_to_dom0", "guest_connected", "scenarios", "shutdown",
+                  "total"):
         assert wall[stage] >= 0, f"stage {stage} not reached"
-    assert wall["total"] < 600
 
 
 def test_xenstored_trace_recorded(report: Report, guest_domid: int) -> None:
@@ -784,6 +786,12 @@ def lifecycle(report: Report) -> Report:
     return report
 
 
+def xsdir(report: Report, scenario: str, label: str) -> dict[str, list[str]]:
+    """The keys (relative path -> [value, perms]) an ``xsdir`` fact recorded."""
+    keys: dict[str, list[str]] = one(report, "xsdir", scenario=scenario, label=label)["keys"]
+    return keys
+
+
 def xl_ok(report: Report, label: str) -> dict[str, Any]:
     fact = one(report, "xl", scenario="8", label=label)
     assert fact["rc"] == 0, fact
@@ -877,26 +885,42 @@ def test_s8_after_restore_dom0_enforces_the_policy_file(lifecycle: Report) -> No
                          proto)["incorrect"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="product bug, reported: the guest agent keeps the "
-                   "domid it read at start; after xl restore (or a migration) the guest is a new "
-                   "domain, its old home is removed, so the agent forgets its vifs and never "
-                   "finds the new ones: the frontend end publishes nothing (docs/xenlab.md)")
 def test_s8_after_restore_the_guest_agent_acts_for_the_new_domain(lifecycle: Report) -> None:
+    """The guest agent read its domid at start; after xl restore the guest is a new domain
+    and the agent follows it: both ends of both vifs publish the same result again."""
     domid = step_domid(lifecycle, "8", "after-restore")
+    old = one(lifecycle, "restored", scenario="8")["old_domid"]
     values = step_xs(lifecycle, "8", "after-restore")
     assert values[f"/local/domain/{domid}/device/vif/0/xenoffload-csum-result"] == RESULT[0]
     assert values[f"/local/domain/{domid}/device/vif/0/xenoffload-csum-status"] == \
         STATUS[("frontend", 0)]
+    for devid in (0, 1):
+        assert values[f"/local/domain/{domid}/device/vif/{devid}/xenoffload-csum-result"] == \
+            values[f"/local/domain/0/backend/vif/{domid}/{devid}/xenoffload-csum-result"]
+    found = one(lifecycle, "logtime", scenario="8", label="guest-restored")["found"]
+    lines = [hit["line"] for hit in found["this domain is now"]]
+    assert any(f"this domain is now domid {domid} (was {old}" in line for line in lines), lines
 
 
-@pytest.mark.xfail(strict=True, reason="design gap, reported: dom0's per-vif overrides are keyed "
-                   "by domid (xenoffload/policy/vif/DOMID/DEVID); the restored guest's vifs have "
-                   "a new domid, so `set DOMID/1 --tx off` no longer applies (docs/xenlab.md)")
 def test_s8_overrides_hold_across_save_and_restore(lifecycle: Report) -> None:
+    """dom0's `set DOMID/1 --tx off` (keyed by the VM's UUID) and the guest's `set --local 1
+    --tx off` (carried to the new home by its agent) both apply to the restored domain's vif:
+    nothing blank crosses the private vif either way, where the policy file allows it."""
+    assert one(lifecycle, "converged", scenario="8", label="restore")["rc"] == 0
     domid = step_domid(lifecycle, "8", "after-restore")
     values = step_xs(lifecycle, "8", "after-restore")
-    assert values[f"/local/domain/0/backend/vif/{domid}/1/xenoffload-csum-result"] == \
-        "to-guest=none from-guest=none"
+    for end in (f"/local/domain/0/backend/vif/{domid}/1",
+                f"/local/domain/{domid}/device/vif/1"):
+        assert values[f"{end}/xenoffload-csum-result"] == "to-guest=none from-guest=none"
+    before = xsdir(lifecycle, "8", "policy-before")
+    after = xsdir(lifecycle, "8", "policy-after-restore")
+    assert before == after and any(key.endswith("/1") and "vif/" in key for key in after), after
+    guest = xsdir(lifecycle, "8", "guest-policy-after-restore")
+    assert any(key.endswith("vif/1") for key in guest), guest
+    for direction in ("to-guest", "from-guest"):
+        for proto in ("tcp", "udp"):
+            assert probe(lifecycle, "8", "after-restore", f"{direction} private",
+                         proto)["incorrect"] == 0
 
 
 def test_s8_create_negotiates_from_scratch_with_vifname(lifecycle: Report) -> None:

@@ -57,8 +57,10 @@ s7_dom0() {
 
     s7_stream 6990
     # A third marker (ping -s 105) the moment the override node is removed: xenstore-watch
-    # fires once when it registers, once when the node changes.
-    (timeout 60 xenstore-watch -n 2 "/local/domain/0/xenoffload/policy/vif/$GDOM/0" |
+    # fires once when it registers, once when the node changes. `set` keys a vif's override
+    # by the VM's UUID (/local/domain/D/vm names /vm/<uuid>).
+    _vm=$(xenstore-read "/local/domain/$GDOM/vm")
+    (timeout 60 xenstore-watch -n 2 "/local/domain/0/xenoffload/policy/vif/${_vm#/vm/}/0" |
         { read -r _; read -r _; xo_marker 10.0.0.2 105; }) &
     sleep 0.5  # the watch registered (its first event) before the command; nothing decided here
     xo_marker 10.0.0.2 101

@@ -11,7 +11,8 @@
 #                    started again, takes the vif over (found by vifname); then detached again;
 #   d save-restore   overrides on the private vif at both ends (dom0 `set DOMID/1 --tx off`,
 #                    guest `set --local 1 --tx off`), then `xl save` + `xl restore`: the guest
-#                    resumes as a new domain (new domid); netfront reconnects;
+#                    resumes as a new domain (new domid); netfront reconnects; the guest agent
+#                    follows its domain; both overrides hold (dom0's is keyed by the VM's UUID);
 #   e create         `xl shutdown` (the guest's poweroff stops its agent) and `xl create` of
 #                    configs xenlab-guest-xo.cfg: both vifs hotplugged by the wrapper, the
 #                    private one named xo-priv (vifname=), the guest agent started at boot:
@@ -125,11 +126,12 @@ s8_dom0() {
     umount /run/xo-save
     xo_guest_follow 60 "$_old"
     xo_emit 8 restored old_domid "$_old" domid "$GDOM" runner "$(xenstore-read "$GDATA/xo/ready" 2>/dev/null)"
-    # dom0's end of the new domain's public vif under the policy file (what each end publishes
-    # is recorded by the probe; the guest end is docs/xenlab.md's known bug).
-    xo_converged 8 restore 30 \
-        "/local/domain/0/backend/vif/$GDOM/0/xenoffload-csum-result=to-guest=none~from-guest=none" \
-        "/local/domain/0/backend/vif/$GDOM/0/xenoffload-csum-status=$(echo "$XO_ST_BACK_COMPUTE" | tr ' ' '~')"
+    # Both ends of the new domain's vifs: the public one under the policy file, the private
+    # one under the overrides, dom0's (keyed by the VM's UUID) and the guest's (carried by its
+    # agent to the new home).
+    xo_converged 8 restore 30 $(xo_vif_results "$GDOM" 0 none none "$XO_ST_BACK_COMPUTE" \
+        "$XO_ST_FRONT_COMPUTE") $(xo_vif_results "$GDOM" 1 none none "$XO_ST_BACK_COMPUTE" \
+        "$XO_ST_FRONT_COMPUTE")
     xo_probe_step 8 9 after-restore "vif$GDOM.0" "vif$GDOM.1"
     xo_xsdir_save /tmp/s8-policy-after /local/domain/0/xenoffload/policy
     xo_xsdir_save /tmp/s8-guest-policy-after "/local/domain/$GDOM/data/xenoffload/policy"
@@ -197,7 +199,7 @@ g_s8_before_shutdown() {
     xo_xsdir_save /tmp/s8-guest-policy "/local/domain/$DOMID/data/xenoffload/policy"
     g_probe_report 8 8a \
         "xsdir --scenario 8 --label guest-policy-restored --saved /tmp/s8-guest-policy /local/domain/$DOMID/data/xenoffload/policy" \
-        "logtime --scenario 8 --label guest-restored --file /run/xo-guest-agent.log domid= devid="
+        "logtime --scenario 8 --label guest-restored --file /run/xo-guest-agent.log domid= devid= 'this domain is now'"
 }
 
 g_s8_created() {

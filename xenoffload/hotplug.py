@@ -10,9 +10,10 @@ no netfront talks to it, so there is nothing to negotiate and the hook does noth
 
 Environment, as xl's scripts get it (Xen's vif-common.sh): ``XENBUS_PATH``
 (``backend/vif/<domid>/<devid>``, relative to the calling domain, or absolute), ``vif`` (the
-device netback created), ``type_if`` (``vif`` or ``tap``). The device is named, first match
-wins: ``--device-pattern``; the backend's ``vifname`` (xl ``vifname=``: the stock script has
-renamed the device to it before this hook runs); ``$vif``; ``vif<domid>.<devid>``.
+device netback created), ``type_if`` (``vif`` or ``tap``). The policy is the file's, then
+the run-time overrides (``xenoffload set``), as an agent's would be. The device is named,
+first match wins: ``--device-pattern``; the backend's ``vifname`` (xl ``vifname=``: the stock
+script has renamed the device to it before this hook runs); ``$vif``; ``vif<domid>.<devid>``.
 
 One writer per end (:mod:`xenoffload.agentlock`): a hook for a vif holds that vif's lock and
 its end's hotplug lock. When a backend agent acts for the domain, the hook leaves the vif to it
@@ -32,7 +33,16 @@ from xenoffload.devices import DevicePattern, backend_device
 from xenoffload.endpoint import Enforcer
 from xenoffload.machine import Mode
 from xenoffload.negotiation import LinkPolicy
-from xenoffload.policy import Policy, PolicyError, VifIdentity, load_policy, node_text
+from xenoffload.override_store import read_overrides
+from xenoffload.overrides import rules_from_overrides
+from xenoffload.policy import (
+    Policy,
+    PolicyError,
+    VifIdentity,
+    load_policy,
+    node_text,
+    vm_uuid,
+)
 from xenoffload.schema import Role
 from xenoffload.store.base import StoreUnavailable, XenStoreError
 from xenoffload.toggles.base import DeviceRef
@@ -98,7 +108,7 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
         log.error("hotplug: XENBUS_PATH %r is not a vif backend path", xenbus_path[:200])
         return HOTPLUG_EXIT["usage"]
     from xenoffload.endpoint import backend_endpoint
-    from xenoffload.paths import VifPaths, domain_path
+    from xenoffload.paths import VifPaths, domain_path, domain_vm_path
     from xenoffload.show import own_domid
     from xenoffload.store.pyxs_store import connect_store
 
@@ -137,8 +147,12 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
             bridge=node_text(store.try_read(f"{paths.backend_dir}/bridge")),
             mac=node_text(store.try_read(f"{paths.backend_dir}/mac")),
             vifname=node_text(store.try_read(f"{paths.backend_dir}/vifname"))
-            or _device_name(environ))
-        link_policy = policy.for_vif(identity)
+            or _device_name(environ),
+            uuid=vm_uuid(store.try_read(domain_vm_path(guest))))
+        overrides, problems = read_overrides(store, backend_domid, Role.BACKEND)
+        for problem in problems:
+            log.warning("hotplug: override refused: %s", problem)
+        link_policy = policy.with_rules(rules_from_overrides(overrides)).for_vif(identity)
         # Now: our keys into the backend directory (netback is in InitWait).
         backend_endpoint(store, backend_domid, guest, devid, link_policy).step()
     except (StoreUnavailable, XenStoreError) as error:

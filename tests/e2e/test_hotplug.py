@@ -101,3 +101,17 @@ def test_add_and_remove_are_the_emulated_nic_and_do_nothing(lab: Lab) -> None:
         assert done.returncode == 0
         assert "emulated NIC" in done.stderr
     assert lab.toolstack.try_read(f"{vif.backend_dir}/feature-csum-tx") is None
+
+
+def test_online_applies_the_run_time_overrides_as_an_agent_would(lab: Lab) -> None:
+    """`xenoffload set` is policy whoever negotiates: the hook alone (no agent) takes a vif's
+    override, keyed by its VM's UUID, over the file's default."""
+    vif = lab.add_guest(1, ["xenbr0"])[0]
+    store = lab.toolstack
+    uuid = store.read("/local/domain/1/vm").decode().removeprefix("/vm/")
+    store.write(f"/local/domain/0/xenoffload/policy/vif/{uuid}/0", b"to-guest=on")
+    store.write(f"{vif.backend_dir}/state", b"2")
+    done = hotplug(lab, "online", "backend/vif/1/0", wait=1.0)
+    assert done.returncode == 0, done.stderr
+    assert store.read(f"{vif.backend_dir}/feature-csum-tx") == b"1"  # to-guest allowed
+    assert store.read(f"{vif.backend_dir}/feature-csum-rx") == b"0"  # the default: computed

@@ -96,3 +96,33 @@ def test_lost_registration_events_delay_attach_and_skip_nothing_later(
     while drain(store, world.backend.handle):
         pass
     assert rescans(sent) == 2
+
+
+def identity_reads(sent: list[Request]) -> int:
+    """How many reads of a backend's ``vifname`` (part of every end's identity) were sent."""
+    return sum(1 for request in sent
+               if request.op == Op.READ and request.payload.endswith(b"/vifname\0"))
+
+
+def test_an_override_rereads_what_vifs_are_only_when_it_matches_on_something_new() -> None:
+    """A bridge override matches on what every end's identity already holds: no vif is read
+    again. The first override keyed by a VM's UUID needs each vif's ``vm`` node: one reread."""
+    from xenoffload.override_store import write_override
+    from xenoffload.overrides import OverrideSetting, bridge_key, vif_key
+    from xenoffload.policy import DirectionSetting, vm_uuid
+    from xenoffload.schema import Role
+
+    world = world_with_vifs()
+    world.start()
+    world.settle()
+    sent = counted(world.dom0)
+    allow = OverrideSetting(DirectionSetting(True, True))
+    write_override(world.dom0, 0, Role.BACKEND, bridge_key("xenbr1"), allow)
+    world.settle()
+    assert identity_reads(sent) == 0
+    uuid = vm_uuid(world.dom0.read("/local/domain/2/vm"))
+    write_override(world.dom0, 0, Role.BACKEND, vif_key(uuid, 2, 0), allow)
+    world.settle()
+    assert identity_reads(sent) == 6  # each of the 6 vifs once
+    assert world.backend.identities[(2, 0)].uuid == uuid
+    assert world.backend.endpoints[(2, 0)].machine.policy.to_guest.ipv4

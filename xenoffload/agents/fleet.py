@@ -483,9 +483,15 @@ class Fleet:
     def _policy_marks(self, marks: _Marks, keys: Iterable[VifKey] | None = None) -> _Marks:
         """Mark for re-deciding every vif (of ``keys``) whose resolved policy changed."""
         effective = self.effective_policy()
-        if not effective.selectors() <= self._selectors:
-            self._selectors |= effective.selectors()
-            if self.store is not None:
+        wanted = self._selectors | effective.selectors()
+        if wanted != self._selectors:
+            # Read again only when the new match fields need nodes not read yet (a bridge
+            # override needs nothing new; the first override keyed by a VM's UUID does).
+            sample = (0, 0)
+            needed = set(self.router.identity_paths(sample, wanted)) - \
+                set(self.router.identity_paths(sample, self._selectors))
+            self._selectors = wanted
+            if needed and self.store is not None:
                 self._reread_identities(list(self.identities))
         for key in (self.endpoints if keys is None else keys):
             endpoint = self.endpoints.get(key)

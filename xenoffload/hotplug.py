@@ -44,6 +44,7 @@ from xenoffload.policy import (
     vm_uuid,
 )
 from xenoffload.schema import Role
+from xenoffload.stdio import detach_stdio
 from xenoffload.store.base import StoreUnavailable, XenStoreError
 from xenoffload.toggles.base import DeviceRef
 
@@ -67,17 +68,6 @@ def parse_xenbus_path(value: str, own_domid: int = 0) -> tuple[int, int, int] | 
         return None
     backend = int(match.group(1)) if match.group(1) else own_domid
     return backend, int(match.group(2)), int(match.group(3))
-
-
-def _detach(log_path: str | None) -> None:
-    """Give up the caller's stdin/stdout/stderr (a hotplug runner waits for them to close):
-    read nothing, log to ``log_path`` (appended) or nowhere."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    target = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640) \
-        if log_path else devnull
-    os.dup2(devnull, 0)
-    os.dup2(target, 1)
-    os.dup2(target, 2)
 
 
 def _device_name(environ: Mapping[str, str]) -> str | None:
@@ -185,7 +175,7 @@ def _finish_in_background(locks: list[HeldLock], identity: VifIdentity, backend_
     locks[0].record(Holder.me(f"{what} (background)"))
     os.write(ready_write, b"1")
     os.close(ready_write)
-    _detach(log_path)
+    detach_stdio(log_path)  # a hotplug runner waits until the script's streams close
     code = _negotiate(identity, backend_domid, link_policy, toggles_kind, tc, xenstore, wait,
                       device_pattern, netns)
     os._exit(code)

@@ -223,11 +223,32 @@ class NoLegacyWrite(StoreMutant):
 
 
 @attrs.define
-class ResurrectsRemoved:
+class LogicWrapper:
+    """An agent's logic passed through; mutants override what they break."""
+
+    inner: PolicyLogic
+
+    def attach(self, store: Store) -> None:
+        self.inner.attach(store)
+
+    def handle(self, events: Sequence[WatchEvent]) -> None:
+        self.inner.handle(events)
+
+    def tick(self) -> None:
+        self.inner.tick()
+
+    def next_due(self) -> float | None:
+        return self.inner.next_due()
+
+    def set_policy(self, policy: Policy) -> None:
+        self.inner.set_policy(policy)
+
+
+@attrs.define
+class ResurrectsRemoved(LogicWrapper):
     """R14: believes its vif directories still exist after removal: once a device it served is
     gone, it writes the keys it last announced there again, without checking."""
 
-    inner: PolicyLogic
     announced: dict[str, dict[str, bytes]] = attrs.field(factory=dict)
     store: Store | None = None
 
@@ -248,15 +269,6 @@ class ResurrectsRemoved:
             for name, value in self.announced.pop(directory).items():
                 if name.startswith("feature-csum-"):
                     self.store.write(f"{directory}/{name}", value)
-
-    def tick(self) -> None:
-        self.inner.tick()
-
-    def next_due(self) -> float | None:
-        return self.inner.next_due()
-
-    def set_policy(self, policy: Policy) -> None:
-        self.inner.set_policy(policy)
 
 
 class RefreshesState(StoreMutant):
@@ -328,28 +340,6 @@ class FixedResult:
 
 
 EVERYTHING = LinkResult(FamilyFlags.both(True), FamilyFlags.both(True))
-
-
-@attrs.define
-class LogicWrapper:
-    """An agent's logic passed through; mutants override what they break."""
-
-    inner: PolicyLogic
-
-    def attach(self, store: Store) -> None:
-        self.inner.attach(store)
-
-    def handle(self, events: Sequence[WatchEvent]) -> None:
-        self.inner.handle(events)
-
-    def tick(self) -> None:
-        self.inner.tick()
-
-    def next_due(self) -> float | None:
-        return self.inner.next_due()
-
-    def set_policy(self, policy: Policy) -> None:
-        self.inner.set_policy(policy)
 
 
 @attrs.define

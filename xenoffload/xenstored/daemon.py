@@ -21,6 +21,7 @@ from collections.abc import Callable
 import attrs
 
 from xenoffload import sdnotify
+from xenoffload.stdio import detach_stdio
 from xenoffload.xenstored.server import DEFAULT_SOCKET, ServerLimits, XenstoredServer
 from xenoffload.xs.model import Quotas, XenStoreModel
 
@@ -63,7 +64,7 @@ def _fork_and_wait(options: DaemonOptions) -> int:
     if pid == 0:  # the daemon
         os.close(read_end)
         os.setsid()
-        _detach_stdio(options.log_file)
+        detach_stdio(options.log_file)
 
         def ready() -> None:
             os.write(write_end, b"R")
@@ -82,19 +83,6 @@ def _fork_and_wait(options: DaemonOptions) -> int:
     _, status = os.waitpid(pid, 0)
     log.error("xenstored did not start (exit status %d)", os.waitstatus_to_exitcode(status))
     return EXIT_CANNOT_SERVE
-
-
-def _detach_stdio(log_file: str | None) -> None:
-    """Point stdin at /dev/null and stdout/stderr at ``log_file`` (or /dev/null), so that the
-    daemon holds no terminal and no caller's pipe open."""
-    null = os.open(os.devnull, os.O_RDWR)
-    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640) \
-        if log_file else null
-    os.dup2(null, 0)
-    os.dup2(target, 1)
-    os.dup2(target, 2)
-    for fd in {null, target}:
-        os.close(fd)
 
 
 def _serve(options: DaemonOptions, on_ready: Callable[[], None] | None) -> int:

@@ -36,7 +36,7 @@ from xenoffload.names import (
 )
 from xenoffload.policy import Policy, PolicyError, builtin_policy, load_policy
 from xenoffload.schema import Role
-from xenoffload.store.base import Store, StoreUnavailable, XenStoreError
+from xenoffload.store.base import Store, StoreUnavailable, XenStoreError, read_own_domid
 from xenoffload.store.location import daemon_socket_path, default_xenstore_path
 
 if TYPE_CHECKING:  # the agents are imported only by the commands that run them
@@ -392,7 +392,6 @@ def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
     XenStore to come up, as the backend agent does; ``--once`` does not. Returns None when
     stopped first; raises CliError when XenStore is unreachable (``--once``) or the domid
     cannot be read."""
-    from xenoffload.show import own_domid
 
     delay = 0.05
     while True:
@@ -407,7 +406,7 @@ def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
                 return None
             delay = min(delay * 2, 5.0)
     try:
-        domid = own_domid(store)
+        domid = read_own_domid(store)
         if domid is None:
             try:
                 store.read("domid")
@@ -497,9 +496,9 @@ def _selected_reports(store: Store, args: argparse.Namespace) -> tuple[list[VifR
     a guest, its own vifs seen from its side."""
     from xenoffload.names import resolve_domain, resolve_vif
     from xenoffload.paths import VifPaths
-    from xenoffload.show import collect, list_own_frontends, list_vifs, own_domid
+    from xenoffload.show import collect, list_own_frontends, list_vifs
 
-    own = own_domid(store)
+    own = read_own_domid(store)
     backend_domid = args.backend_domid if args.backend_domid is not None else (own or 0)
     spec: VifSpec | None = args.vif
     guest = devid = None
@@ -568,9 +567,8 @@ def _with_kernel(reports: list[VifReport], args: argparse.Namespace,
 
 
 def _own_domid_or_fail(store: Store, path: str) -> int:
-    from xenoffload.show import own_domid
 
-    domid = own_domid(store)
+    domid = read_own_domid(store)
     if domid is None:
         raise CliError(EXIT_USAGE, f"cannot read this guest's domid from XenStore at {path}; "
                                    "--local works inside a Xen guest")
@@ -585,23 +583,17 @@ def _vif_override_keys(store: Store, spec: VifSpec, backend_domid: int
     names a VM's vif whether or not the VM runs."""
     from xenoffload.names import resolve_domain, resolve_vif
     from xenoffload.overrides import vif_key
-    from xenoffload.paths import domain_vm_path
+    from xenoffload.paths import domain_vm_path, vm_dir
     from xenoffload.policy import parse_uuid, vm_uuid
 
     uuid = parse_uuid(spec.name)
-    if uuid is not None and spec.devid is not None and not _uuid_runs(store, uuid):
+    if uuid is not None and spec.devid is not None and store.try_read(vm_dir(uuid)) is None:
+        # No domain of that VM runs (its /vm/<uuid> is gone): name its vif by the UUID.
         return vif_key(uuid, 0, spec.devid), (), f"vif {spec.devid} of VM {uuid}"
     guest = resolve_domain(store, spec)
     devid = resolve_vif(store, spec, guest, backend_domid)
     uuid = vm_uuid(store.try_read(domain_vm_path(guest)))
     return vif_key(uuid, guest, devid), (vif_key(None, guest, devid),), f"vif {guest}/{devid}"
-
-
-def _uuid_runs(store: Store, uuid: str) -> bool:
-    """Whether a domain of VM ``uuid`` runs (its ``/vm/<uuid>`` exists)."""
-    from xenoffload.paths import vm_dir
-
-    return store.try_read(vm_dir(uuid)) is not None
 
 
 def cmd_set(args: argparse.Namespace) -> int:

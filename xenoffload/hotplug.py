@@ -45,7 +45,7 @@ from xenoffload.policy import (
 )
 from xenoffload.schema import Role
 from xenoffload.stdio import detach_stdio
-from xenoffload.store.base import StoreUnavailable, XenStoreError
+from xenoffload.store.base import StoreUnavailable, XenStoreError, read_own_domid
 from xenoffload.toggles.base import DeviceRef
 
 __all__ = ["run_hotplug", "parse_xenbus_path", "HOTPLUG_EXIT"]
@@ -99,7 +99,6 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
         return HOTPLUG_EXIT["usage"]
     from xenoffload.endpoint import backend_endpoint
     from xenoffload.paths import VifPaths, domain_path, domain_vm_path
-    from xenoffload.show import own_domid
     from xenoffload.store.pyxs_store import connect_store
 
     try:
@@ -108,7 +107,7 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
         log.error("hotplug: XenStore unavailable at %s: %s", xenstore, error)
         return HOTPLUG_EXIT["xenstore"]
     try:
-        parsed = parse_xenbus_path(xenbus_path, own_domid(store) or 0)
+        parsed = parse_xenbus_path(xenbus_path, read_own_domid(store) or 0)
         assert parsed is not None
         backend_domid, guest, devid = parsed
         end = EndKey.of(Role.BACKEND, backend_domid, xenstore)

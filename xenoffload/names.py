@@ -15,7 +15,7 @@ import attrs
 
 from xenoffload.paths import backend_vif_root, domain_path, domain_vm_path
 from xenoffload.policy import node_text, parse_uuid, vm_uuid
-from xenoffload.store.base import Store, XenStoreError
+from xenoffload.store.base import Store, XenStoreError, read_own_domid
 
 __all__ = ["DOMID_LIMIT", "VifSpec", "NotFound", "parse_domid", "parse_vif_spec",
            "parse_bridge_pattern", "resolve_domain", "resolve_vif"]
@@ -116,8 +116,8 @@ def resolve_domain(store: Store, spec: VifSpec) -> int:
         domids = []
     if not domids:
         # A guest may not list /local/domain: it can still name itself.
-        own = _read_text(store, "domid")
-        domids = [own] if own is not None and own.isdigit() else []
+        own = read_own_domid(store)
+        domids = [str(own)] if own is not None else []
     found = [int(d) for d in domids
              if _read_text(store, f"{domain_path(int(d))}/name") == spec.name]
     uuid = parse_uuid(spec.name)

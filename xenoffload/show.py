@@ -39,14 +39,13 @@ from xenoffload.store.base import (
     Store,
     Transaction,
     XenStoreError,
-    read_own_domid,
     run_transaction,
 )
 from xenoffload.toggles.base import FeatureState
 from xenoffload.xenbus import XenbusState, parse_state
 
 __all__ = ["VifReport", "EndReport", "KernelView", "AgentView", "collect", "render_table",
-           "render_json", "list_vifs", "own_domid", "list_own_frontends", "vif_json",
+           "render_json", "list_vifs", "list_own_frontends", "vif_json",
            "json_schema", "ethtool_text", "SCHEMA_RESOURCE"]
 
 #: The JSON Schema of every ``--json`` output, shipped in the package.
@@ -157,12 +156,6 @@ def list_vifs(store: Store, backend_domid: int, guest: int | None = None) -> lis
             continue
         found.extend(VifPaths(backend_domid, domid, devid) for devid in devids)
     return found
-
-
-def own_domid(store: Store) -> int | None:
-    """Return the domid of the domain this connection belongs to, or None
-    (:func:`xenoffload.store.base.read_own_domid`)."""
-    return read_own_domid(store)
 
 
 def list_own_frontends(store: Store, guest_domid: int) -> list[VifPaths]:

@@ -6,7 +6,12 @@ machine needs them, the own keys and the peer's feature keys), let the
 :class:`~xenoffload.machine.VifMachine` decide, bring the kernel device in line with the
 result (:class:`Enforcer`), write the own keys, the status and result it announces and (full
 mode) the new ``state`` in the same transaction, commit, and only then tell the machine that it
-happened. A conflicting commit (EAGAIN) changes nothing; the end is stepped again.
+happened. The device is changed before the commit, so that the status written says what the
+device does and an end that stops accepting blank checksums protects itself before its peer
+can read the refusal (make before break). A conflicting commit (EAGAIN) changes nothing in the
+store, but the device may have changed: the machine is told that its device is unknown
+(:meth:`~xenoffload.machine.VifMachine.device_unknown`), and the step again, from a fresh
+snapshot, enforces whatever it decides.
 
 :func:`run_steps` does this for any number of ends at once: every end gets its own
 transaction, and each phase (start, reads, writes, end) of all of them is sent before the
@@ -332,18 +337,32 @@ def _round(store: Store, batch: Sequence[_Work]) -> list[tuple[_Work, bool]]:
         if writes:
             store.write_batch([WriteGroup(item.txn, None, _values(item)) for item in writes])
     except BaseException:
+        _device_unknown(batch)
         _abort_quietly(store, batch)
         raise
-    commits = store.end_transactions([(_txn(item), item.writing) for item in batch])
+    try:
+        commits = store.end_transactions([(_txn(item), item.writing) for item in batch])
+    except BaseException:
+        _device_unknown(batch)  # committed or not, nobody can tell: enforce again
+        raise
     again: list[tuple[_Work, bool]] = []
     for item, committed in zip(batch, commits, strict=True):
         if item.step is None or (item.writing and not committed):
+            _device_unknown([item])
             again.append((item, item.step is not None))
             continue
         item.endpoint.committed(item.step, item.written, item.enforcement)
         if item.step.again or item.again:
             again.append((item, False))
     return again
+
+
+def _device_unknown(batch: Iterable[_Work]) -> None:
+    """The ends of ``batch`` that enforced a result in a step that did not commit: their
+    devices may now carry a decision the store never saw; the next step enforces again."""
+    for item in batch:
+        if item.enforcement is not None:
+            item.endpoint.machine.device_unknown()
 
 
 def _read_states(store: Store, batch: Sequence[_Work]) -> None:

@@ -345,7 +345,7 @@ class VifMachine:
     every piece of protocol state of the end: the own and peer states last seen, what its
     tracked own keys hold (None: unknown, the next snapshot reads them), the peer's last
     advertisement, and the result last applied. Only :meth:`committed`, :meth:`set_policy`,
-    :meth:`lost_track` and :meth:`enforcement_failed` change it.
+    :meth:`lost_track` and :meth:`device_unknown` change it.
     """
 
     role: Role
@@ -392,9 +392,12 @@ class VifMachine:
         write, the directory removed and re-created, a new connection): read it again."""
         self.own_keys = None
 
-    def enforcement_failed(self) -> None:
-        """The device could not be brought in line with the result: apply it again on the
-        next step."""
+    def device_unknown(self) -> None:
+        """The kernel device may carry something else than the result the machine believes
+        applied: a step changed it and then did not commit (a conflict, a lost connection, a
+        store error), or it could not be brought in line. The next step that decides a
+        result enforces it again, whatever it is (device effects are level-triggered, like
+        keys: docs/protocol.md, R15 (c))."""
         self.applied = None
 
     def committed(self, step: Step, written: Mapping[str, bytes], applied: bool) -> None:

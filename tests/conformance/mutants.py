@@ -359,7 +359,7 @@ class Reapplies(LogicWrapper):
 
     def handle(self, events: Sequence[WatchEvent]) -> None:
         for endpoint in getattr(self.inner, "endpoints", {}).values():
-            endpoint.machine.enforcement_failed()
+            endpoint.machine.device_unknown()
             endpoint.machine.lost_track()
         self.inner.handle(events)
         for endpoint in getattr(self.inner, "endpoints", {}).values():

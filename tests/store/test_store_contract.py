@@ -570,6 +570,23 @@ def test_end_transactions_reports_conflicts_and_aborts_per_transaction(
         b"1", None, None]
 
 
+def test_a_node_only_read_in_a_transaction_makes_its_commit_conflict(backend: Backend) -> None:
+    """C xenstored checks at commit every node the transaction read, also where it wrote
+    nothing near it (no parent directory changed to stand in for the check)."""
+    dom0, other = backend.connect(), backend.connect()
+    dom0.write_many([("/test/vif/state", b"4"), ("/test/elsewhere", b"0")])
+    txn, = dom0.start_transactions(1)
+    assert dom0.read_batch([(txn, "/test/vif/state")]) == [b"4"]
+    txn.write("/test/elsewhere", b"1")
+    other.write("/test/vif/state", b"4")
+    assert dom0.end_transactions([(txn, True)]) == [False]
+    assert dom0.read("/test/elsewhere") == b"0"
+    read_only, = dom0.start_transactions(1)
+    assert dom0.read_batch([(read_only, "/test/vif/state")]) == [b"4"]
+    other.rm("/test/vif")
+    assert dom0.end_transactions([(read_only, True)]) == [False]
+
+
 def test_end_transactions_raises_other_errors_after_ending_the_rest(backend: Backend) -> None:
     dom0 = backend.connect()
     first, second = dom0.start_transactions(2)

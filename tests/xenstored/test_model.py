@@ -232,6 +232,44 @@ def test_reading_a_missing_node_conflicts_with_its_creation(model: XenStoreModel
     assert model.node("/other") is None
 
 
+def test_a_node_only_read_conflicts_with_its_change(model: XenStoreModel,
+                                                  dom0: Connection) -> None:
+    """As C xenstored (every node a transaction read is checked at commit, whether or not
+    the transaction wrote anything near it): here the transaction writes only an existing
+    node elsewhere, so no parent directory changes to hide a missing read check."""
+    model.write(dom0, "/vif/state", b"4")
+    model.write(dom0, "/elsewhere/key", b"0")
+    tx_id = model.transaction_start(dom0)
+    assert model.read(dom0, "/vif/state", tx_id) == b"4"
+    model.write(dom0, "/elsewhere/key", b"1", tx_id)
+    model.write(dom0, "/vif/state", b"4")  # the same value: the generation still moves
+    assert errno(model.transaction_end, dom0, tx_id, True) == "EAGAIN"
+    assert model.read(dom0, "/elsewhere/key") == b"0"
+
+
+def test_a_read_only_transaction_conflicts_with_a_change_of_what_it_read(
+        model: XenStoreModel, dom0: Connection) -> None:
+    model.write(dom0, "/vif/state", b"4")
+    tx_id = model.transaction_start(dom0)
+    assert model.read(dom0, "/vif/state", tx_id) == b"4"
+    model.write(dom0, "/vif/state", b"5")
+    assert errno(model.transaction_end, dom0, tx_id, True) == "EAGAIN"
+
+
+def test_a_read_node_removed_with_its_directory_conflicts(model: XenStoreModel,
+                                                          dom0: Connection) -> None:
+    """R14's guard: a step reads its own ``state``, the toolstack removes the device, the
+    step's write of an existing node elsewhere must not commit."""
+    model.write(dom0, "/backend/vif/1/0/state", b"4")
+    model.write(dom0, "/elsewhere/key", b"0")
+    tx_id = model.transaction_start(dom0)
+    assert model.read(dom0, "/backend/vif/1/0/state", tx_id) == b"4"
+    model.write(dom0, "/elsewhere/key", b"1", tx_id)
+    model.rm(dom0, "/backend/vif/1")
+    assert errno(model.transaction_end, dom0, tx_id, True) == "EAGAIN"
+    assert model.read(dom0, "/elsewhere/key") == b"0"
+
+
 def test_disjoint_transactions_both_commit(model: XenStoreModel, dom0: Connection) -> None:
     model.write(dom0, "/x/a", b"")
     model.write(dom0, "/x/b", b"")

@@ -48,6 +48,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from xenoffload import cli
 from xenoffload.agentlock import EndKey, HeldLock, acquire_agent
+from xenoffload.agents import fleet
 from xenoffload.agents.backend import BackendAgent
 from xenoffload.agents.fleet import Fairness, Fleet
 from xenoffload.agents.guest import GuestAgent
@@ -176,6 +177,25 @@ def guest_device(vif: tuple[int, int]) -> DeviceRef:
     return DeviceRef(f"eth{vif[1]}", f"dom{vif[0]}")
 
 
+class Racing:
+    """An agent's connection that runs a hook (once) just before it next sends the ends of
+    its transactions: another actor acts between this agent's reads (and its device change)
+    and its commit."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.hook: Callable[[], None] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def end_transactions(self, ends: Any) -> list[bool]:
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return self.inner.end_transactions(ends)  # type: ignore[no-any-return]
+
+
 class System:
     """The embedded xenstored, the toolstack's connection, the agents and the devices."""
 
@@ -190,6 +210,8 @@ class System:
         self.devices: RecordingToggles = self.enforcers.toggles
         self.toolstack: Store = connect_store(self.xenstored.socket_path, timeout=5.0)
         self.runners: dict[str, Runner] = {}
+        #: Each agent's current connection (a new one after every reconnect).
+        self.racing: dict[str, Racing] = {}
         #: Each agent holds its end's agent lock, as ``xenoffload backend-agent`` does.
         self.locks: dict[str, list[HeldLock]] = {}
 
@@ -200,7 +222,7 @@ class System:
             EndKey.of(Role.BACKEND, 0, self.xenstored.socket_path), "convergence test")
         agent = BackendAgent(policy, 0, Mode.FULL, self._backend_enforcer,
                              clock=self.clock, fairness=Fairness())
-        self.runners["backend"] = self._runner(agent, self.xenstored.socket_path)
+        self.runners["backend"] = self._runner("backend", agent, self.xenstored.socket_path)
 
     def start_guest(self, domid: int, policy: Policy) -> None:
         socket = self.xenstored.domain_sockets[domid]
@@ -208,7 +230,7 @@ class System:
             EndKey.of(Role.FRONTEND, domid, socket), "convergence test")
         agent = GuestAgent(policy, domid, Mode.FULL, self._guest_enforcer, clock=self.clock)
         self.runners[f"guest{domid}"] = self._runner(
-            agent, self.xenstored.domain_sockets[domid])
+            f"guest{domid}", agent, self.xenstored.domain_sockets[domid])
 
     def _backend_enforcer(self, vif: VifIdentity) -> Enforcer:
         return self.enforcers.for_device(backend_device((vif.domid, vif.devid)))
@@ -216,9 +238,22 @@ class System:
     def _guest_enforcer(self, vif: VifIdentity) -> Enforcer:
         return self.enforcers.for_device(guest_device((vif.domid, vif.devid)))
 
-    def _runner(self, agent: Fleet, socket: str) -> Runner:
-        return Runner(lambda: connect_store(socket, timeout=5.0), agent, clock=self.clock,
-                      backoff_initial=0.0, backoff_max=0.0)
+    def _runner(self, name: str, agent: Fleet, socket: str) -> Runner:
+        def connect() -> Store:
+            racing = self.racing[name] = Racing(connect_store(socket, timeout=5.0))
+            return racing  # type: ignore[return-value]
+
+        return Runner(connect, agent, clock=self.clock, backoff_initial=0.0, backoff_max=0.0)
+
+    def run_agent(self, name: str) -> None:
+        """Let one agent handle what has reached it, the others waiting."""
+        runner = self.runners[name]
+        if runner.store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                runner.store.read_batch([(None, "/local/domain")])
+        for _ in range(QUIESCENCE_ROUNDS):
+            if not runner.turn(0.0):
+                return
 
     def agent(self, name: str) -> Fleet:
         logic = self.runners[name].logic
@@ -305,6 +340,8 @@ class Convergence(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory(prefix="xo-conv-")
+        #: Pipeline chunks of two vifs: a batch of every vif spans several chunks.
+        self._chunk, fleet.CHUNK = fleet.CHUNK, 2
         self.system = System(Path(self.tmp.name))
         self.model = Model()
         store = self.system.toolstack
@@ -322,6 +359,7 @@ class Convergence(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.system.close()
         self.tmp.cleanup()
+        fleet.CHUNK = self._chunk
 
     def _backend_policy(self) -> Policy:
         return parse_policy(BACKEND_FILES[self.model.backend_file].document)
@@ -398,6 +436,77 @@ class Convergence(RuleBasedStateMachine):
         tx, rx = setting
         return [*(["--tx", *on_off(tx)] if tx is not None else []),
                 *(["--rx", *on_off(rx)] if rx is not None else [])]
+
+    # -- races
+
+    @rule(vif=vifs_st, at_guest=st.booleans(), setting=settings_st,
+          victim_commit=st.integers(0, 2))
+    def a_flip_and_its_undo_race_the_other_ends_step(
+            self, vif: tuple[int, int], at_guest: bool, setting: Setting,
+            victim_commit: int) -> None:
+        """An operator sets an override at one end and clears it at once (a script, or a
+        mistake corrected); the clear reaches XenStore while the other end's step, which
+        saw the override's effect, waits to commit (before that end's first, second or third
+        commit from then on)."""
+        if vif not in self.model.vifs:
+            return
+        guest, devid = vif
+        if at_guest:
+            flipper, other = f"guest{guest}", "backend"
+            target, where, table = ["--local", str(devid)], guest, self.model.local
+            key: Any = vif
+        else:
+            flipper, other = "backend", f"guest{guest}"
+            target, where, table = [f"{guest}/{devid}"], None, self.model.overrides
+            key = ("vif", *vif)
+        self.system.command("set", *target, *self._flags(setting), guest=where)
+        self.system.run_agent(flipper)
+
+        def undo() -> None:
+            self.system.command("set", *target, "--clear", guest=where)
+            self.system.run_agent(flipper)
+
+        hooks = [None] * victim_commit + [undo]
+
+        def next_commit() -> None:
+            hook = hooks.pop(0)
+            if hooks:
+                self.system.racing[other].hook = next_commit
+            if hook is not None:
+                hook()
+
+        self.system.racing[other].hook = next_commit
+        self.system.run_agent(other)
+        if hooks:  # the other end committed less often than that: clear now
+            self.system.racing[other].hook = None
+            undo()
+        table.pop(key, None)
+        self.system.quiesce()
+
+    @rule(vif=vifs_st, name=st.sampled_from(sorted(BACKEND_FILES)))
+    def policy_change_handled_before_a_removal_is_seen(self, vif: tuple[int, int],
+                                                       name: str) -> None:
+        """The toolstack removes a vif; dom0's policy changes (SIGHUP) before the backend
+        agent reads the removal's events. Nothing may write into the removed directory."""
+        if vif in self.model.vifs:
+            destroy_vif(self.system.toolstack, VifPaths(0, *vif))
+            del self.model.vifs[vif]
+        self.model.backend_file = name
+        self.system.agent("backend").set_policy(self._backend_policy())
+        self.system.quiesce()
+        if vif not in self.model.vifs:
+            paths = VifPaths(0, *vif)
+            assert self.system.toolstack.try_read(paths.backend_dir) is None, "re-created"
+            assert self.system.toolstack.try_read(paths.frontend_dir) is None, "re-created"
+
+    @rule(count=st.integers(1, 9), name=st.sampled_from(sorted(BACKEND_FILES)))
+    def commits_conflict_under_a_policy_change(self, count: int, name: str) -> None:
+        """The next commits (of any connection) fail with EAGAIN, as C xenstored answers a
+        transaction that raced another, while dom0's policy changes."""
+        self.system.xenstored.fail_next_commits(count)
+        self.model.backend_file = name
+        self.system.agent("backend").set_policy(self._backend_policy())
+        self.system.quiesce()
 
     # -- the toolstack
 

@@ -677,8 +677,8 @@ def daemons(report: Report) -> Report:
 
 
 #: Scenario 7's steps: whether vif 0 (public) lets blank checksums cross (both directions).
-S7_STEPS = {"start": False, "set-allow": True, "set-clear": False, "hup-allow": True,
-            "hup-revoke": False, "reconnect": False}
+S7_STEPS = {"start": False, "set-allow": True, "set-clear": False, "rapid-flip": False,
+            "hup-allow": True, "hup-revoke": False, "reconnect": False}
 
 
 def probe(report: Report, scenario: str, label: str, flow: str, proto: str) -> dict[str, Any]:

@@ -8,6 +8,9 @@
 #                 nothing and exits 5;
 #   1 set-allow   `set DOMID/0 --tx on --rx on`: blank checksums allowed both ways on vif 0;
 #   2 set-clear   `set DOMID/0 --clear`: revoked;
+#  11 rapid-flip  the override written and removed 50 ms apart, twice: revoked at both ends'
+#                 devices (issue 19: a step whose commit conflicted must not leave the device
+#                 allowing);
 #   3 hup-allow   the policy file allows the public bridge too, SIGHUP;
 #   4 hup-revoke  the file changed back, SIGHUP: revoked;
 #   5 reconnect   the guest unbinds and binds netfront (scenario 5's frontend reconnect).
@@ -70,6 +73,22 @@ s7_dom0() {
         "$XO_ST_FRONT_COMPUTE")
     s7_stream_end 6990
     xo_probe_step 7 2 set-clear "vif$GDOM.0" "vif$GDOM.1"
+
+    # Rapid flip (issue 19): the override written and removed 50 ms apart, as a script
+    # running `set --tx on --rx on` then `set --clear` does (xenstore-write/-rm: the CLI alone
+    # takes seconds to start under TCG). The guest's step that applies the allowance may be
+    # the one whose commit the removal makes conflict; both devices must end revoked.
+    _node="/local/domain/0/xenoffload/policy/vif/${_vm#/vm/}/0"
+    xenstore-write "$_node" "to-guest-ipv4=on to-guest-ipv6=on from-guest-ipv4=on from-guest-ipv6=on"
+    sleep 0.05
+    xenstore-rm "$_node"
+    xenstore-write "$_node" "to-guest-ipv4=on to-guest-ipv6=on from-guest-ipv4=on from-guest-ipv6=on"
+    sleep 0.05
+    xenstore-rm "$_node"
+    sleep 3  # what a late step would do has happened before the probe
+    xo_converged 7 rapid-flip 30 $(xo_vif_results "$GDOM" 0 none none "$XO_ST_BACK_COMPUTE" \
+        "$XO_ST_FRONT_COMPUTE")
+    xo_probe_step 7 11 rapid-flip "vif$GDOM.0" "vif$GDOM.1"
 
     cat "$XO_CONF/dom0.toml" "$XO_CONF/allow-public.toml" >/etc/xenoffload/policy.toml
     kill -HUP "$(cat /run/xo/backend.pid)"

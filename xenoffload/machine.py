@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import attrs
 
@@ -56,6 +57,8 @@ __all__ = [
     "IllegalTransition",
     "LEGAL_TRANSITIONS",
     "TRANSITIONS",
+    "Transitions",
+    "freeze_transitions",
     "TRACKED_KEYS",
     "VifMachine",
     "advertise_window",
@@ -67,6 +70,18 @@ __all__ = [
 ]
 
 S = XenbusState
+
+#: A full-mode transition table: role -> own state -> peer state -> next own state.
+Transitions = Mapping[Role, Mapping[XenbusState, Mapping[XenbusState, XenbusState]]]
+
+
+def freeze_transitions(table: Transitions) -> Transitions:
+    """Return ``table`` as read-only mappings (the tables cannot be changed at run time; a
+    test that needs other tables builds them with this and puts them in place)."""
+    return MappingProxyType({role: MappingProxyType({own: MappingProxyType(dict(row))
+                                                     for own, row in rows.items()})
+                             for role, rows in table.items()})
+
 
 
 class Mode(enum.Enum):
@@ -81,7 +96,7 @@ class Mode(enum.Enum):
 # peer (an illegal peer transition is reported, never trusted) and the kernel driver in
 # companion mode, and to check the machine's own moves. A node vanishing (→ UNKNOWN) and a
 # device being created (UNKNOWN → INITIALISING) are always legal.
-LEGAL_TRANSITIONS: Mapping[Role, frozenset[tuple[XenbusState, XenbusState]]] = {
+LEGAL_TRANSITIONS: Mapping[Role, frozenset[tuple[XenbusState, XenbusState]]] = MappingProxyType({
     Role.BACKEND: frozenset({
         (S.INITIALISING, S.INIT_WAIT),
         (S.INITIALISING, S.CLOSING),
@@ -117,14 +132,14 @@ LEGAL_TRANSITIONS: Mapping[Role, frozenset[tuple[XenbusState, XenbusState]]] = {
         (S.CLOSING, S.CLOSED),
         (S.CLOSED, S.INITIALISING),
     }),
-}
+})
 
 # --------------------------------------------------------------------------------------------
 # Table 2: full mode. own state -> peer state -> next own state. A pair not listed means "stay".
 # One observation makes one move; the driver observes again after it committed, so a walk of
 # several moves (Connected, peer restarted -> Closing -> Closed -> InitWait) writes each state
 # in its own transaction, and every move is legal (tests check the table against Table 1).
-TRANSITIONS: Mapping[Role, Mapping[XenbusState, Mapping[XenbusState, XenbusState]]] = {
+TRANSITIONS: Transitions = freeze_transitions({
     Role.BACKEND: {
         # A new backend writes its features and waits for the frontend, whatever it is doing.
         S.INITIALISING: {peer: S.INIT_WAIT for peer in XenbusState},
@@ -171,7 +186,7 @@ TRANSITIONS: Mapping[Role, Mapping[XenbusState, Mapping[XenbusState, XenbusState
             S.INIT_WAIT: S.INITIALISING,  # backend waits again: renegotiate from scratch
         },
     },
-}
+})
 
 
 def next_state(role: Role, own: XenbusState, peer: XenbusState) -> XenbusState:
@@ -279,7 +294,7 @@ class Violation:
         return f"{self.kind.value}: {self.detail}"
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Step:
     """What one observation asks the driver to do, and what the machine adopts once the
     driver reports that it was done (:meth:`VifMachine.committed`).
@@ -348,20 +363,62 @@ class VifMachine:
     :meth:`lost_track` and :meth:`device_unknown` change it.
     """
 
-    role: Role
-    mode: Mode
-    policy: LinkPolicy
-    capability: Advertisement = Advertisement(FamilyFlags.both(True), FamilyFlags.both(True))
-    own_state: XenbusState = S.UNKNOWN
-    peer_state: XenbusState = S.UNKNOWN
-    own_keys: Mapping[str, bytes | None] | None = None
-    peer: ParsedAdvertisement | None = None
-    #: The result enforced and announced, or None (not connected, or to apply again).
-    applied: LinkResult | None = None
-    #: The result last decided (kept while the device could not be reached).
-    result: LinkResult | None = None
-    #: Whether a snapshot was ever committed (a policy change alone can then be recomputed).
-    observed: bool = False
+    role: Role = attrs.field(on_setattr=attrs.setters.frozen)
+    mode: Mode = attrs.field(on_setattr=attrs.setters.frozen)
+    _policy: LinkPolicy = attrs.field(alias="policy")
+    capability: Advertisement = attrs.field(
+        default=Advertisement(FamilyFlags.both(True), FamilyFlags.both(True)),
+        on_setattr=attrs.setters.frozen)
+    _own_state: XenbusState = attrs.field(default=S.UNKNOWN, init=False)
+    _peer_state: XenbusState = attrs.field(default=S.UNKNOWN, init=False)
+    _own_keys: Mapping[str, bytes | None] | None = attrs.field(default=None, init=False)
+    _peer: ParsedAdvertisement | None = attrs.field(default=None, init=False)
+    _applied: LinkResult | None = attrs.field(default=None, init=False)
+    _result: LinkResult | None = attrs.field(default=None, init=False)
+    _observed: bool = attrs.field(default=False, init=False)
+
+    # The state, read-only outside the methods below.
+
+    @property
+    def policy(self) -> LinkPolicy:
+        """The local policy in force (:meth:`set_policy`)."""
+        return self._policy
+
+    @property
+    def own_state(self) -> XenbusState:
+        """The own state last committed (or seen)."""
+        return self._own_state
+
+    @property
+    def peer_state(self) -> XenbusState:
+        """The peer's state last seen in a committed snapshot."""
+        return self._peer_state
+
+    @property
+    def own_keys(self) -> Mapping[str, bytes | None] | None:
+        """What the tracked own keys hold (None: unknown, the next snapshot reads them)."""
+        return self._own_keys
+
+    @property
+    def peer(self) -> ParsedAdvertisement | None:
+        """The peer's advertisement last read (while it is Connected)."""
+        return self._peer
+
+    @property
+    def applied(self) -> LinkResult | None:
+        """The result enforced and announced, or None (not connected, or to apply again)."""
+        return self._applied
+
+    @property
+    def result(self) -> LinkResult | None:
+        """The result last decided (kept while the device could not be reached)."""
+        return self._result
+
+    @property
+    def observed(self) -> bool:
+        """Whether a snapshot was ever committed (a policy change alone can then be
+        recomputed)."""
+        return self._observed
 
     @property
     def advertisement(self) -> Advertisement:
@@ -382,15 +439,15 @@ class VifMachine:
     def set_policy(self, policy: LinkPolicy) -> bool:
         """Change the local policy. Returns True when the end must step again (re-advertise
         or re-decide); nothing is written until it does."""
-        if policy == self.policy:
+        if policy == self._policy:
             return False
-        self.policy = policy
+        self._policy = policy
         return True
 
     def lost_track(self) -> None:
         """The own directory may hold something else than the machine believes (a foreign
         write, the directory removed and re-created, a new connection): read it again."""
-        self.own_keys = None
+        self._own_keys = None
 
     def device_unknown(self) -> None:
         """The kernel device may carry something else than the result the machine believes
@@ -398,33 +455,34 @@ class VifMachine:
         store error), or it could not be brought in line. The next step that decides a
         result enforces it again, whatever it is (device effects are level-triggered, like
         keys: docs/protocol.md, R15 (c))."""
-        self.applied = None
+        self._applied = None
 
     def committed(self, step: Step, written: Mapping[str, bytes], applied: bool) -> None:
         """The transaction carrying ``step`` committed, with the own keys ``written`` (the
         step's writes plus its announcement). ``applied``: the step's result reached the
         device (False: apply it again on the next step)."""
-        self.observed = True
-        self.own_state = step.own_state
-        self.peer_state = step.peer_state
-        self.peer = step.peer
-        self.result = step.result
-        self.own_keys = {**step.own_keys, **written}
+        self._observed = True
+        self._own_state = step.own_state
+        self._peer_state = step.peer_state
+        self._peer = step.peer
+        self._result = step.result
+        self._own_keys = {**step.own_keys, **written}
         if step.enforce is not None:
-            self.applied = step.enforce if applied else None
+            self._applied = step.enforce if applied else None
         elif not apply_window(step.own_state, step.peer_state):
-            self.applied = None  # link down: the next Connected applies afresh
+            self._applied = None  # link down: the next Connected applies afresh
         if step.forget:
-            self.own_keys = None
-            self.applied = None
+            self._own_keys = None
+            self._applied = None
 
     # ---------------------------------------------------------------- deciding
 
     def observe(self, snapshot: Snapshot) -> Step:
         """Return the step for what the directories hold now (the machine is unchanged)."""
         if not snapshot.own_present:
-            return Step({}, None, None, (), True, False, S.UNKNOWN, self.peer_state,
-                        _NOTHING_KNOWN, None, None)
+            return Step(writes={}, state=None, enforce=None, violations=(), forget=True,
+                        again=False, own_state=S.UNKNOWN, peer_state=self.peer_state,
+                        own_keys=_NOTHING_KNOWN, peer=None, result=None)
         violations: list[Violation] = []
         peer = parse_state(snapshot.peer_state)
         if peer is None:
@@ -511,5 +569,6 @@ class VifMachine:
                 result = decide(peer_adv, mine, self.policy)
             if result != self.applied:
                 enforce = result
-        return Step(writes, state, enforce, violations, False, again, own, peer,
-                    {**own_keys, **writes}, parsed, result)
+        return Step(writes=writes, state=state, enforce=enforce, violations=violations,
+                    forget=False, again=again, own_state=own, peer_state=peer,
+                    own_keys={**own_keys, **writes}, peer=parsed, result=result)

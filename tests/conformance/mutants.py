@@ -25,7 +25,7 @@ from xenoffload import machine as machine_module
 from xenoffload.conformance.peer import linux_u
 from xenoffload.conformance.subjects import AgentHooks, AgentSubject, PolicyLogic
 from xenoffload.endpoint import Enforcement, Enforcer
-from xenoffload.machine import TRANSITIONS, Mode
+from xenoffload.machine import Mode, freeze_transitions
 from xenoffload.negotiation import LinkPolicy, LinkResult
 from xenoffload.policy import Policy
 from xenoffload.schema import (
@@ -483,24 +483,23 @@ HOOK_MUTANTS: dict[str, tuple[str, Callable[[], AgentHooks]]] = {
 
 @contextmanager
 def patched_tables(changes: dict[tuple[Role, S], dict[S, S | None]]) -> Iterator[None]:
-    """Temporarily change the full-mode transition table (``None`` removes an entry)."""
-    saved = {key: dict(TRANSITIONS[key[0]][key[1]]) for key in changes}
+    """Put other full-mode transition tables in place for a while: the frozen tables with
+    ``changes`` applied (``None`` removes an entry)."""
+    original = machine_module.TRANSITIONS
+    altered = {role: {own: dict(row) for own, row in rows.items()}
+               for role, rows in original.items()}
+    for (role, own), row in changes.items():
+        table = altered[role].setdefault(own, {})
+        for peer, new in row.items():
+            if new is None:
+                table.pop(peer, None)
+            else:
+                table[peer] = new
+    machine_module.TRANSITIONS = freeze_transitions(altered)
     try:
-        for (role, own), row in changes.items():
-            table = TRANSITIONS[role][own]
-            assert isinstance(table, dict)
-            for peer, new in row.items():
-                if new is None:
-                    table.pop(peer, None)
-                else:
-                    table[peer] = new
         yield
     finally:
-        for (role, own), row in saved.items():
-            table = TRANSITIONS[role][own]
-            assert isinstance(table, dict)
-            table.clear()
-            table.update(row)
+        machine_module.TRANSITIONS = original
 
 
 #: Mutants that change the state tables: name -> (what it breaks, changes).

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from xenoffload import machine as machine_module
 from xenoffload.machine import (
     LEGAL_TRANSITIONS,
     TRACKED_KEYS,
@@ -20,6 +21,7 @@ from xenoffload.machine import (
     Violation,
     ViolationKind,
     check_transition,
+    freeze_transitions,
     needs_peer_keys,
     next_state,
     walk,
@@ -54,19 +56,35 @@ def test_an_illegal_transition_is_rejected_with_role_and_states() -> None:
 
 
 @pytest.mark.parametrize("role", list(Role))
-def test_a_walk_raises_instead_of_stopping_silently_when_a_table_loops(role: Role) -> None:
+def test_a_walk_raises_instead_of_stopping_silently_when_a_table_loops(
+        role: Role, monkeypatch: pytest.MonkeyPatch) -> None:
     looping = {  # every move legal, but a cycle while the peer stays Closed
         Role.BACKEND: {S.CLOSED: {S.CLOSED: S.INIT_WAIT}, S.INIT_WAIT: {S.CLOSED: S.CLOSING},
                        S.CLOSING: {S.CLOSED: S.CLOSED}},
         Role.FRONTEND: {S.CLOSED: {S.CLOSED: S.INITIALISING},
                         S.INITIALISING: {S.CLOSED: S.CLOSED}}}[role]
-    original = TRANSITIONS[role]
-    TRANSITIONS[role] = looping  # type: ignore[index]
-    try:
-        with pytest.raises(RuntimeError, match="loops"):
-            walk(role, S.CLOSED, S.CLOSED)
-    finally:
-        TRANSITIONS[role] = original  # type: ignore[index]
+    monkeypatch.setattr(machine_module, "TRANSITIONS",
+                        freeze_transitions({**TRANSITIONS, role: looping}))
+    with pytest.raises(RuntimeError, match="loops"):
+        walk(role, S.CLOSED, S.CLOSED)
+
+
+def test_the_tables_cannot_be_changed_at_run_time() -> None:
+    with pytest.raises(TypeError):
+        TRANSITIONS[Role.BACKEND][S.INIT_WAIT][S.CLOSED] = S.CONNECTED  # type: ignore[index]
+    with pytest.raises(TypeError):
+        TRANSITIONS[Role.BACKEND] = {}  # type: ignore[index]
+    with pytest.raises(TypeError):
+        LEGAL_TRANSITIONS[Role.BACKEND] = frozenset()  # type: ignore[index]
+
+
+def test_the_machines_state_is_read_only_outside_its_methods() -> None:
+    machine = VifMachine(Role.BACKEND, Mode.FULL, LinkPolicy())
+    for name, value in (("applied", LinkResult()), ("own_state", S.CONNECTED),
+                        ("policy", LinkPolicy()), ("role", Role.FRONTEND),
+                        ("own_keys", {}), ("observed", True)):
+        with pytest.raises(AttributeError):
+            setattr(machine, name, value)
 
 
 class World:

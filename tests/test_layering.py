@@ -19,6 +19,7 @@ CORE = ("xenoffload.xenbus", "xenoffload.schema", "xenoffload.negotiation", "xen
         "xenoffload.policy", "xenoffload.paths", "xenoffload.overrides", "xenoffload.xapi")
 #: Drivers: one vif end's I/O, enforcement, override storage; below the agents and commands.
 DRIVERS = ("xenoffload.endpoint", "xenoffload.enforce", "xenoffload.override_store",
+           "xenoffload.devicelog",
            "xenoffload.toggles")
 #: What wires the layers below into processes: nothing under them imports these.
 TOP = ("xenoffload.agents", "xenoffload.cli", "xenoffload.demo", "xenoffload.hotplug",
@@ -162,6 +163,21 @@ def test_agents_import_no_command() -> None:
             above = {t for t in targets if any(_within(t, layer) for layer in TOP)
                      and not _within(t, "xenoffload.agents")}
             assert not above, f"{module} imports {above}"
+
+
+def test_the_product_does_not_depend_on_the_conformance_suite() -> None:
+    """Only the ``conformance`` command reaches into the suite; the agents' device channel
+    (``--device-log``) is the product's own module, which the suite reads."""
+    for module, targets in _graph().items():
+        if _within(module, "xenoffload.conformance") or module == "xenoffload.cli":
+            continue
+        suite = {t for t in targets if _within(t, "xenoffload.conformance")}
+        assert not suite, f"{module} imports {suite}"
+    cli_source = (PACKAGE / "cli.py").read_text(encoding="utf-8")
+    uses = [line.strip() for line in cli_source.splitlines()
+            if "xenoffload.conformance" in line and "import" in line]
+    assert all("conformance.command" in line or "conformance.runner" in line
+               for line in uses), uses
 
 
 def test_a_cycle_would_be_found() -> None:

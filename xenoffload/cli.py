@@ -355,7 +355,7 @@ def _stop_on_signals() -> threading.Event:
 
 def cmd_backend_agent(args: argparse.Namespace) -> int:
     from xenoffload.agents.backend import BackendAgent
-    from xenoffload.conformance.devicelog import device_logged
+    from xenoffload.devicelog import device_logged
     from xenoffload.devices import backend_device
     from xenoffload.endpoint import Enforcer
     from xenoffload.machine import Mode
@@ -425,7 +425,7 @@ def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
 
 def cmd_guest_agent(args: argparse.Namespace) -> int:
     from xenoffload.agents.guest import GuestAgent
-    from xenoffload.conformance.devicelog import device_logged
+    from xenoffload.devicelog import device_logged
     from xenoffload.devices import GuestDeviceEnforcer
     from xenoffload.endpoint import Enforcer
     from xenoffload.machine import Mode

@@ -561,8 +561,8 @@ def main(argv: list[str]) -> int:
     import threading
     from pathlib import Path
 
-    from xenoffload.conformance.devicelog import DeviceLogEnforcer
     from xenoffload.conformance.subjects import Setup
+    from xenoffload.devicelog import DeviceLogEnforcer
 
     parser = argparse.ArgumentParser()
     parser.add_argument("role", choices=[role.value for role in Role])

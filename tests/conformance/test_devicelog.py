@@ -7,7 +7,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from xenoffload.conformance.devicelog import (
+from xenoffload.devicelog import (
     DeviceLine,
     DeviceLogEnforcer,
     DeviceLogError,

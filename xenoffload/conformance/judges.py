@@ -15,7 +15,6 @@ from typing import ClassVar
 
 import attrs
 
-from xenoffload.conformance.devicelog import DeviceLine
 from xenoffload.conformance.lab import DEVID, GUEST_DOMID, QuietPoint
 from xenoffload.conformance.observe import (
     MUTATING_OPS,
@@ -28,6 +27,7 @@ from xenoffload.conformance.observe import (
     state_history,
     under,
 )
+from xenoffload.devicelog import DeviceLine
 from xenoffload.machine import LEGAL_TRANSITIONS, Mode
 from xenoffload.negotiation import (
     LinkResult,

@@ -30,10 +30,10 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from xenoffload.conformance.devicelog import read_device_log
 from xenoffload.conformance.lab import VIF, Lab, LabTimeout, QuietPoint
 from xenoffload.conformance.observe import show_value
 from xenoffload.conformance.subjects import Running
+from xenoffload.devicelog import read_device_log
 from xenoffload.negotiation import LinkPolicy
 from xenoffload.schema import Role
 from xenoffload.store.base import (

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import attrs
 
-from xenoffload.conformance.devicelog import read_device_log
 from xenoffload.conformance.judges import Finding, Mark, Observation
 from xenoffload.conformance.lab import DEVID, GUEST_DOMID, Lab, LabTimeout, Timing
 from xenoffload.conformance.peer import PeerContext, perform
 from xenoffload.conformance.scenarios import CATALOGUE, IutPolicy, Scenario, every_run
 from xenoffload.conformance.subjects import CommandSubject, Running, Setup, Subject
+from xenoffload.devicelog import read_device_log
 from xenoffload.machine import Mode
 from xenoffload.schema import RESULT_KEY, Role
 from xenoffload.toggles.base import ToggleError

@@ -9,7 +9,7 @@ XenStore is, the policy the scenario wants) and returns a :class:`Running` handl
 * :class:`CommandSubject`: any program, started as a shell command with ``XENSTORED_PATH``
   pointing at the IUT's socket; ``{config}`` in the command is replaced by a policy file
   (docs/configuration.md), ``{xenstore}`` by the socket path and ``{device-log}`` by the file
-  where it reports its device actions (:mod:`~xenoffload.conformance.devicelog`). Its kernel
+  where it reports its device actions (:mod:`~xenoffload.devicelog`). Its kernel
   device is not visible: the judges use that file and what it wrote into XenStore.
 """
 

@@ -27,15 +27,19 @@ __all__ = ["pytest_addoption", "pytest_collection_modifyitems"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """pytest hook: the plugin's options (imported lazily: pytest is not a dependency)."""
-    from xenoffload.conformance.plugin import addoption
+    """pytest hook: the plugin's options (imported lazily: pytest is not a dependency; the
+    suite is not imported at all)."""
+    from xenoffload.conformance.options import addoption
 
     addoption(parser)
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
-    """pytest hook: one test item per scenario for each ``--conformance-impl``."""
+    """pytest hook: one test item per scenario for each ``--conformance-impl``; without
+    one, nothing (and nothing of the suite is imported)."""
+    if not config.getoption("conformance_impl", default=None):
+        return
     from xenoffload.conformance.plugin import collect
 
     collect(session, config, items)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from xenoffload.conformance.lab import Timing
+from xenoffload.conformance.options import DEFAULT_GRACE
 from xenoffload.conformance.runner import (
     PASS,
     SKIP,
@@ -31,8 +32,6 @@ __all__ = ["DEFAULT_GRACE", "EXIT_FAILED", "EXIT_PASSED", "command_timing", "mod
 #: Exit statuses (docs/conformance.md): all passed (or skipped); a scenario failed or the
 #: implementation exited. (A selection error is the CLI's usage error, 2.)
 EXIT_PASSED, EXIT_FAILED = 0, 1
-#: Default seconds an implementation has to start reacting to a change (docs/conformance.md).
-DEFAULT_GRACE = 2.0
 
 
 def command_timing(timeout: float, grace: float = DEFAULT_GRACE) -> Timing:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from xenoffload.conformance.command import DEFAULT_GRACE, command_timing, modes_for
+from xenoffload.conformance.command import command_timing, modes_for
 from xenoffload.conformance.runner import (
     ERROR,
     FAIL,
@@ -29,29 +29,7 @@ from xenoffload.conformance.scenarios import Scenario
 from xenoffload.conformance.subjects import CommandSubject
 from xenoffload.schema import Role
 
-__all__ = ["ConformanceFailure", "ConformanceItem", "addoption", "collect"]
-
-
-def addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("xenoffload-conformance", "xenoffload protocol conformance")
-    group.addoption("--conformance-impl", action="append", default=[], metavar="ROLE:COMMAND",
-                    help="run the conformance scenarios against COMMAND playing ROLE "
-                         "(backend or frontend); repeatable")
-    group.addoption("--conformance-scenario", action="append", default=[], metavar="ID",
-                    help="only this scenario (repeatable)")
-    group.addoption("--conformance-mode", choices=("full", "companion", "all"), default=None,
-                    help="which scenarios (default: all if COMMAND has {mode}, else full)")
-    group.addoption("--conformance-timeout", type=float, default=10.0, metavar="SECONDS",
-                    help="how long to wait for the implementation at each step")
-    group.addoption("--conformance-grace", type=float, default=DEFAULT_GRACE,
-                    metavar="SECONDS",
-                    help="how long a change may go without any request from the "
-                         "implementation before it counts as ignored")
-    group.addoption("--conformance-require-observable", action="store_true",
-                    help="fail a scenario whose result could not be checked (no published "
-                         "xenoffload-csum-result, no {device-log})")
-    group.addoption("--conformance-keep-workdir", action="store_true",
-                    help="keep each scenario's lab directory and name it in the report")
+__all__ = ["ConformanceFailure", "ConformanceItem", "collect"]
 
 
 class ConformanceFailure(Exception):

@@ -279,9 +279,13 @@ class Fleet:
         elif kind is RouteKind.OVERRIDES:
             marks.overrides = True
         elif kind is RouteKind.XAPI:
-            if route.devid is not None:
+            if route.devid is not None and self._xapi_present:
                 marks.xapi.add(route.vif)
             else:
+                # A parent of other-config nodes, or the first node of a /xapi tree that did
+                # not exist when it was last looked for (xapi creates it with a domain's
+                # private data, after the agent started): whether /xapi exists, then every
+                # vif's settings.
                 marks.xapi.add(None)
 
     # ---------------------------------------------------------------- the pass

@@ -223,6 +223,23 @@ def test_xapis_tree_created_after_the_agent_started_is_read() -> None:
     assert world.backend.endpoints[(1, 0)].result == LinkResult(ALL, FamilyFlags())
 
 
+def test_a_renamed_domain_is_matched_again_against_the_name_rules() -> None:
+    # libxl's migration: the domain arrives as "web--incoming", is renamed "web" once it runs.
+    policy = parse_policy({"rule": [{"domain": "web", "to-guest": True,
+                                     "from-guest": True}]})
+    world = World(backend_policy=policy, guest_policy=GUEST_ALLOWS)
+    world.add_guest(1, "web--incoming", ["xenbr0"])
+    world.start()
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult()
+    world.dom0.write("/local/domain/1/name", b"web")
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult(ALL, ALL)
+    world.dom0.write("/local/domain/1/name", b"web--migratedaway")
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult()
+
+
 def test_a_value_xapi_would_refuse_is_ignored() -> None:
     world = World(guest_policy=GUEST_ALLOWS)
     world.add_guest(1, "xs", ["xenbr0"])

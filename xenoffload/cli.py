@@ -578,7 +578,7 @@ def _own_domid_or_fail(store: Store, path: str) -> int:
 def _vif_override_keys(store: Store, spec: VifSpec, backend_domid: int
                        ) -> tuple[str, tuple[str, ...], str]:
     """Return the override key of the vif ``spec`` names (by its VM's UUID when the domain
-    has one: the override then holds across save/restore, migration and reboot), the keys
+    has one: the override then holds across save/restore and reboot on this host), the keys
     it may also have been written under (by domid), and how to name it. A UUID with a devid
     names a VM's vif whether or not the VM runs."""
     from xenoffload.names import resolve_domain, resolve_vif

@@ -2,7 +2,8 @@
 
 An override is a node under :func:`xenoffload.paths.override_root` of the agent it steers:
 ``vif/<uuid>/<devid>`` for one vif seen from dom0 (the VM's UUID: the override holds across
-save/restore, migration and reboot; ``vif/<domid>/<devid>`` for a domain without one),
+save/restore and reboot on this host, and stays in this host's XenStore when the VM migrates
+to another; ``vif/<domid>/<devid>`` for a domain without one),
 ``vif/<devid>`` for a guest's own vif,
 ``bridge/<name>`` for every vif on a bridge (a name or a glob, written with
 :func:`encode_name`). The value is a list of ``direction[-family]=on|off`` tokens, e.g.

@@ -43,6 +43,8 @@ _BACKEND_TREE_RE = re.compile(rf"\A/local/domain/{_ID}/backend/vif/{_ID}/{_ID}(?
 _FRONTEND_TREE_RE = re.compile(rf"\A/local/domain/{_ID}/device/vif/{_ID}(?:/|\Z)")
 #: A guest's home, its ``device`` or its ``device/vif`` directory: (guest domid).
 _GUEST_VIFS_OR_ABOVE_RE = re.compile(rf"\A/local/domain/{_ID}(?:/device(?:/vif)?)?\Z")
+#: A domain's name node, which libxl_domain_rename rewrites: (domid).
+_NAME_RE = re.compile(rf"\A/local/domain/{_ID}/name\Z")
 #: A backend's per-guest vif directory: (backend domid, guest domid).
 _BACKEND_GUEST_RE = re.compile(rf"\A/local/domain/{_ID}/backend/vif/{_ID}\Z")
 #: xapi's per-VIF other-config of a guest, or a node below it: (guest domid, devid).
@@ -166,6 +168,7 @@ class RouteKind(enum.Enum):
     DISCOVER = "discover"    # the agent's vif root or above: list the vifs again
     OVERRIDES = "overrides"  # the agent's run-time policy overrides
     XAPI = "xapi"            # xapi's other-config of one vif
+    NAME = "name"            # a guest's name (libxl_domain_rename: a migration's, xl rename)
     IGNORE = "ignore"        # nothing an agent acts on
 
 
@@ -197,7 +200,8 @@ def _is_at_or_above(path: str, node: str) -> bool:
 
 def route_backend_event(backend_domid: int, path: str) -> Route:
     """Return what an event on ``path`` means for the backend agent of ``backend_domid``
-    (which watches ``/local/domain`` and :data:`XAPI_ROOT`)."""
+    (which watches ``/local/domain`` and :data:`XAPI_ROOT`): its vifs' directories, guests'
+    vif trees and names, its overrides, xapi's other-config."""
     root = backend_vif_root(backend_domid)
     if _is_at_or_above(path, root):
         return _DISCOVER  # the vif root or a parent: vifs may have come or gone wholesale
@@ -216,6 +220,10 @@ def route_backend_event(backend_domid: int, path: str) -> Route:
         return Route(RouteKind.VIF, int(match.group(1)), int(match.group(2)))
     if (match := _GUEST_VIFS_OR_ABOVE_RE.match(path)) is not None:
         return Route(RouteKind.GUEST, int(match.group(1)))
+    if (match := _NAME_RE.match(path)) is not None:
+        # libxl renames a migrating domain: it arrives as "<name>--incoming", is renamed
+        # "<name>" once it runs (and the source's "<name>--migratedaway"); xl rename too.
+        return Route(RouteKind.NAME, int(match.group(1)))
     if (match := _XAPI_TREE_RE.match(path)) is not None:
         return Route(RouteKind.XAPI, int(match.group(1)), int(match.group(2)))
     if (match := _XAPI_ABOVE_RE.match(path)) is not None:

@@ -203,6 +203,43 @@ def test_xapis_ethtool_settings_steer_a_vif_and_a_change_applies_at_once() -> No
     assert world.backend.endpoints[(1, 0)].result == LinkResult()
 
 
+def test_xapis_tree_created_after_the_agent_started_is_read() -> None:
+    # xapi creates /xapi/<domid> with a domain's private data: on a host whose agent started
+    # with no /xapi (no VM yet, or the first VM migrated in), the first node written under
+    # it is the first news of the tree.
+    world = World(guest_policy=GUEST_ALLOWS)
+    world.start()
+    world.settle()
+    world.dom0.write("/xapi/1/private/vif/0/other-config/ethtool-tx", b"on")
+    world.dom0.write("/xapi/1/private/vif/0/other-config/ethtool-rx", b"on")
+    world.settle()
+    world.add_guest(1, "xs", ["xenbr0"])
+    store, agent = world.guests[1]
+    agent.attach(store)
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult(ALL, ALL)
+    world.dom0.write("/xapi/1/private/vif/0/other-config/ethtool-rx", b"off")
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult(ALL, FamilyFlags())
+
+
+def test_a_renamed_domain_is_matched_again_against_the_name_rules() -> None:
+    # libxl's migration: the domain arrives as "web--incoming", is renamed "web" once it runs.
+    policy = parse_policy({"rule": [{"domain": "web", "to-guest": True,
+                                     "from-guest": True}]})
+    world = World(backend_policy=policy, guest_policy=GUEST_ALLOWS)
+    world.add_guest(1, "web--incoming", ["xenbr0"])
+    world.start()
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult()
+    world.dom0.write("/local/domain/1/name", b"web")
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult(ALL, ALL)
+    world.dom0.write("/local/domain/1/name", b"web--migratedaway")
+    world.settle()
+    assert world.backend.endpoints[(1, 0)].result == LinkResult()
+
+
 def test_a_value_xapi_would_refuse_is_ignored() -> None:
     world = World(guest_policy=GUEST_ALLOWS)
     world.add_guest(1, "xs", ["xenbr0"])

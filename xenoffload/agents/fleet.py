@@ -166,6 +166,7 @@ class _Marks:
     discover: bool = False
     overrides: bool = False
     xapi: set[VifKey | None] = attrs.field(factory=set)
+    renamed: set[int] = attrs.field(factory=set)
 
 
 @attrs.define
@@ -278,10 +279,18 @@ class Fleet:
             marks.discover = marks.overrides = True
         elif kind is RouteKind.OVERRIDES:
             marks.overrides = True
+        elif kind is RouteKind.NAME:
+            if "domain" in self._selectors:  # else no rule reads names: nothing to re-match
+                assert route.guest_domid is not None
+                marks.renamed.add(route.guest_domid)
         elif kind is RouteKind.XAPI:
-            if route.devid is not None:
+            if route.devid is not None and self._xapi_present:
                 marks.xapi.add(route.vif)
             else:
+                # A parent of other-config nodes, or the first node of a /xapi tree that did
+                # not exist when it was last looked for (xapi creates it with a domain's
+                # private data, after the agent started): whether /xapi exists, then every
+                # vif's settings.
                 marks.xapi.add(None)
 
     # ---------------------------------------------------------------- the pass
@@ -301,6 +310,8 @@ class Fleet:
             self._reload_overrides(restore=False, marks=marks)
         if marks.xapi:
             self._reload_xapi(marks.xapi, marks)
+        if marks.renamed:
+            self._rematch_renamed(marks.renamed, marks)
         if marks.discover or marks.guests:
             guests = None if marks.discover else marks.guests
             present = self.router.list_vifs(store, guests)
@@ -477,6 +488,21 @@ class Fleet:
         for key, found in zip(keys, fields, strict=True):
             if key in self.endpoints:
                 self.identities[key] = self.router.identity(key, found)
+
+    def _rematch_renamed(self, guests: set[int], marks: _Marks) -> None:
+        """Read the names of ``guests``' vifs again and re-decide those whose policy changed:
+        a rule on the domain name matches a migrated domain only once libxl has renamed it
+        from ``<name>--incoming`` (and no longer matches the source's ``--migratedaway``)."""
+        keys = sorted(key for key in self.endpoints if key[0] in guests)
+        if not keys:
+            return
+        before = {key: self.identities[key].domain for key in keys}
+        self._reread_identities(keys)
+        for guest in sorted({key[0] for key in keys if self.identities[key].domain
+                             != before[key]}):
+            log.info("domid=%d is now named %s: its vifs matched again", guest,
+                     next(self.identities[key].domain for key in keys if key[0] == guest))
+        self._policy_marks(marks, keys)
 
     # ---------------------------------------------------------------- policy sources
 

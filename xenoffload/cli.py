@@ -8,7 +8,9 @@ never a traceback:
 with a vif not Connected or refused, a XenStore error answer); 2 usage error; 3 XenStore
 unreachable; 4 configuration error (policy file); 5 another xenoffload process already writes
 for this end (one writer per end, docs/agents.md); 6 the domain, vif or override named does
-not exist; 130 interrupted (Ctrl-C).
+not exist; 7 negotiated but not enforced (``--once``: a vif's status is not ``ok``); 8 the
+conformance suite passed only what it could see; 130 interrupted (Ctrl-C); 141 stdout closed
+early (SIGPIPE, as other Unix tools).
 """
 
 from __future__ import annotations
@@ -48,10 +50,12 @@ if TYPE_CHECKING:  # the agents are imported only by the commands that run them
 
 __all__ = ["main", "build_parser", "resolve_xenstore", "CliError", "EXIT_OK", "EXIT_OUTCOME",
            "EXIT_USAGE", "EXIT_XENSTORE", "EXIT_CONFIG", "EXIT_BUSY", "EXIT_NOT_FOUND",
-           "EXIT_INTERRUPTED", "DEFAULT_CONFIG"]
+           "EXIT_NOT_ENFORCED", "EXIT_UNSEEN", "EXIT_INTERRUPTED", "EXIT_PIPE",
+           "DEFAULT_CONFIG"]
 
 EXIT_OK, EXIT_OUTCOME, EXIT_USAGE, EXIT_XENSTORE, EXIT_CONFIG = 0, 1, 2, 3, 4
-EXIT_BUSY, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 5, 6, 130
+EXIT_BUSY, EXIT_NOT_FOUND, EXIT_NOT_ENFORCED, EXIT_UNSEEN = 5, 6, 7, 8
+EXIT_INTERRUPTED, EXIT_PIPE = 130, 128 + signal.SIGPIPE
 
 #: The policy file an agent reads when ``--config`` is not given, if it exists.
 DEFAULT_CONFIG = {Role.BACKEND: "/etc/xenoffload/policy.toml",
@@ -321,7 +325,7 @@ def _connect_raw(path: str) -> Store:
 
 
 def _once_outcome(logic: BackendAgent | GuestAgent, path: str, as_json: bool) -> int:
-    from xenoffload.show import render_json, render_table
+    from xenoffload.show import enforced_status, render_json, render_table
     from xenoffload.xenbus import XenbusState
 
     reports = _once_reports(logic, path)
@@ -338,7 +342,12 @@ def _once_outcome(logic: BackendAgent | GuestAgent, path: str, as_json: bool) ->
              not report.agent.retry and
              report.agent.own_state is XenbusState.CONNECTED and
              report.agent.peer_state is XenbusState.CONNECTED for report in reports)
-    return EXIT_OK if ok else EXIT_OUTCOME
+    if not ok:
+        return EXIT_OUTCOME
+    # Negotiated, but the device does not do it (yet): not a success either (docs/cli.md).
+    enforced = all(report.agent is not None and report.agent.status is not None and
+                   enforced_status(report.agent.status) for report in reports)
+    return EXIT_OK if enforced else EXIT_NOT_ENFORCED
 
 
 def _stop_on_signals() -> threading.Event:
@@ -358,6 +367,7 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
     from xenoffload.conformance.devicelog import device_logged
     from xenoffload.devices import backend_device
     from xenoffload.endpoint import Enforcer
+    from xenoffload.enforce import NothingApplied
     from xenoffload.machine import Mode
     from xenoffload.policy import VifIdentity
 
@@ -365,7 +375,7 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
 
     def enforcer(vif: VifIdentity) -> Enforcer | None:
         if enforcers is None:
-            return None
+            return NothingApplied()  # --toggles none: no status says ok
         try:
             device = backend_device(vif, args.device_pattern, args.netns)
         except ValueError:
@@ -428,6 +438,7 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
     from xenoffload.conformance.devicelog import device_logged
     from xenoffload.devices import GuestDeviceEnforcer
     from xenoffload.endpoint import Enforcer
+    from xenoffload.enforce import NothingApplied
     from xenoffload.machine import Mode
     from xenoffload.policy import VifIdentity
     from xenoffload.toggles.base import DeviceRef
@@ -445,7 +456,7 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
 
     def enforcer(vif: VifIdentity) -> Enforcer | None:
         if enforcers is None:
-            return None
+            return NothingApplied()  # --toggles none: no status says ok
         if pattern is not None:
             return enforcers.for_device(DeviceRef(pattern.name(vif), args.netns))
         return GuestDeviceEnforcer(enforcers, vif.devid, args.netns)
@@ -839,7 +850,8 @@ class _Parser(argparse.ArgumentParser):
 
 _EPILOG = ("Exit codes: 0 ok, 1 unexpected outcome, 2 usage, 3 XenStore unreachable, "
            "4 configuration error, 5 another process writes for this end, 6 not found, "
-           "130 interrupted. See docs/cli.md.")
+           "7 negotiated but not enforced, 8 conformance passed only what it could see, "
+           "130 interrupted, 141 output closed. See docs/cli.md.")
 
 
 def build_parser() -> argparse.ArgumentParser:

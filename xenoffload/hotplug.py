@@ -186,8 +186,10 @@ def _negotiate(identity: VifIdentity, backend_domid: int, link_policy: LinkPolic
     from xenoffload.store.pyxs_store import connect_store
     from xenoffload.toolstack import NegotiationTimeout, negotiate_vif
 
+    from xenoffload.enforce import NothingApplied
+
     guest, devid = identity.domid, identity.devid
-    enforcer: Enforcer | None = None
+    enforcer: Enforcer = NothingApplied()  # --toggles none: no status says ok
     if toggles_kind != "none":
         from xenoffload.enforce import make_enforcers
 

@@ -46,7 +46,7 @@ from xenoffload.xenbus import XenbusState, parse_state
 
 __all__ = ["VifReport", "EndReport", "KernelView", "AgentView", "collect", "render_table",
            "render_json", "list_vifs", "list_own_frontends", "vif_json",
-           "json_schema", "ethtool_text", "SCHEMA_RESOURCE"]
+           "json_schema", "ethtool_text", "enforced_status", "SCHEMA_RESOURCE"]
 
 #: The JSON Schema of every ``--json`` output, shipped in the package.
 SCHEMA_RESOURCE = "vif-report.schema.json"
@@ -256,6 +256,13 @@ def ethtool_text(state: FeatureState) -> str:
     if state.requested != state.active:
         return f"{shown} [requested {'on' if state.requested else 'off'}]"
     return shown
+
+
+def enforced_status(status: str | None) -> bool:
+    """Return True when an end's ``xenoffload-csum-status`` says its device does what was
+    negotiated (``ok``, possibly with what tc enforces); False for ``unenforced``,
+    ``no-device``, ``error`` or none published."""
+    return status is not None and (status == "ok" or status.startswith("ok "))
 
 
 def render_table(reports: list[VifReport]) -> str:

@@ -1,22 +1,31 @@
-"""Every bad input through the real command: one line on stderr, a documented exit code, never
-a traceback (docs/cli.md, "Exit codes"). One row per input; ``{sock}`` is a live embedded
-xenstored with guest 1 (``guest1``, vifs 0 on xenbr0 and 1 on xenpriv0) laid out as libxl does,
-``{guest1}`` its guest socket, ``{tmp}`` the test's directory."""
+"""Every bad input and every outcome that must not pass for success, through the real command:
+a documented exit code, one line on stderr, never a traceback (docs/cli.md, "Exit codes").
+One row per input; ``{sock}`` is a live embedded xenstored with guest 1 (``guest1``, vifs 0 on
+xenbr0 and 1 on xenpriv0) laid out as libxl does, ``{guest1}`` its guest socket, ``{tmp}`` the
+test's directory. A row's optional :class:`Expect` says more: what stdout holds, what the
+store must (not) hold afterwards, a setup (e.g. a driver domain 4 whose guest 6 runs an
+agent, so that ``--once`` connects), the environment."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import attrs
 import pytest
 from e2e.lab import Lab
 
 from xenoffload.cli import (
     EXIT_BUSY,
     EXIT_CONFIG,
+    EXIT_NOT_ENFORCED,
     EXIT_NOT_FOUND,
+    EXIT_OK,
     EXIT_OUTCOME,
+    EXIT_UNSEEN,
     EXIT_USAGE,
     EXIT_XENSTORE,
 )
@@ -24,8 +33,47 @@ from xenoffload.cli import (
 NOT_UTF8 = b"[default]\nto-guest = true # caf\xe9\n"
 NESTED = b"[default]\nto-guest = " + b"[" * 2000 + b"]" * 2000 + b"\n"
 
-# (id, arguments, exit code, a fragment of the one line on stderr)
-ROWS = [
+
+
+@attrs.frozen
+class Expect:
+    """More than the one stderr line: ``stdout`` a fragment of the standard output;
+    ``one_line`` False when the command may log more than one line (the fragment is then
+    looked for in stdout and stderr); ``setup`` run on the lab first; ``check`` run on the
+    lab after; ``env`` added to the environment; ``stdin`` fed to the command."""
+
+    stdout: str | None = None
+    one_line: bool = True
+    setup: Callable[[Lab], None] | None = None
+    check: Callable[[Lab], None] | None = None
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    stdin: str | None = None
+
+
+def driver_domain_with_a_running_guest(lab: Lab) -> None:
+    """Driver domain 4 (``driver4``) serves guest 6's vif 0 on xenpriv0; a guest agent runs
+    for guest 6 (over the privileged socket), so a backend ``--once --domid 4`` connects."""
+    from xenoffload.policy import builtin_policy
+    from xenoffload.schema import Role
+    from xenoffload.store.pyxs_store import connect_store
+    from xenoffload.toggles.recording import RecordingToggles, profile_for_name
+    from xenoffload.toolstack import VifSpec, create_domain, create_vif
+
+    create_domain(lab.toolstack, 4, "driver4")
+    create_domain(lab.toolstack, 6, "guest6")
+    create_vif(lab.toolstack, VifSpec(6, 0, "00:16:3e:00:06:00", "xenpriv0", backend_domid=4))
+    lab.guest_agent(6, builtin_policy(Role.FRONTEND),
+                    RecordingToggles(auto_profile=profile_for_name),
+                    factory=lambda: connect_store(lab.socket, timeout=2.0))
+
+
+DRIVER4 = Expect(setup=driver_domain_with_a_running_guest, one_line=False)
+ONCE4 = ["backend-agent", "--once", "--mode", "full", "--no-config", "--domid", "4",
+         "--settle", "1", "--xenstore", "{sock}"]
+
+
+# (id, arguments, exit code, a fragment of the one line on stderr[, Expect])
+ROWS: list[tuple[object, ...]] = [
     ("pattern unknown placeholder", ["backend-agent", "--device-pattern", "foo{{x}}"],
      EXIT_USAGE, "unknown placeholder 'x'"),
     ("pattern not a device name", ["backend-agent", "--device-pattern", "a/b"],
@@ -115,6 +163,14 @@ ROWS = [
     ("unknown command", ["frobnicate"], EXIT_USAGE, "invalid choice"),
     ("write refused by XenStore", ["set", "--local", "0", "--tx", "on", "--xenstore",
                                    "{guest3}"], EXIT_OUTCOME, "EACCES"),
+    # 2. --once: negotiated but not enforced is not a success (7); enforced is (0)
+    ("2: once, enforced", [*ONCE4, "--toggles", "dry-run"], EXIT_OK, "", DRIVER4),
+    ("2: once, toggles none: not enforced", [*ONCE4, "--toggles", "none", "--json"],
+     EXIT_NOT_ENFORCED, "unenforced: nothing applied (--toggles none)", DRIVER4),
+    # 3. --no-tc: a computed from-guest direction nothing enforces is unenforced, with why
+    ("3: once, no-tc: from-guest unenforced", [*ONCE4, "--toggles", "dry-run", "--no-tc",
+                                              "--json"], EXIT_NOT_ENFORCED,
+     "unenforced: tc ingress ipv4: tc disabled by --no-tc", DRIVER4),
 ]
 
 
@@ -137,22 +193,37 @@ def world(lab: Lab, tmp_path: Path) -> dict[str, str]:
             "guest3": lab.guest_socket(3), "tmp": str(tmp_path)}
 
 
-@pytest.mark.parametrize(("args", "code", "fragment"), [row[1:] for row in ROWS],
-                         ids=[row[0] for row in ROWS])
-def test_bad_input_gets_one_line_and_its_exit_code(world: dict[str, str], args: list[str],
-                                                   code: int, fragment: str) -> None:
+@pytest.mark.parametrize(("args", "code", "fragment", "expect"),
+                         [(*row[1:4], row[4] if len(row) > 4 else Expect()) for row in ROWS],
+                         ids=[str(row[0]) for row in ROWS])
+def test_bad_input_gets_one_line_and_its_exit_code(lab: Lab, world: dict[str, str],
+                                                   args: list[str], code: int, fragment: str,
+                                                   expect: Expect) -> None:
+    if expect.setup is not None:
+        expect.setup(lab)
     argv = [arg.format(**world) for arg in args]
+    env = {**os.environ, **{k: v.format(**world) for k, v in expect.env.items()}}
     done = subprocess.run([sys.executable, "-m", "xenoffload", *argv], capture_output=True,
-                          text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
+                          text=True, timeout=60, check=False, env=env,
+                          **({"input": expect.stdin} if expect.stdin is not None
+                             else {"stdin": subprocess.DEVNULL}))
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == code, done.stderr
+    assert done.returncode == code, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
-    assert len(lines) == 1, lines
-    assert fragment in lines[0]
+    if expect.one_line:
+        assert len(lines) == 1, lines
+        assert fragment in lines[0]
+        assert len(lines[0]) < 400, lines[0]  # huge arguments are not echoed in full
+    else:
+        assert fragment in done.stdout + done.stderr, done.stdout + done.stderr
+    if expect.stdout is not None:
+        assert expect.stdout in done.stdout, done.stdout
+    if expect.check is not None:
+        expect.check(lab)
 
 
 def test_every_exit_code_is_documented() -> None:
     cli_md = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
     for code in (0, EXIT_OUTCOME, EXIT_USAGE, EXIT_XENSTORE, EXIT_CONFIG, EXIT_BUSY,
-                 EXIT_NOT_FOUND, 130):
+                 EXIT_NOT_FOUND, EXIT_NOT_ENFORCED, EXIT_UNSEEN, 130, 141):
         assert f"\n| {code} |" in cli_md, code

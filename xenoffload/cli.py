@@ -91,6 +91,40 @@ def _connect(path: str) -> Store:
         raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: {error}") from None
 
 
+def _require_domain(store: Store, domid: int, what: str) -> None:
+    """Raise NotFound (exit 6) when domain ``domid`` does not exist (no
+    ``/local/domain/<domid>``); ``what`` names the option that named it. Domain 0 always
+    exists. A guest may read only its own home: another domid is refused there (a guest's
+    agent acts for that guest alone)."""
+    from xenoffload.paths import domain_path
+
+    if domid == 0:
+        return
+    try:
+        if store.try_read(domain_path(domid)) is not None:
+            return
+    except XenStoreError:
+        own = read_own_domid(store)
+        if own is None or own == domid:
+            return
+        raise NotFound(f"no domain {domid} ({what}) seen from this connection: it belongs "
+                       f"to domain {own}") from None
+    raise NotFound(f"no domain {domid} ({what}): {domain_path(domid)} does not exist")
+
+
+def _domid_unreadable(store: Store, path: str, hint: str) -> CliError:
+    """The error (exit 2) of a guest that cannot read its own domid, as both agents and
+    ``show`` say it."""
+    try:
+        store.read("domid")
+        why = "it is not a domid"
+    except XenStoreError as error:
+        why = error.errno_name
+    return CliError(EXIT_USAGE, f"cannot read this guest's domid from XenStore at {path} "
+                                f"('domid': {why}); run it in a Xen guest (as root, with "
+                                f"/dev/xen/xenbus){hint}")
+
+
 # ----------------------------------------------------------------------------- argument types
 
 
@@ -279,7 +313,11 @@ def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
         runner = Runner(lambda: _connect_raw(path), logic)
         runner.stop_event = stop
         if args.once:
-            _connect(path).close()  # unreachable: one line and exit 3, no retries
+            store = _connect(path)  # unreachable: one line and exit 3, no retries
+            try:
+                _require_domain(store, domid, "--domid")  # nothing to do: not a success
+            finally:
+                store.close()
             try:
                 runner.run_once(settle_seconds=args.settle, max_seconds=args.timeout)
             except StoreUnavailable as error:
@@ -418,18 +456,11 @@ def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
     try:
         domid = read_own_domid(store)
         if domid is None:
-            try:
-                store.read("domid")
-                why = "it is not a domid"
-            except XenStoreError as error:
-                why = error.errno_name
-        store.close()
+            raise _domid_unreadable(store, path, " or pass --domid N")
     except StoreUnavailable as error:
         raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: {error}") from None
-    if domid is None:
-        raise CliError(EXIT_USAGE, f"cannot read this guest's domid from XenStore at {path} "
-                                   f"('domid': {why}); run it in a Xen guest (as root, with "
-                                   "/dev/xen/xenbus) or pass --domid N")
+    finally:
+        store.close()
     return domid
 
 
@@ -486,6 +517,11 @@ def _make_enforcers(kind: str, tc: bool) -> Enforcers | None:
 # ----------------------------------------------------------------------------- show, set
 
 
+def store_path(args: argparse.Namespace) -> str:
+    """The XenStore endpoint a command's ``--xenstore`` names (or the default)."""
+    return resolve_xenstore(args.xenstore)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from xenoffload.show import render_json, render_table
 
@@ -510,6 +546,13 @@ def _selected_reports(store: Store, args: argparse.Namespace) -> tuple[list[VifR
     from xenoffload.show import collect, list_own_frontends, list_vifs
 
     own = read_own_domid(store)
+    if own is None:
+        try:
+            store.try_read("/local/domain")
+        except XenStoreError:  # unprivileged, so a guest: it must know its domid
+            raise _domid_unreadable(store, store_path(args), "") from None
+    if args.backend_domid is not None:
+        _require_domain(store, args.backend_domid, "--backend-domid")
     backend_domid = args.backend_domid if args.backend_domid is not None else (own or 0)
     spec: VifSpec | None = args.vif
     guest = devid = None
@@ -641,6 +684,7 @@ def cmd_set(args: argparse.Namespace) -> int:
             what = f"this guest's vif {args.local}"
         else:
             home, role = args.backend_domid, Role.BACKEND
+            _require_domain(store, home, "--backend-domid")  # writes nothing then
             if args.bridge is not None:
                 key, what = bridge_key(args.bridge), f"bridge {args.bridge}"
             else:

@@ -67,6 +67,10 @@ def driver_domain_with_a_running_guest(lab: Lab) -> None:
                     factory=lambda: connect_store(lab.socket, timeout=2.0))
 
 
+def _nothing_under(lab: Lab, path: str) -> None:
+    assert lab.toolstack.try_read(path) is None, f"{path} was written"
+
+
 DRIVER4 = Expect(setup=driver_domain_with_a_running_guest, one_line=False)
 ONCE4 = ["backend-agent", "--once", "--mode", "full", "--no-config", "--domid", "4",
          "--settle", "1", "--xenstore", "{sock}"]
@@ -163,6 +167,30 @@ ROWS: list[tuple[object, ...]] = [
     ("unknown command", ["frobnicate"], EXIT_USAGE, "invalid choice"),
     ("write refused by XenStore", ["set", "--local", "0", "--tx", "on", "--xenstore",
                                    "{guest3}"], EXIT_OUTCOME, "EACCES"),
+    # 4. a domain that does not exist is not an empty success; set writes nothing for it
+    ("4: guest once, unknown domid", ["guest-agent", "--once", "--toggles", "none",
+                                      "--no-config", "--domid", "99", "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "no domain 99 (--domid)"),
+    ("4: guest once, another guest's domid", ["guest-agent", "--once", "--toggles", "none",
+                                              "--no-config", "--domid", "99",
+                                              "--xenstore", "{guest1}"],
+     EXIT_NOT_FOUND, "no domain 99 (--domid) seen from this connection"),
+    ("4: backend once, unknown domid", ["backend-agent", "--once", "--toggles", "none",
+                                        "--no-config", "--domid", "5", "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "no domain 5 (--domid)"),
+    ("4: show, unknown backend domid", ["show", "--backend-domid", "5", "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "no domain 5 (--backend-domid)"),
+    ("4: set, unknown backend domid", ["set", "1/0", "--tx", "on", "--backend-domid", "7",
+                                       "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "no domain 7 (--backend-domid)",
+     Expect(check=lambda lab: _nothing_under(lab, "/local/domain/7"))),
+    ("4: set bridge, unknown backend domid", ["set", "--bridge", "xenpriv0", "--tx", "on",
+                                              "--backend-domid", "7", "--xenstore", "{sock}"],
+     EXIT_NOT_FOUND, "no domain 7 (--backend-domid)",
+     Expect(check=lambda lab: _nothing_under(lab, "/local/domain/7"))),
+    # 5. show in a guest that cannot read its domid: the agents' message and code
+    ("5: show, guest domid unreadable", ["show", "--xenstore", "{guest2}"], EXIT_USAGE,
+     "cannot read this guest's domid"),
     # 2. --once: negotiated but not enforced is not a success (7); enforced is (0)
     ("2: once, enforced", [*ONCE4, "--toggles", "dry-run"], EXIT_OK, "", DRIVER4),
     ("2: once, toggles none: not enforced", [*ONCE4, "--toggles", "none", "--json"],

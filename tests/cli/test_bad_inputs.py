@@ -31,6 +31,13 @@ from xenoffload.cli import (
 )
 
 NOT_UTF8 = b"[default]\nto-guest = true # caf\xe9\n"
+BAD_SELECTORS = {
+    "mac-dashes": 'mac = "00-16-3e-aa-bb-01"\nto-guest = true',
+    "mac-zz": 'mac = "zz"\nto-guest = true',
+    "domid-negative": "domid = -1\nto-guest = true",
+    "domid-20-digits": "domid = 12345678901234567890\nto-guest = true",
+    "no-direction": 'bridge = "xenpriv0"',
+}
 NESTED = b"[default]\nto-guest = " + b"[" * 2000 + b"]" * 2000 + b"\n"
 
 
@@ -191,6 +198,14 @@ ROWS: list[tuple[object, ...]] = [
     # 5. show in a guest that cannot read its domid: the agents' message and code
     ("5: show, guest domid unreadable", ["show", "--xenstore", "{guest2}"], EXIT_USAGE,
      "cannot read this guest's domid"),
+    # 6. a selector that can never match, or a rule that changes nothing, is refused
+    *[(f"6: policy {name}", ["backend-agent", "--once", "--config", f"{{tmp}}/{name}.toml",
+                             "--xenstore", "{sock}"], EXIT_CONFIG, fragment)
+      for name, fragment in (("mac-dashes", "rule[0].mac: not a MAC address"),
+                             ("mac-zz", "rule[0].mac: not a MAC address"),
+                             ("domid-negative", "rule[0].domid: not a domid"),
+                             ("domid-20-digits", "rule[0].domid: not a domid"),
+                             ("no-direction", "rule[0]: sets neither to-guest nor from-guest"))],
     # 2. --once: negotiated but not enforced is not a success (7); enforced is (0)
     ("2: once, enforced", [*ONCE4, "--toggles", "dry-run"], EXIT_OK, "", DRIVER4),
     ("2: once, toggles none: not enforced", [*ONCE4, "--toggles", "none", "--json"],
@@ -217,6 +232,8 @@ def world(lab: Lab, tmp_path: Path) -> dict[str, str]:
     (tmp_path / "latin1.toml").write_bytes(NOT_UTF8)
     (tmp_path / "nested.toml").write_bytes(NESTED)
     (tmp_path / "unknown.toml").write_text("[defaults]\nto-guest = true\n")
+    for name, selector in BAD_SELECTORS.items():
+        (tmp_path / f"{name}.toml").write_text(f"[[rule]]\n{selector}\n")
     return {"sock": lab.socket, "guest1": lab.guest_socket(1), "guest2": lab.guest_socket(2),
             "guest3": lab.guest_socket(3), "tmp": str(tmp_path)}
 

@@ -128,6 +128,14 @@ def _domid_unreadable(store: Store, path: str, hint: str) -> CliError:
 # ----------------------------------------------------------------------------- argument types
 
 
+def _shown(text: str, limit: int = 80) -> str:
+    """``text`` as an error line quotes it: repr, cut to about ``limit`` characters (a huge
+    argument is not echoed in full)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def _on_off(text: str) -> bool:
     if text not in ("on", "off"):
         raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
@@ -782,6 +790,14 @@ def cmd_xenstored(args: argparse.Namespace) -> int:
         watch_event_timeout=dict(args.timeout).get("watch-event",
                                                    ServerLimits().watch_event_timeout),
         max_guest_connections=args.max_guest_connections, reserved_fds=args.reserved_fds)
+    seen: dict[object, str] = {}
+    for domid, sock in args.domain:
+        for key, what in ((domid, f"domain {domid}"), (sock, f"socket {_shown(sock)}")):
+            if key in seen:
+                raise CliError(EXIT_USAGE, f"xenstored: --domain {_shown(f'{domid}:{sock}')}: "
+                                           f"{what} already given (--domain "
+                                           f"{_shown(seen[key])})")
+            seen[key] = f"{domid}:{sock}"
     options = DaemonOptions(
         socket_path=args.socket or daemon_socket_path(), domains=tuple(args.domain),
         trace_path=args.trace, quotas=quotas, limits=limits, pidfile=args.pidfile,
@@ -821,9 +837,13 @@ def _timeout_value(text: str) -> tuple[str, int]:
 
 
 def _domain_socket_value(text: str) -> tuple[int, str]:
+    from xenoffload.names import DOMID_LIMIT
+
     domid, sep, path = text.partition(":")
-    if not sep or not domid.isascii() or not domid.isdigit() or not path or int(domid) == 0:
-        raise ValueError(f"expected DOMID:PATH with DOMID > 0, got {text!r}")
+    if not sep or not domid.isascii() or not domid.isdigit() or not path or len(domid) > 5 \
+            or not 0 < int(domid) < DOMID_LIMIT:
+        raise ValueError(f"expected DOMID:PATH with DOMID 1..{DOMID_LIMIT - 1} (a guest; "
+                         f"{DOMID_LIMIT} and up are Xen's reserved ids), got {_shown(text)}")
     return int(domid), path
 
 

@@ -16,6 +16,7 @@ early (SIGPIPE, as other Unix tools).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -361,7 +362,7 @@ def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
                  what, path, args.mode, args.toggles, source or "built-in")
         runner.run()
         sdnotify.stopping()
-    return EXIT_OK
+    return _stopped_code(stop)
 
 
 def _connect_raw(path: str) -> Store:
@@ -396,11 +397,24 @@ def _once_outcome(logic: BackendAgent | GuestAgent, path: str, as_json: bool) ->
     return EXIT_OK if enforced else EXIT_NOT_ENFORCED
 
 
+class _Stop(threading.Event):
+    """Set by SIGTERM/SIGINT; remembers which (SIGINT: the command exits 130)."""
+
+    signum: int | None = None
+
+
+def _stopped_code(stop: threading.Event) -> int:
+    """The exit code of a daemon stopped by ``stop``: 130 after SIGINT (docs/cli.md), else 0."""
+    return EXIT_INTERRUPTED if getattr(stop, "signum", None) == signal.SIGINT else EXIT_OK
+
+
 def _stop_on_signals() -> threading.Event:
     """Return an event set by SIGTERM/SIGINT (a daemon stops cleanly on either)."""
-    stop = threading.Event()
+    stop = _Stop()
 
-    def on_term(_signum: int, _frame: object) -> None:
+    def on_term(signum: int, _frame: object) -> None:
+        if stop.signum is None:
+            stop.signum = signum
         stop.set()
 
     signal.signal(signal.SIGTERM, on_term)
@@ -486,7 +500,8 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
     stop = None if args.once else _stop_on_signals()
     domid = args.domid if args.domid is not None else _guest_domid(path, stop)
     if domid is None:
-        return EXIT_OK  # stopped while waiting for XenStore
+        assert stop is not None
+        return _stopped_code(stop)  # stopped while waiting for XenStore
     enforcers = _make_enforcers(args.toggles, args.tc)
     pattern: DevicePattern | None = args.device_pattern
     if pattern is None and args.toggles == "dry-run":
@@ -953,7 +968,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the embedded XenStore daemon (docs/xenstored.md): a privileged dom0 "
                     "socket plus one socket per emulated guest, with C xenstored's quotas. "
                     "Foreground unless --background; READY=1 goes to $NOTIFY_SOCKET once "
-                    "every socket listens. Exit status 0 after SIGTERM/SIGINT, 1 when a "
+                    "every socket listens. Exit status 0 after SIGTERM, 130 after SIGINT, 1 when a "
                     "socket cannot be bound."))
 
     for name, func, helptext, role in (
@@ -1110,10 +1125,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_closed() -> int:
+    """stdout was closed by its reader (``show --json | head -1``): stop silently, as other
+    Unix tools do, exit 128 + SIGPIPE. Python would complain again when it flushes stdout at
+    exit: point it at /dev/null first."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if threading.current_thread() is threading.main_thread():
+            # From here Ctrl-C is caught below (python -m xenoffload handled it before).
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
@@ -1124,10 +1153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=level if args.command != "demo"
                             else max(level, logging.WARNING),
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not as Python's complaint at exit
+        return code
     except KeyboardInterrupt:
         print("xenoffload: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _output_closed()
     except CliError as error:
         print(f"xenoffload: {error}", file=sys.stderr)
         return error.code
@@ -1146,4 +1179,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from xenoffload.__main__ import run
+
+    run()

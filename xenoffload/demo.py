@@ -36,8 +36,8 @@ from xenoffload.show import collect, enforced_status, list_vifs, render_table
 from xenoffload.store.base import Store
 from xenoffload.store.pyxs_store import connect_store
 from xenoffload.toggles.base import DeviceRef, Toggles
-from xenoffload.toggles.tc_base import TcChecksum
 from xenoffload.toggles.recording import NETBACK_VIF, NETFRONT_ETH, RecordingToggles
+from xenoffload.toggles.tc_base import TcChecksum
 from xenoffload.toolstack import VifSpec, create_domain, create_vif
 from xenoffload.xenbus import XenbusState
 from xenoffload.xenstored.harness import EmbeddedXenstored

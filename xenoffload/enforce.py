@@ -162,7 +162,8 @@ def make_enforcers(kind: Literal["netlink", "dry-run"], *, tc: bool = True,
     kernel (ethtool generic netlink, and rtnetlink for tc), ``"dry-run"`` simulated devices
     created on first use (:func:`~xenoffload.toggles.recording.profile_for_name`), tc answered
     by their simulated kernel. ``tc=False`` leaves tc alone (ethtool only): what only tc
-    could enforce is then reported ``unenforced`` with the reason :data:`NO_TC_REASON`. ``tc_config``: the filters' priority and classifiers (default
+    could enforce is then reported ``unenforced`` with the reason :data:`NO_TC_REASON`.
+    ``tc_config``: the filters' priority and classifiers (default
     :class:`~xenoffload.toggles.tc_plan.TcConfig`). Raises ValueError for another kind."""
     # Imported here: an agent needs one of the two, and the netlink one opens sockets.
     from xenoffload.toggles.tc_netlink import NetlinkTc

@@ -183,10 +183,9 @@ def _finish_in_background(locks: list[HeldLock], identity: VifIdentity, backend_
 def _negotiate(identity: VifIdentity, backend_domid: int, link_policy: LinkPolicy,
                toggles_kind: str, tc: bool, xenstore: str, wait: float,
                device_pattern: DevicePattern | None, netns: str | None) -> int:
+    from xenoffload.enforce import NothingApplied
     from xenoffload.store.pyxs_store import connect_store
     from xenoffload.toolstack import NegotiationTimeout, negotiate_vif
-
-    from xenoffload.enforce import NothingApplied
 
     guest, devid = identity.domid, identity.devid
     enforcer: Enforcer = NothingApplied()  # --toggles none: no status says ok

@@ -9,22 +9,26 @@ agent, so that ``--once`` connects), the environment."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
 import pytest
-from e2e.lab import Lab
+from e2e.lab import Lab, wait_until
 
 from xenoffload.cli import (
     EXIT_BUSY,
     EXIT_CONFIG,
+    EXIT_INTERRUPTED,
     EXIT_NOT_ENFORCED,
     EXIT_NOT_FOUND,
     EXIT_OK,
     EXIT_OUTCOME,
+    EXIT_PIPE,
     EXIT_UNSEEN,
     EXIT_USAGE,
     EXIT_XENSTORE,
@@ -50,11 +54,15 @@ class Expect:
     lab after; ``env`` added to the environment; ``stdin`` fed to the command."""
 
     stdout: str | None = None
-    one_line: bool = True
+    one_line: bool | None = True  # None: nothing at all on stderr
     setup: Callable[[Lab], None] | None = None
     check: Callable[[Lab], None] | None = None
     env: Mapping[str, str] = attrs.field(factory=dict)
     stdin: str | None = None
+    #: SIGINT once this holds of (lab, test directory), or after this many seconds
+    interrupt: Callable[[Lab, Path], bool] | float | None = None
+    #: the command's stdout piped into this shell command (``head -1``)
+    pipe_to: str | None = None
 
 
 def driver_domain_with_a_running_guest(lab: Lab) -> None:
@@ -220,6 +228,26 @@ ROWS: list[tuple[object, ...]] = [
     ("7: xenstored socket twice", ["xenstored", "--socket", "{tmp}/xs.sock", "--domain",
                                    "1:{tmp}/y.sock", "--domain", "2:{tmp}/y.sock"],
      EXIT_USAGE, "already given"),
+    # 8. SIGINT: 130 from daemons too, no traceback even at start-up; a closed pipe: 141,
+    # silently
+    ("8: SIGINT to backend-agent", ["backend-agent", "--mode", "full", "--toggles", "none",
+                                    "--no-config", "--xenstore", "{sock}"], EXIT_INTERRUPTED, "",
+     Expect(one_line=False, interrupt=lambda lab, _tmp: lab.toolstack.try_read(
+         "/local/domain/0/backend/vif/1/0/feature-csum-tx") is not None)),
+    ("8: SIGINT to guest-agent waiting for XenStore",
+     ["guest-agent", "--toggles", "none", "--no-config", "--xenstore", "{tmp}/none.sock"],
+     EXIT_INTERRUPTED, "XenStore unavailable at",
+     Expect(one_line=False, interrupt=lambda _lab, tmp: (tmp / "none.sock").parent.exists()
+            and time.sleep(1) is None)),
+    ("8: SIGINT to xenstored", ["xenstored", "--socket", "{tmp}/xs.sock"], EXIT_INTERRUPTED,
+     "", Expect(one_line=False, interrupt=lambda _lab, tmp: (tmp / "xs.sock").exists(),
+                check=lambda lab: None)),
+    ("8: SIGINT at start-up", ["demo", "--dry-run"], EXIT_INTERRUPTED,
+     "xenoffload: interrupted", Expect(interrupt=0.12)),
+    ("8: show --json | head -1", ["show", "--json", "--xenstore", "{sock}"], EXIT_PIPE, "",
+     # (more than a pipe's 64 KiB of JSON, so that the write after head exits fails)
+     Expect(one_line=None, pipe_to="head -1",
+            setup=lambda lab: lab.add_guest(2, ["xenbr0"] * 50) and None)),
     # 2. --once: negotiated but not enforced is not a success (7); enforced is (0)
     ("2: once, enforced", [*ONCE4, "--toggles", "dry-run"], EXIT_OK, "", DRIVER4),
     ("2: once, toggles none: not enforced", [*ONCE4, "--toggles", "none", "--json"],
@@ -262,14 +290,25 @@ def test_bad_input_gets_one_line_and_its_exit_code(lab: Lab, world: dict[str, st
         expect.setup(lab)
     argv = [arg.format(**world) for arg in args]
     env = {**os.environ, **{k: v.format(**world) for k, v in expect.env.items()}}
-    done = subprocess.run([sys.executable, "-m", "xenoffload", *argv], capture_output=True,
-                          text=True, timeout=60, check=False, env=env,
-                          **({"input": expect.stdin} if expect.stdin is not None
-                             else {"stdin": subprocess.DEVNULL}))
+    command = [sys.executable, "-m", "xenoffload", *argv]
+    if expect.interrupt is not None:
+        done = _interrupted(command, env, expect.interrupt, lab, Path(world["tmp"]))
+    elif expect.pipe_to is not None:
+        done = subprocess.run(["bash", "-c", f'"$@" | {expect.pipe_to}; '
+                               'exit "${PIPESTATUS[0]}"', "bash", *command],
+                              capture_output=True, text=True, timeout=60, check=False,
+                              env=env, stdin=subprocess.DEVNULL)
+    else:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                              check=False, env=env,
+                              **({"input": expect.stdin} if expect.stdin is not None
+                                 else {"stdin": subprocess.DEVNULL}))
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == code, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
-    if expect.one_line:
+    if expect.one_line is None:
+        assert not lines, lines  # silently
+    elif expect.one_line:
         assert len(lines) == 1, lines
         assert fragment in lines[0]
         assert len(lines[0]) < 400, lines[0]  # huge arguments are not echoed in full
@@ -279,6 +318,26 @@ def test_bad_input_gets_one_line_and_its_exit_code(lab: Lab, world: dict[str, st
         assert expect.stdout in done.stdout, done.stdout
     if expect.check is not None:
         expect.check(lab)
+
+
+def _interrupted(command: list[str], env: Mapping[str, str],
+                 when: Callable[[Lab, Path], bool] | float, lab: Lab,
+                 tmp: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``command``; SIGINT it once ``when`` holds (or after ``when`` seconds)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, text=True, env=env)
+    try:
+        if callable(when):
+            wait_until(lambda: when(lab, tmp), 30, "the command under way")
+        else:
+            time.sleep(when)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def test_every_exit_code_is_documented() -> None:

@@ -86,6 +86,15 @@ def _nothing_under(lab: Lab, path: str) -> None:
     assert lab.toolstack.try_read(path) is None, f"{path} was written"
 
 
+def _no_status(lab: Lab) -> None:
+    status = "/local/domain/0/backend/vif/1/0/xenoffload-csum-status"
+    assert lab.toolstack.try_read(status) is None, "a status was published"
+
+
+#: the hook for vif 1/0, its frontend Connected (the hook could act at once)
+HOOK10 = Expect(env={"XENBUS_PATH": "backend/vif/1/0", "vif": "vif1.0"}, check=_no_status,
+                setup=lambda lab: lab.toolstack.write(
+                    "/local/domain/1/device/vif/0/state", b"4"))
 DRIVER4 = Expect(setup=driver_domain_with_a_running_guest, one_line=False)
 ONCE4 = ["backend-agent", "--once", "--mode", "full", "--no-config", "--domid", "4",
          "--settle", "1", "--xenstore", "{sock}"]
@@ -182,6 +191,20 @@ ROWS: list[tuple[object, ...]] = [
     ("unknown command", ["frobnicate"], EXIT_USAGE, "invalid choice"),
     ("write refused by XenStore", ["set", "--local", "0", "--tx", "on", "--xenstore",
                                    "{guest3}"], EXIT_OUTCOME, "EACCES"),
+    # 1. hotplug online: what can be checked is, before the hook returns; no status before
+    # the device did it
+    ("1: hotplug online, log not writable", ["hotplug", "online", "--toggles", "dry-run",
+                                             "--no-config", "--log", "{tmp}/nodir/hook.log",
+                                             "--xenstore", "{sock}"], EXIT_USAGE,
+     "hotplug: --log {tmp}/nodir/hook.log: No such file or directory", HOOK10),
+    ("1: hotplug online, no such device", ["hotplug", "online", "--toggles", "netlink",
+                                           "--no-config", "--device-pattern",
+                                           "xo{{domid}}x{{devid}}",
+                                           "--xenstore", "{sock}"], EXIT_NOT_FOUND,
+     "hotplug: online vif 1/0: no device xo1x0", HOOK10),
+    ("1: hotplug online, no XenStore", ["hotplug", "online", "--no-config",
+                                        "--xenstore", "{tmp}/none.sock"], EXIT_XENSTORE,
+     "hotplug: XenStore unavailable at {tmp}/none.sock", HOOK10),
     # 4. a domain that does not exist is not an empty success; set writes nothing for it
     ("4: guest once, unknown domid", ["guest-agent", "--once", "--toggles", "none",
                                       "--no-config", "--domid", "99", "--xenstore", "{sock}"],
@@ -310,7 +333,7 @@ def test_bad_input_gets_one_line_and_its_exit_code(lab: Lab, world: dict[str, st
         assert not lines, lines  # silently
     elif expect.one_line:
         assert len(lines) == 1, lines
-        assert fragment in lines[0]
+        assert fragment.format(**world) in lines[0]
         assert len(lines[0]) < 400, lines[0]  # huge arguments are not echoed in full
     else:
         assert fragment in done.stdout + done.stderr, done.stdout + done.stderr

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -78,8 +79,18 @@ class CliError(Exception):
 
 def resolve_xenstore(explicit: str | None) -> str:
     """Return the XenStore endpoint: ``--xenstore`` if given, else libxenstore's default
-    (:func:`~xenoffload.store.location.default_xenstore_path`)."""
-    return explicit or default_xenstore_path()
+    (:func:`~xenoffload.store.location.default_xenstore_path`). A ``$XENSTORED_PATH`` that
+    is set but empty is a usage error (CliError, exit 2), not a silent fallback."""
+    if explicit is not None:
+        return explicit
+    _check_env_path()
+    return default_xenstore_path()
+
+
+def _check_env_path() -> None:
+    if os.environ.get("XENSTORED_PATH") == "":
+        raise CliError(EXIT_USAGE, "XENSTORED_PATH is set but empty: unset it, or set it to "
+                                   "the XenStore socket (or pass --xenstore PATH)")
 
 
 def _connect(path: str) -> Store:
@@ -89,7 +100,13 @@ def _connect(path: str) -> Store:
     try:
         return connect_store(path)
     except StoreUnavailable as error:
-        raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: {error}") from None
+        raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: "
+                                      f"{_why_unavailable(path, error)}") from None
+
+
+def _why_unavailable(path: str, error: StoreUnavailable) -> str:
+    """The reason in a StoreUnavailable, without the path it repeats."""
+    return str(error).removeprefix(f"cannot connect to XenStore at {path}: ")
 
 
 def _require_domain(store: Store, domid: int, what: str) -> None:
@@ -171,6 +188,29 @@ def _seconds_value(text: str) -> float:
     return value
 
 
+def _path_value(text: str) -> str:
+    if not text:
+        raise ValueError("empty: name a path")
+    if "\0" in text:
+        raise ValueError(f"not a path (a NUL byte): {_shown(text)}")
+    return text
+
+
+def _command_value(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty: name the command to run")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+        raise ValueError(f"a control character (a newline?) would break the unit's ExecStart "
+                         f"line: {_shown(text)}")
+    return text
+
+
+def _impl_value(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty: name the implementation's command")
+    return text
+
+
 def _netns_value(text: str) -> str:
     if not text or "/" in text or text in (".", "..") or len(text) > 255:
         raise ValueError(f"not a network namespace name: {text!r}")
@@ -181,6 +221,9 @@ _domid = _checked(parse_domid)
 _devid = _checked(_devid_value)
 _seconds = _checked(_seconds_value)
 _netns = _checked(_netns_value)
+_path = _checked(_path_value)
+_command = _checked(_command_value)
+_impl = _checked(_impl_value)
 _bridge = _checked(parse_bridge_pattern)
 
 
@@ -330,8 +373,8 @@ def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
             try:
                 runner.run_once(settle_seconds=args.settle, max_seconds=args.timeout)
             except StoreUnavailable as error:
-                raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: {error}") \
-                    from None
+                raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: "
+                                              f"{_why_unavailable(path, error)}") from None
             return _once_outcome(logic, path, args.json)
 
         def reload() -> None:
@@ -422,6 +465,20 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _once_options(args: argparse.Namespace) -> None:
+    """``--json``, ``--settle`` and ``--timeout`` belong to ``--once``: without it they are a
+    usage error (not silently ignored); with it, their defaults are filled in."""
+    if not args.once:
+        given = [flag for flag, value in (("--json", args.json), ("--settle", args.settle),
+                                          ("--timeout", args.timeout)) if value]
+        if given:
+            raise CliError(EXIT_USAGE, f"{args.command}: {', '.join(given)} only with --once "
+                                       "(the daemon runs until stopped)")
+        return
+    args.settle = 0.5 if args.settle is None else args.settle
+    args.timeout = 30.0 if args.timeout is None else args.timeout
+
+
 def cmd_backend_agent(args: argparse.Namespace) -> int:
     from xenoffload.agents.backend import BackendAgent
     from xenoffload.conformance.devicelog import device_logged
@@ -431,6 +488,7 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
     from xenoffload.machine import Mode
     from xenoffload.policy import VifIdentity
 
+    _once_options(args)
     enforcers = _make_enforcers(args.toggles, args.tc)
 
     def enforcer(vif: VifIdentity) -> Enforcer | None:
@@ -480,7 +538,8 @@ def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
         if domid is None:
             raise _domid_unreadable(store, path, " or pass --domid N")
     except StoreUnavailable as error:
-        raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: {error}") from None
+        raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: "
+                                      f"{_why_unavailable(path, error)}") from None
     finally:
         store.close()
     return domid
@@ -496,6 +555,7 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
     from xenoffload.policy import VifIdentity
     from xenoffload.toggles.base import DeviceRef
 
+    _once_options(args)
     path = resolve_xenstore(args.xenstore)
     stop = None if args.once else _stop_on_signals()
     domid = args.domid if args.domid is not None else _guest_domid(path, stop)
@@ -813,6 +873,8 @@ def cmd_xenstored(args: argparse.Namespace) -> int:
                                            f"{what} already given (--domain "
                                            f"{_shown(seen[key])})")
             seen[key] = f"{domid}:{sock}"
+    if args.socket is None:
+        _check_env_path()
     options = DaemonOptions(
         socket_path=args.socket or daemon_socket_path(), domains=tuple(args.domain),
         trace_path=args.trace, quotas=quotas, limits=limits, pidfile=args.pidfile,
@@ -869,7 +931,7 @@ _domain_arg = _checked(_domain_socket_value)
 
 
 def _add_xenstored_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--socket", metavar="PATH",
+    p.add_argument("--socket", metavar="PATH", type=_path,
                    help="privileged (dom0) socket; default $XENSTORED_PATH, else "
                         "${XENSTORED_RUNDIR:-/var/run/xenstored}/socket")
     p.add_argument("--domain", metavar="DOMID:PATH", type=_domain_arg, action="append",
@@ -924,7 +986,18 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``xenoffload set: error: ... (see --help)``, exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} "
+                              f"(see {self.prog} --help)\n")
+
+
+def _one_line(message: str, limit: int = 1000) -> str:
+    """``message`` as the one line printed: a huge quoted argument is cut (not echoed in
+    full), line breaks become spaces, and the whole is at most about ``limit`` characters."""
+    message = re.sub(r"'([^'\n]{80})[^'\n]{40,}'",
+                     lambda m: f"'{m.group(1)}...' ({len(m.group(0)) - 2} characters)",
+                     message)
+    message = " ".join(message.splitlines())
+    return message if len(message) <= limit else message[:limit] + "..."
 
 
 _EPILOG = ("Exit codes: 0 ok, 1 unexpected outcome, 2 usage, 3 XenStore unreachable, "
@@ -951,7 +1024,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def xenstore(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--xenstore", metavar="PATH",
+        p.add_argument("--xenstore", metavar="PATH", type=_path,
                        help="XenStore socket or /dev/xen/xenbus (default: $XENSTORED_PATH, "
                             "/var/run/xenstored/socket, /dev/xen/xenbus)")
 
@@ -992,10 +1065,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--once", action="store_true",
                        help="process what is there, print a summary, exit (1 if a vif is not "
                             "Connected); writes like the daemon, so never beside one")
-        p.add_argument("--settle", type=_seconds, default=0.5, metavar="SECONDS",
-                       help="with --once: stop after this long without events")
-        p.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
-                       help="with --once: stop after this long at most")
+        p.add_argument("--settle", type=_seconds, metavar="SECONDS",
+                       help="with --once: stop after this long without events (0.5)")
+        p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                       help="with --once: stop after this long at most (30)")
         p.add_argument("--json", action="store_true",
                        help="with --once: JSON summary (schema: vif-report.schema.json)")
         p.add_argument("--netns", type=_netns, metavar="NAME",
@@ -1089,7 +1162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=_directory, metavar="DIR",
                    help="write the files here (e.g. /etc/systemd/system; copy the wrapper to "
                         "/etc/xen/scripts); default: print them")
-    p.add_argument("--command", metavar="CMD",
+    p.add_argument("--command", metavar="CMD", type=_command,
                    help="the command to run instead of this installation's entry point")
     p.set_defaults(func=cmd_units)
 
@@ -1100,7 +1173,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "pass/fail table (docs/conformance.md).")
     p.add_argument("--role", choices=("backend", "frontend"), required=True,
                    help="the end COMMAND plays")
-    p.add_argument("--impl", required=True, metavar="COMMAND",
+    p.add_argument("--impl", required=True, metavar="COMMAND", type=_impl,
                    help="shell command; {config}, {mode}, {xenstore} and {device-log} are "
                         "replaced")
     p.add_argument("--junit", type=_writable_file, metavar="FILE",
@@ -1162,19 +1235,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _output_closed()
     except CliError as error:
-        print(f"xenoffload: {error}", file=sys.stderr)
+        print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)
         return error.code
     except NotFound as error:
-        print(f"xenoffload: {error}", file=sys.stderr)
+        print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except StoreUnavailable as error:
-        print(f"xenoffload: XenStore unavailable: {error}", file=sys.stderr)
+        print(f"xenoffload: XenStore unavailable: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_XENSTORE
     except XenStoreError as error:
-        print(f"xenoffload: {error}", file=sys.stderr)
+        print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_OUTCOME
     except OSError as error:
-        print(f"xenoffload: {error}", file=sys.stderr)
+        print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_OUTCOME
 
 

@@ -236,6 +236,17 @@ ROWS: list[tuple[object, ...]] = [
      EXIT_USAGE, "the frontend scenarios are: "),
     ("11: empty --impl", ["conformance", "--role", "backend", "--impl", ""], EXIT_USAGE,
      "argument --impl: empty"),
+    # 14. conformance: a run whose decisions could not all be seen has its own verdict and exit
+    ("14: conformance, decisions not seen",
+     ["conformance", "--role", "frontend", "--scenario", "R5-negotiates-offload", "--impl",
+      f"{sys.executable} {Path(__file__).parents[1] / 'conformance' / 'mutants.py'} "
+      "frontend publishes-no-result"], EXIT_UNSEEN, "VERDICT: passed-what-could-be-seen",
+     Expect(one_line=False)),
+    ("14: conformance, decisions not seen, required",
+     ["conformance", "--role", "frontend", "--scenario", "R5-negotiates-offload", "--impl",
+      f"{sys.executable} {Path(__file__).parents[1] / 'conformance' / 'mutants.py'} "
+      "frontend publishes-no-result", "--require-observable"], EXIT_OUTCOME,
+     "VERDICT: failed", Expect(one_line=False)),
     # 1. hotplug online: what can be checked is, before the hook returns; no status before
     # the device did it
     ("1: hotplug online, log not writable", ["hotplug", "online", "--toggles", "dry-run",

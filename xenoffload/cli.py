@@ -375,7 +375,7 @@ def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
             except StoreUnavailable as error:
                 raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: "
                                               f"{_why_unavailable(path, error)}") from None
-            return _once_outcome(logic, path, args.json)
+            return _once_outcome(logic, path, args.json, _verbosity(args) > 0)
 
         def reload() -> None:
             nonlocal source
@@ -414,7 +414,14 @@ def _connect_raw(path: str) -> Store:
     return connect_store(path)
 
 
-def _once_outcome(logic: BackendAgent | GuestAgent, path: str, as_json: bool) -> int:
+def _verbosity(args: argparse.Namespace) -> int:
+    """``-v`` count (before or after the command), minus one for ``-q``."""
+    return int(args.verbose + getattr(args, "sub_verbose", 0)) - (
+        1 if args.quiet or getattr(args, "sub_quiet", False) else 0)
+
+
+def _once_outcome(logic: BackendAgent | GuestAgent, path: str, as_json: bool,
+                  full_status: bool = False) -> int:
     from xenoffload.show import enforced_status, render_json, render_table
     from xenoffload.xenbus import XenbusState
 
@@ -422,7 +429,7 @@ def _once_outcome(logic: BackendAgent | GuestAgent, path: str, as_json: bool) ->
     if as_json:
         print(render_json(reports))
     else:
-        print(render_table(reports))
+        print(render_table(reports, full_status))
         for report in reports:
             agent = report.agent
             assert agent is not None
@@ -615,7 +622,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         store.close()
     if args.kernel != "none":
         reports = _with_kernel(reports, args, own)
-    print(render_json(reports) if args.json else render_table(reports))
+    print(render_json(reports) if args.json else
+          render_table(reports, full_status=_verbosity(args) > 0))
     return EXIT_OK
 
 
@@ -1014,13 +1022,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"xenoffload {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more logging (-v info, -vv debug); also after the command")
+                        help="more logging (-v info, -vv debug; show: full statuses); also "
+                             "after the command")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="log errors only (no warnings); also after the command")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, **kwargs: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, epilog=_EPILOG, **kwargs)  # type: ignore[arg-type]
         p.add_argument("-v", "--verbose", action="count", default=0, dest="sub_verbose",
                        help="more logging (-v info, -vv debug)")
+        p.add_argument("-q", "--quiet", action="store_true", dest="sub_quiet",
+                       help="log errors only (no warnings)")
         return p
 
     def xenstore(p: argparse.ArgumentParser) -> None:
@@ -1221,7 +1234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as exit_:
             return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-        verbose = args.verbose + getattr(args, "sub_verbose", 0)
+        verbose = _verbosity(args)
         level = logging.WARNING - 10 * min(verbose, 2)
         logging.basicConfig(level=level if args.command != "demo"
                             else max(level, logging.WARNING),

@@ -138,7 +138,7 @@ def run_demo(out: TextIO = sys.stdout, dry_run: bool | None = None,
             for thread in threads:
                 thread.join(5)
         reports = collect(toolstack, list_vifs(toolstack, 0, GUEST))
-        say("\n" + render_table(reports) + "\n\n")
+        say("\n" + render_table(reports, full_status=True) + "\n\n")
         for devid, ifname, _bridge in DEMO_VIFS:
             for name in (f"vif{GUEST}.{devid}", ifname):
                 features = toggles.read(devices[name])

@@ -130,6 +130,7 @@ def test_cli_md_show_header_is_what_show_prints() -> None:
 
 def test_cli_md_names_every_command_and_option() -> None:
     text = (ROOT / "docs" / "cli.md").read_text()
+    assert "`-q`" in text.split("## Exit codes")[0]  # with -v, in the preamble
     parser = build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, sub in commands.choices.items():
@@ -138,7 +139,8 @@ def test_cli_md_names_every_command_and_option() -> None:
             continue
         for action in sub._actions:
             for option in action.option_strings:
-                if option.startswith("--") and option not in ("--help", "--verbose"):
+                if option.startswith("--") and option not in ("--help", "--verbose",
+                                                              "--quiet"):
                     row = next(line for line in text.splitlines()
                                if line.startswith(f"| `{name} "))
                     assert option in row, f"{name} {option}"

@@ -840,6 +840,13 @@ def cmd_units(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_man(args: argparse.Namespace) -> int:
+    from xenoffload.manpage import render_man
+
+    sys.stdout.write(render_man(build_parser()))
+    return EXIT_OK
+
+
 def cmd_conformance(args: argparse.Namespace) -> int:
     from xenoffload.conformance.command import run_command_suite
     from xenoffload.conformance.runner import SelectionError
@@ -1117,7 +1124,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "ethtool -k shows them)")
     p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",
                    help="with --kernel: device of a vif (default as the agents)")
-    p.add_argument("--netns", type=_netns, metavar="NAME")
+    p.add_argument("--netns", type=_netns, metavar="NAME",
+                   help="with --kernel: network namespace of the devices")
     p.set_defaults(func=cmd_show)
 
     p = command("set", help="change policy at run time (renegotiates)",
@@ -1144,7 +1152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", help="the whole system on this machine (README quick start)")
     p.add_argument("--dry-run", action="store_true", help="simulated devices even when root")
-    p.add_argument("--timeout", type=_seconds, default=20.0, metavar="SECONDS")
+    p.add_argument("--timeout", type=_seconds, default=20.0, metavar="SECONDS",
+                   help="how long both vifs may take to connect (20)")
     p.set_defaults(func=cmd_demo)
 
     p = command("hotplug", help="called by a vif hotplug script (examples/hotplug)",
@@ -1152,9 +1161,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "returns at once, applies in background. add/remove and "
                             "type_if=tap (an HVM guest's emulated NIC) do nothing.")
     xenstore(p)
-    p.add_argument("action", choices=("online", "offline", "add", "remove"))
+    p.add_argument("action", choices=("online", "offline", "add", "remove"),
+                   help="what the hotplug script was called for (xl's vif script argument)")
     config(p, Role.BACKEND)
-    p.add_argument("--toggles", choices=("netlink", "dry-run", "none"), default="netlink")
+    p.add_argument("--toggles", choices=("netlink", "dry-run", "none"), default="netlink",
+                   help="how to apply the result to the vif's device (default netlink)")
     p.add_argument("--tc", action=argparse.BooleanOptionalAction, default=True,
                    help="also enforce with tc where ethtool cannot (default on; "
                         "docs/toggles.md)")
@@ -1162,7 +1173,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long the background part waits for Connected")
     p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",
                    help="device of the vif (default: vifname, $vif, vif{domid}.{devid})")
-    p.add_argument("--netns", type=_netns, metavar="NAME")
+    p.add_argument("--netns", type=_netns, metavar="NAME",
+                   help="network namespace of the device")
     p.add_argument("--log", metavar="FILE",
                    help="where the background part logs (default: nowhere)")
     p.set_defaults(func=cmd_hotplug)
@@ -1178,6 +1190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--command", metavar="CMD", type=_command,
                    help="the command to run instead of this installation's entry point")
     p.set_defaults(func=cmd_units)
+
+    p = command("man", help="print the manual page (roff: xenoffload man | man -l -)",
+                description="Print xenoffload(1), generated from this command line parser.")
+    p.set_defaults(func=cmd_man)
 
     p = command("conformance", help="run the protocol conformance suite against a frontend "
                                     "or backend implementation",

@@ -24,9 +24,9 @@ def _roff(text: str) -> str:
 
 
 def _option_label(action: argparse.Action) -> str:
-    names = ", ".join(action.option_strings) or (action.metavar or action.dest)
+    names = ", ".join(action.option_strings) or str(action.metavar or action.dest)
     if action.option_strings and action.nargs != 0:
-        metavar = action.metavar or (
+        metavar = str(action.metavar) if action.metavar else (
             "{" + ",".join(map(str, action.choices)) + "}" if action.choices
             else action.dest.upper())
         names += f" {metavar}"

@@ -186,6 +186,8 @@ def _finish_in_background(locks: list[HeldLock], identity: VifIdentity, backend_
         os.close(ready_write)
         os.read(ready_read, 1)  # the child recorded itself as the vif lock's holder (or died)
         os.close(ready_read)
+        for lock in locks:
+            lock.keep()  # the child holds them now (and removes the files when done)
         return HOTPLUG_EXIT["ok"]  # the script goes on; the child finishes the job
     os.close(ready_read)
     os.setsid()
@@ -193,9 +195,14 @@ def _finish_in_background(locks: list[HeldLock], identity: VifIdentity, backend_
     os.write(ready_write, b"1")
     os.close(ready_write)
     detach_stdio(log_path)  # a hotplug runner waits until the script's streams close
-    code = _negotiate(identity, backend_domid, link_policy, toggles_kind, tc, xenstore, wait,
-                      device_pattern, netns)
-    os._exit(code)
+    code = 1
+    try:
+        code = _negotiate(identity, backend_domid, link_policy, toggles_kind, tc, xenstore,
+                          wait, device_pattern, netns)
+    finally:
+        for lock in reversed(locks):
+            lock.close()  # and its file, unless another hook holds it too
+        os._exit(code)
 
 
 def _negotiate(identity: VifIdentity, backend_domid: int, link_policy: LinkPolicy,

@@ -94,6 +94,17 @@ def _dead_socket(path: Path) -> None:
         sock.bind(str(path))
 
 
+def _lock_files(lab: Lab) -> list[Path]:
+    from xenoffload.agentlock import EndKey, lock_dir
+    from xenoffload.schema import Role
+
+    return sorted(lock_dir().glob(f"{EndKey.of(Role.BACKEND, 0, lab.socket).stem}*"))
+
+
+def _no_lock_files(lab: Lab) -> None:
+    assert not _lock_files(lab)
+
+
 def _no_status(lab: Lab) -> None:
     status = "/local/domain/0/backend/vif/1/0/xenoffload-csum-status"
     assert lab.toolstack.try_read(status) is None, "a status was published"
@@ -247,6 +258,20 @@ ROWS: list[tuple[object, ...]] = [
       f"{sys.executable} {Path(__file__).parents[1] / 'conformance' / 'mutants.py'} "
       "frontend publishes-no-result", "--require-observable"], EXIT_OUTCOME,
      "VERDICT: failed", Expect(one_line=False)),
+    # 13. lock files are removed by their holders when done (none pile up in /run/xenoffload)
+    ("13: once leaves no lock file", ["backend-agent", "--once", "--toggles", "none",
+                                      "--no-config", "--settle", "0.2", "--xenstore", "{sock}"],
+     EXIT_OUTCOME, "", Expect(one_line=False, check=lambda lab: _no_lock_files(lab))),
+    ("13: hotplug offline leaves no lock file", ["hotplug", "offline", "--no-config",
+                                                 "--xenstore", "{sock}"], EXIT_OK, "",
+     Expect(one_line=False, env={"XENBUS_PATH": "backend/vif/1/0", "vif": "vif1.0"},
+            check=lambda lab: _no_lock_files(lab))),
+    ("13: hotplug online leaves no lock file once done",
+     ["hotplug", "online", "--toggles", "dry-run", "--no-config", "--wait", "5",
+      "--xenstore", "{sock}"], EXIT_OK, "",
+     Expect(one_line=False, env={"XENBUS_PATH": "backend/vif/1/0", "vif": "vif1.0"},
+            check=lambda lab: wait_until(lambda: not _lock_files(lab), 15,
+                                         "the hook's background part done"))),
     # 1. hotplug online: what can be checked is, before the hook returns; no status before
     # the device did it
     ("1: hotplug online, log not writable", ["hotplug", "online", "--toggles", "dry-run",

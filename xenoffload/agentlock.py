@@ -17,8 +17,8 @@ of driver domain D (``backend-agent --domid D``) or the frontend end of guest G
 The locks are ``flock(2)`` locks on files in :func:`lock_dir` (``/run/xenoffload`` for root).
 The kernel drops a lock when its holder dies, so a lock is never stale; its holder removes the
 lock file when it lets go (a shared holder when it is the last), so files do not pile up; a
-lock *file* left behind by a killed holder holds nothing and is reused. Each holder writes a one-line
-:class:`Holder` record (pid, the process's start time, what it is) into its file; a record is
+lock *file* left behind by a killed holder holds nothing and is reused. Each holder writes a
+one-line :class:`Holder` record (pid, the process's start time, what it is) into its file; a record is
 only trusted for signalling when its pid still runs with the same start time, so a recycled
 pid is never signalled.
 
@@ -210,9 +210,9 @@ class HeldLock:
         if self.fd < 0:
             return
         with contextlib.suppress(OSError):
-            if self.exclusive or _try_flock(self.fd, fcntl.LOCK_EX):
-                if _same_file(self.fd, self.path):
-                    os.unlink(self.path)
+            if (self.exclusive or _try_flock(self.fd, fcntl.LOCK_EX)) and \
+                    _same_file(self.fd, self.path):
+                os.unlink(self.path)
         os.close(self.fd)
         self.fd = -1
 

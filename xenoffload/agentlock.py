@@ -19,8 +19,8 @@ The kernel drops a lock when its holder dies, so a lock is never stale; its hold
 lock file when it lets go (a shared holder when it is the last), so files do not pile up; a
 lock *file* left behind by a killed holder holds nothing and is reused. Each holder writes a
 one-line :class:`Holder` record (pid, the process's start time, what it is) into its file; a
-record is only trusted for signalling when its pid still runs with the same start time, so a recycled
-pid is never signalled.
+record is only trusted for signalling when its pid still runs with the same start time, so a
+recycled pid is never signalled.
 
 An end is keyed on (role, domid, XenStore): the system XenStore (its daemon's socket or the
 xenbus device, however reached) is one store; any other endpoint (an embedded xenstored's

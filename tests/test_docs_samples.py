@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,17 @@ def blocks(path: Path, kind: str) -> list[str]:
 
 
 def _bin_dir(tmp: Path) -> Path:
-    """A directory with ``xenoffload`` and ``python3`` that run this checkout's package."""
+    """A directory with ``xenoffload`` and ``python3`` that run this checkout's package with
+    this interpreter, however it is installed: scripts that exec ``sys.executable`` by the
+    path it was started as (a symlink to it would not find a virtual environment's packages:
+    Python looks for ``pyvenv.cfg`` beside the path it was started as)."""
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
-    shim = bin_dir / "xenoffload"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m xenoffload \"$@\"\n")
-    shim.chmod(0o755)
-    (bin_dir / "python3").symlink_to(sys.executable)
+    python = shlex.quote(sys.executable)
+    for name, command in (("xenoffload", f"{python} -m xenoffload"), ("python3", python)):
+        shim = bin_dir / name
+        shim.write_text(f"#!/bin/sh\nexec {command} \"$@\"\n")
+        shim.chmod(0o755)
     return bin_dir
 
 

@@ -149,3 +149,23 @@ def test_cli_md_names_every_command_and_option() -> None:
                     row = next(line for line in text.splitlines()
                                if line.startswith(f"| `{name} "))
                     assert option in row, f"{name} {option}"
+
+
+def test_integration_md_api_table_names_are_where_it_says() -> None:
+    """Each name in docs/integration.md's API table can be imported from the module its row
+    names beside it (``name(...)``, ``Name`` (``xenoffload.module``))."""
+    import importlib
+
+    text = (ROOT / "docs" / "integration.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| `")]
+    assert table
+    checked = 0
+    for line in table:
+        first_cell = line.split(" | ")[0]
+        for names, module in re.findall(r"((?:`[A-Za-z_][^`]*`(?:, )?)+) \(`(xenoffload[\w.]*)`\)",
+                                        first_cell):
+            imported = importlib.import_module(module)
+            for name in re.findall(r"`([A-Za-z_]\w*)", names):
+                assert hasattr(imported, name), f"{name} is not in {module}"
+                checked += 1
+    assert checked >= 15, checked

@@ -723,7 +723,7 @@ def _own_domid_or_fail(store: Store, path: str) -> int:
 def _vif_override_keys(store: Store, spec: VifSpec, backend_domid: int
                        ) -> tuple[str, tuple[str, ...], str]:
     """Return the override key of the vif ``spec`` names (by its VM's UUID when the domain
-    has one: the override then holds across save/restore, migration and reboot), the keys
+    has one: the override then holds across save/restore and reboot on this host), the keys
     it may also have been written under (by domid), and how to name it. A UUID with a devid
     names a VM's vif whether or not the VM runs."""
     from xenoffload.names import resolve_domain, resolve_vif
@@ -1120,8 +1120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-domid", type=_domid, default=None, metavar="DOMID",
                    help="vifs whose backend is in this domain (default: this domain)")
     p.add_argument("--kernel", choices=("none", "netlink"), default="none",
-                   help="also read this domain's device of each vif (checksum features, as "
-                        "ethtool -k shows them)")
+                   help="also read this domain's device of each vif (its checksum "
+                        "features by the kernel's names, with ethtool -k's values)")
     p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",
                    help="with --kernel: device of a vif (default as the agents)")
     p.add_argument("--netns", type=_netns, metavar="NAME",
@@ -1227,6 +1227,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _endpoint_named(args: argparse.Namespace | None) -> str | None:
+    """The XenStore endpoint the command used, for an error line (None if unknown)."""
+    if args is None or not hasattr(args, "xenstore"):
+        return None
+    try:
+        return resolve_xenstore(args.xenstore)
+    except CliError:
+        return None
+
+
 def _output_closed() -> int:
     """stdout was closed by its reader (``show --json | head -1``): stop silently, as other
     Unix tools do, exit 128 + SIGPIPE. Python would complain again when it flushes stdout at
@@ -1241,6 +1251,7 @@ def _output_closed() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    args: argparse.Namespace | None = None
     try:
         if threading.current_thread() is threading.main_thread():
             # From here Ctrl-C is caught below (python -m xenoffload handled it before).
@@ -1270,7 +1281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except StoreUnavailable as error:
-        print(f"xenoffload: XenStore unavailable: {_one_line(str(error))}", file=sys.stderr)
+        where = _endpoint_named(args)
+        print(f"xenoffload: XenStore unavailable{f' at {where}' if where else ''}: "
+              f"{_one_line(str(error))}", file=sys.stderr)
         return EXIT_XENSTORE
     except XenStoreError as error:
         print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)

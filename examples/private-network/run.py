@@ -12,8 +12,7 @@ one namespace per guest), the agents apply toggles with netlink, and the client 
 1 MiB over TCP on each network; otherwise toggles are a dry run. Ends with
 `xenoffload show` and a clean teardown.
 
-    sudo .venv/bin/python examples/private-network/run.py    # as root: real veths
-    .venv/bin/python examples/private-network/run.py         # otherwise: a dry run
+    .venv/bin/python examples/private-network/run.py   # as root: real veths; else a dry run
 
 Exit 0 when every vif negotiated as expected and every device enforces it, 7 when negotiated
 but not enforced (e.g. a kernel without act_csum), 1 otherwise.

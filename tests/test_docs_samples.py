@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,17 @@ def blocks(path: Path, kind: str) -> list[str]:
 
 
 def _bin_dir(tmp: Path) -> Path:
-    """A directory with ``xenoffload`` and ``python3`` that run this checkout's package."""
+    """A directory with ``xenoffload`` and ``python3`` that run this checkout's package with
+    this interpreter, however it is installed: scripts that exec ``sys.executable`` by the
+    path it was started as (a symlink to it would not find a virtual environment's packages:
+    Python looks for ``pyvenv.cfg`` beside the path it was started as)."""
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
-    shim = bin_dir / "xenoffload"
-    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m xenoffload \"$@\"\n")
-    shim.chmod(0o755)
-    (bin_dir / "python3").symlink_to(sys.executable)
+    python = shlex.quote(sys.executable)
+    for name, command in (("xenoffload", f"{python} -m xenoffload"), ("python3", python)):
+        shim = bin_dir / name
+        shim.write_text(f"#!/bin/sh\nexec {command} \"$@\"\n")
+        shim.chmod(0o755)
     return bin_dir
 
 
@@ -67,7 +72,8 @@ def test_getting_started_runs_as_written(tmp_path: Path) -> None:
                           timeout=180, check=False, env=_env(tmp_path), cwd=work)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "OK: eth1 on xenpriv0" in done.stdout  # the demo
-    assert "1/0  xenpriv0  Connected/Connected  tx 4+6 rx 4+6" in done.stdout
+    assert re.search(r"^1/0  \S+ +\S+  xenpriv0  Connected/Connected  tx 4\+6 rx 4\+6",
+                     done.stdout, re.MULTILINE), done.stdout
     assert re.search(r"^set /local/domain/0/xenoffload/policy/vif/[0-9a-f-]{36}/0$", done.stdout,
                      re.MULTILINE), done.stdout
     assert '"agreed": true' in done.stdout
@@ -129,6 +135,7 @@ def test_cli_md_show_header_is_what_show_prints() -> None:
 
 def test_cli_md_names_every_command_and_option() -> None:
     text = (ROOT / "docs" / "cli.md").read_text()
+    assert "`-q`" in text.split("## Exit codes")[0]  # with -v, in the preamble
     parser = build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, sub in commands.choices.items():
@@ -137,7 +144,28 @@ def test_cli_md_names_every_command_and_option() -> None:
             continue
         for action in sub._actions:
             for option in action.option_strings:
-                if option.startswith("--") and option not in ("--help", "--verbose"):
+                if option.startswith("--") and option not in ("--help", "--verbose",
+                                                              "--quiet"):
                     row = next(line for line in text.splitlines()
                                if line.startswith(f"| `{name} "))
                     assert option in row, f"{name} {option}"
+
+
+def test_integration_md_api_table_names_are_where_it_says() -> None:
+    """Each name in docs/integration.md's API table can be imported from the module its row
+    names beside it (``name(...)``, ``Name`` (``xenoffload.module``))."""
+    import importlib
+
+    text = (ROOT / "docs" / "integration.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| `")]
+    assert table
+    checked = 0
+    for line in table:
+        first_cell = line.split(" | ")[0]
+        for names, module in re.findall(r"((?:`[A-Za-z_][^`]*`(?:, )?)+) \(`(xenoffload[\w.]*)`\)",
+                                        first_cell):
+            imported = importlib.import_module(module)
+            for name in re.findall(r"`([A-Za-z_]\w*)", names):
+                assert hasattr(imported, name), f"{name} is not in {module}"
+                checked += 1
+    assert checked >= 15, checked

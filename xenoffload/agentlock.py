@@ -15,11 +15,12 @@ of driver domain D (``backend-agent --domid D``) or the frontend end of guest G
   the same way.
 
 The locks are ``flock(2)`` locks on files in :func:`lock_dir` (``/run/xenoffload`` for root).
-The kernel drops a lock when its holder dies, so a lock is never stale; a lock *file* left
-behind by a dead holder holds nothing and is reused. Each holder writes a one-line
-:class:`Holder` record (pid, the process's start time, what it is) into its file; a record is
-only trusted for signalling when its pid still runs with the same start time, so a recycled
-pid is never signalled.
+The kernel drops a lock when its holder dies, so a lock is never stale; its holder removes the
+lock file when it lets go (a shared holder when it is the last), so files do not pile up; a
+lock *file* left behind by a killed holder holds nothing and is reused. Each holder writes a
+one-line :class:`Holder` record (pid, the process's start time, what it is) into its file; a
+record is only trusted for signalling when its pid still runs with the same start time, so a
+recycled pid is never signalled.
 
 An end is keyed on (role, domid, XenStore): the system XenStore (its daemon's socket or the
 xenbus device, however reached) is one store; any other endpoint (an embedded xenstored's
@@ -199,8 +200,24 @@ class HeldLock:
 
     path: Path
     fd: int
+    exclusive: bool = True
 
     def close(self) -> None:
+        """Let go, removing the lock file when no other process holds it (an exclusive
+        holder always may; a shared one when it can take it exclusively), so that lock files
+        do not pile up: one taker that opened the file before it went away sees that its
+        lock is on a removed file and takes the new one (:func:`_take`)."""
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            if (self.exclusive or _try_flock(self.fd, fcntl.LOCK_EX)) and \
+                    _same_file(self.fd, self.path):
+                os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+    def keep(self) -> None:
+        """Let go without removing the file (a parent whose forked child holds the lock)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -217,8 +234,19 @@ class HeldLock:
         self.close()
 
 
-def _open(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+def _open(path: Path, create: bool = True) -> int:
+    return os.open(path, os.O_RDWR | (os.O_CREAT if create else 0) | os.O_CLOEXEC |
+                   os.O_NOFOLLOW, 0o600)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """True when ``path`` still names the file open as ``fd`` (not removed, not replaced)."""
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _try_flock(fd: int, operation: int) -> bool:
@@ -239,12 +267,18 @@ def read_holder(path: Path) -> Holder | None:
 
 def _take(path: Path, operation: int, holder: Holder | None) -> HeldLock | None:
     """Open ``path`` and try ``flock(operation)`` without waiting; return the held lock (its
-    record written if ``holder``) or None when another process holds it."""
-    fd = _open(path)
-    if not _try_flock(fd, operation):
-        os.close(fd)
-        return None
-    lock = HeldLock(path, fd)
+    record written if ``holder``) or None when another process holds it. A lock won on a
+    file its holder removed meanwhile (:meth:`HeldLock.close`) is taken again on the file the
+    path names now."""
+    while True:
+        fd = _open(path)
+        if not _try_flock(fd, operation):
+            os.close(fd)
+            return None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # removed by its last holder: take the path's new file
+    lock = HeldLock(path, fd, exclusive=operation == fcntl.LOCK_EX)
     if holder is not None:
         lock.record(holder)
     return lock
@@ -307,12 +341,26 @@ def acquire_agent(end: EndKey, what: str, directory: Path | None = None,
             names = ", ".join(h.describe() for h in stopped) or "unknown processes"
             raise EndBusy(f"hotplug hooks still write for {end.describe()} after {wait:.0f}s: "
                           f"{names}")
+    for path in sorted(directory.glob(f"{end.stem}.vif-*")):
+        _remove_if_free(path)  # left by hooks that were stopped
     return [agent, hotplug]
+
+
+def _remove_if_free(path: Path) -> None:
+    """Remove lock file ``path`` if no process holds it."""
+    try:
+        fd = _open(path, create=False)
+    except OSError:
+        return
+    HeldLock(path, fd, exclusive=False).close()
 
 
 def _busy_holder(path: Path) -> Holder | None:
     """Return the record of lock file ``path`` if a process holds it now."""
-    fd = _open(path)
+    try:
+        fd = _open(path, create=False)
+    except FileNotFoundError:
+        return None
     try:
         if _try_flock(fd, fcntl.LOCK_SH):
             return None

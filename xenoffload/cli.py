@@ -8,15 +8,19 @@ never a traceback:
 with a vif not Connected or refused, a XenStore error answer); 2 usage error; 3 XenStore
 unreachable; 4 configuration error (policy file); 5 another xenoffload process already writes
 for this end (one writer per end, docs/agents.md); 6 the domain, vif or override named does
-not exist; 130 interrupted (Ctrl-C).
+not exist; 7 negotiated but not enforced (``--once``: a vif's status is not ``ok``); 8 the
+conformance suite passed only what it could see; 130 interrupted (Ctrl-C); 141 stdout closed
+early (SIGPIPE, as other Unix tools).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -48,10 +52,12 @@ if TYPE_CHECKING:  # the agents are imported only by the commands that run them
 
 __all__ = ["main", "build_parser", "resolve_xenstore", "CliError", "EXIT_OK", "EXIT_OUTCOME",
            "EXIT_USAGE", "EXIT_XENSTORE", "EXIT_CONFIG", "EXIT_BUSY", "EXIT_NOT_FOUND",
-           "EXIT_INTERRUPTED", "DEFAULT_CONFIG"]
+           "EXIT_NOT_ENFORCED", "EXIT_UNSEEN", "EXIT_INTERRUPTED", "EXIT_PIPE",
+           "DEFAULT_CONFIG"]
 
 EXIT_OK, EXIT_OUTCOME, EXIT_USAGE, EXIT_XENSTORE, EXIT_CONFIG = 0, 1, 2, 3, 4
-EXIT_BUSY, EXIT_NOT_FOUND, EXIT_INTERRUPTED = 5, 6, 130
+EXIT_BUSY, EXIT_NOT_FOUND, EXIT_NOT_ENFORCED, EXIT_UNSEEN = 5, 6, 7, 8
+EXIT_INTERRUPTED, EXIT_PIPE = 130, 128 + signal.SIGPIPE
 
 #: The policy file an agent reads when ``--config`` is not given, if it exists.
 DEFAULT_CONFIG = {Role.BACKEND: "/etc/xenoffload/policy.toml",
@@ -73,8 +79,18 @@ class CliError(Exception):
 
 def resolve_xenstore(explicit: str | None) -> str:
     """Return the XenStore endpoint: ``--xenstore`` if given, else libxenstore's default
-    (:func:`~xenoffload.store.location.default_xenstore_path`)."""
-    return explicit or default_xenstore_path()
+    (:func:`~xenoffload.store.location.default_xenstore_path`). A ``$XENSTORED_PATH`` that
+    is set but empty is a usage error (CliError, exit 2), not a silent fallback."""
+    if explicit is not None:
+        return explicit
+    _check_env_path()
+    return default_xenstore_path()
+
+
+def _check_env_path() -> None:
+    if os.environ.get("XENSTORED_PATH") == "":
+        raise CliError(EXIT_USAGE, "XENSTORED_PATH is set but empty: unset it, or set it to "
+                                   "the XenStore socket (or pass --xenstore PATH)")
 
 
 def _connect(path: str) -> Store:
@@ -84,10 +100,58 @@ def _connect(path: str) -> Store:
     try:
         return connect_store(path)
     except StoreUnavailable as error:
-        raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: {error}") from None
+        raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: "
+                                      f"{_why_unavailable(path, error)}") from None
+
+
+def _why_unavailable(path: str, error: StoreUnavailable) -> str:
+    """The reason in a StoreUnavailable, without the path it repeats."""
+    return str(error).removeprefix(f"cannot connect to XenStore at {path}: ")
+
+
+def _require_domain(store: Store, domid: int, what: str) -> None:
+    """Raise NotFound (exit 6) when domain ``domid`` does not exist (no
+    ``/local/domain/<domid>``); ``what`` names the option that named it. Domain 0 always
+    exists. A guest may read only its own home: another domid is refused there (a guest's
+    agent acts for that guest alone)."""
+    from xenoffload.paths import domain_path
+
+    if domid == 0:
+        return
+    try:
+        if store.try_read(domain_path(domid)) is not None:
+            return
+    except XenStoreError:
+        own = read_own_domid(store)
+        if own is None or own == domid:
+            return
+        raise NotFound(f"no domain {domid} ({what}) seen from this connection: it belongs "
+                       f"to domain {own}") from None
+    raise NotFound(f"no domain {domid} ({what}): {domain_path(domid)} does not exist")
+
+
+def _domid_unreadable(store: Store, path: str, hint: str) -> CliError:
+    """The error (exit 2) of a guest that cannot read its own domid, as both agents and
+    ``show`` say it."""
+    try:
+        store.read("domid")
+        why = "it is not a domid"
+    except XenStoreError as error:
+        why = error.errno_name
+    return CliError(EXIT_USAGE, f"cannot read this guest's domid from XenStore at {path} "
+                                f"('domid': {why}); run it in a Xen guest (as root, with "
+                                f"/dev/xen/xenbus){hint}")
 
 
 # ----------------------------------------------------------------------------- argument types
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """``text`` as an error line quotes it: repr, cut to about ``limit`` characters (a huge
+    argument is not echoed in full)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _on_off(text: str) -> bool:
@@ -124,6 +188,29 @@ def _seconds_value(text: str) -> float:
     return value
 
 
+def _path_value(text: str) -> str:
+    if not text:
+        raise ValueError("empty: name a path")
+    if "\0" in text:
+        raise ValueError(f"not a path (a NUL byte): {_shown(text)}")
+    return text
+
+
+def _command_value(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty: name the command to run")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+        raise ValueError(f"a control character (a newline?) would break the unit's ExecStart "
+                         f"line: {_shown(text)}")
+    return text
+
+
+def _impl_value(text: str) -> str:
+    if not text.strip():
+        raise ValueError("empty: name the implementation's command")
+    return text
+
+
 def _netns_value(text: str) -> str:
     if not text or "/" in text or text in (".", "..") or len(text) > 255:
         raise ValueError(f"not a network namespace name: {text!r}")
@@ -134,6 +221,9 @@ _domid = _checked(parse_domid)
 _devid = _checked(_devid_value)
 _seconds = _checked(_seconds_value)
 _netns = _checked(_netns_value)
+_path = _checked(_path_value)
+_command = _checked(_command_value)
+_impl = _checked(_impl_value)
 _bridge = _checked(parse_bridge_pattern)
 
 
@@ -275,13 +365,17 @@ def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
         runner = Runner(lambda: _connect_raw(path), logic)
         runner.stop_event = stop
         if args.once:
-            _connect(path).close()  # unreachable: one line and exit 3, no retries
+            store = _connect(path)  # unreachable: one line and exit 3, no retries
+            try:
+                _require_domain(store, domid, "--domid")  # nothing to do: not a success
+            finally:
+                store.close()
             try:
                 runner.run_once(settle_seconds=args.settle, max_seconds=args.timeout)
             except StoreUnavailable as error:
-                raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: {error}") \
-                    from None
-            return _once_outcome(logic, path, args.json)
+                raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: "
+                                              f"{_why_unavailable(path, error)}") from None
+            return _once_outcome(logic, path, args.json, _verbosity(args) > 0)
 
         def reload() -> None:
             nonlocal source
@@ -311,7 +405,7 @@ def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
                  what, path, args.mode, args.toggles, source or "built-in")
         runner.run()
         sdnotify.stopping()
-    return EXIT_OK
+    return _stopped_code(stop)
 
 
 def _connect_raw(path: str) -> Store:
@@ -320,15 +414,22 @@ def _connect_raw(path: str) -> Store:
     return connect_store(path)
 
 
-def _once_outcome(logic: BackendAgent | GuestAgent, path: str, as_json: bool) -> int:
-    from xenoffload.show import render_json, render_table
+def _verbosity(args: argparse.Namespace) -> int:
+    """``-v`` count (before or after the command), minus one for ``-q``."""
+    return int(args.verbose + getattr(args, "sub_verbose", 0)) - (
+        1 if args.quiet or getattr(args, "sub_quiet", False) else 0)
+
+
+def _once_outcome(logic: BackendAgent | GuestAgent, path: str, as_json: bool,
+                  full_status: bool = False) -> int:
+    from xenoffload.show import enforced_status, render_json, render_table
     from xenoffload.xenbus import XenbusState
 
     reports = _once_reports(logic, path)
     if as_json:
         print(render_json(reports))
     else:
-        print(render_table(reports))
+        print(render_table(reports, full_status))
         for report in reports:
             agent = report.agent
             assert agent is not None
@@ -338,14 +439,32 @@ def _once_outcome(logic: BackendAgent | GuestAgent, path: str, as_json: bool) ->
              not report.agent.retry and
              report.agent.own_state is XenbusState.CONNECTED and
              report.agent.peer_state is XenbusState.CONNECTED for report in reports)
-    return EXIT_OK if ok else EXIT_OUTCOME
+    if not ok:
+        return EXIT_OUTCOME
+    # Negotiated, but the device does not do it (yet): not a success either (docs/cli.md).
+    enforced = all(report.agent is not None and report.agent.status is not None and
+                   enforced_status(report.agent.status) for report in reports)
+    return EXIT_OK if enforced else EXIT_NOT_ENFORCED
+
+
+class _Stop(threading.Event):
+    """Set by SIGTERM/SIGINT; remembers which (SIGINT: the command exits 130)."""
+
+    signum: int | None = None
+
+
+def _stopped_code(stop: threading.Event) -> int:
+    """The exit code of a daemon stopped by ``stop``: 130 after SIGINT (docs/cli.md), else 0."""
+    return EXIT_INTERRUPTED if getattr(stop, "signum", None) == signal.SIGINT else EXIT_OK
 
 
 def _stop_on_signals() -> threading.Event:
     """Return an event set by SIGTERM/SIGINT (a daemon stops cleanly on either)."""
-    stop = threading.Event()
+    stop = _Stop()
 
-    def on_term(_signum: int, _frame: object) -> None:
+    def on_term(signum: int, _frame: object) -> None:
+        if stop.signum is None:
+            stop.signum = signum
         stop.set()
 
     signal.signal(signal.SIGTERM, on_term)
@@ -353,19 +472,35 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _once_options(args: argparse.Namespace) -> None:
+    """``--json``, ``--settle`` and ``--timeout`` belong to ``--once``: without it they are a
+    usage error (not silently ignored); with it, their defaults are filled in."""
+    if not args.once:
+        given = [flag for flag, value in (("--json", args.json), ("--settle", args.settle),
+                                          ("--timeout", args.timeout)) if value]
+        if given:
+            raise CliError(EXIT_USAGE, f"{args.command}: {', '.join(given)} only with --once "
+                                       "(the daemon runs until stopped)")
+        return
+    args.settle = 0.5 if args.settle is None else args.settle
+    args.timeout = 30.0 if args.timeout is None else args.timeout
+
+
 def cmd_backend_agent(args: argparse.Namespace) -> int:
     from xenoffload.agents.backend import BackendAgent
     from xenoffload.devicelog import device_logged
     from xenoffload.devices import backend_device
     from xenoffload.endpoint import Enforcer
+    from xenoffload.enforce import NothingApplied
     from xenoffload.machine import Mode
     from xenoffload.policy import VifIdentity
 
+    _once_options(args)
     enforcers = _make_enforcers(args.toggles, args.tc)
 
     def enforcer(vif: VifIdentity) -> Enforcer | None:
         if enforcers is None:
-            return None
+            return NothingApplied()  # --toggles none: no status says ok
         try:
             device = backend_device(vif, args.device_pattern, args.netns)
         except ValueError:
@@ -408,18 +543,12 @@ def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
     try:
         domid = read_own_domid(store)
         if domid is None:
-            try:
-                store.read("domid")
-                why = "it is not a domid"
-            except XenStoreError as error:
-                why = error.errno_name
-        store.close()
+            raise _domid_unreadable(store, path, " or pass --domid N")
     except StoreUnavailable as error:
-        raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: {error}") from None
-    if domid is None:
-        raise CliError(EXIT_USAGE, f"cannot read this guest's domid from XenStore at {path} "
-                                   f"('domid': {why}); run it in a Xen guest (as root, with "
-                                   "/dev/xen/xenbus) or pass --domid N")
+        raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: "
+                                      f"{_why_unavailable(path, error)}") from None
+    finally:
+        store.close()
     return domid
 
 
@@ -428,15 +557,18 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
     from xenoffload.devicelog import device_logged
     from xenoffload.devices import GuestDeviceEnforcer
     from xenoffload.endpoint import Enforcer
+    from xenoffload.enforce import NothingApplied
     from xenoffload.machine import Mode
     from xenoffload.policy import VifIdentity
     from xenoffload.toggles.base import DeviceRef
 
+    _once_options(args)
     path = resolve_xenstore(args.xenstore)
     stop = None if args.once else _stop_on_signals()
     domid = args.domid if args.domid is not None else _guest_domid(path, stop)
     if domid is None:
-        return EXIT_OK  # stopped while waiting for XenStore
+        assert stop is not None
+        return _stopped_code(stop)  # stopped while waiting for XenStore
     enforcers = _make_enforcers(args.toggles, args.tc)
     pattern: DevicePattern | None = args.device_pattern
     if pattern is None and args.toggles == "dry-run":
@@ -445,7 +577,7 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
 
     def enforcer(vif: VifIdentity) -> Enforcer | None:
         if enforcers is None:
-            return None
+            return NothingApplied()  # --toggles none: no status says ok
         if pattern is not None:
             return enforcers.for_device(DeviceRef(pattern.name(vif), args.netns))
         return GuestDeviceEnforcer(enforcers, vif.devid, args.netns)
@@ -475,6 +607,11 @@ def _make_enforcers(kind: str, tc: bool) -> Enforcers | None:
 # ----------------------------------------------------------------------------- show, set
 
 
+def store_path(args: argparse.Namespace) -> str:
+    """The XenStore endpoint a command's ``--xenstore`` names (or the default)."""
+    return resolve_xenstore(args.xenstore)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from xenoffload.show import render_json, render_table
 
@@ -485,7 +622,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         store.close()
     if args.kernel != "none":
         reports = _with_kernel(reports, args, own)
-    print(render_json(reports) if args.json else render_table(reports))
+    print(render_json(reports) if args.json else
+          render_table(reports, full_status=_verbosity(args) > 0))
     return EXIT_OK
 
 
@@ -499,6 +637,13 @@ def _selected_reports(store: Store, args: argparse.Namespace) -> tuple[list[VifR
     from xenoffload.show import collect, list_own_frontends, list_vifs
 
     own = read_own_domid(store)
+    if own is None:
+        try:
+            store.try_read("/local/domain")
+        except XenStoreError:  # unprivileged, so a guest: it must know its domid
+            raise _domid_unreadable(store, store_path(args), "") from None
+    if args.backend_domid is not None:
+        _require_domain(store, args.backend_domid, "--backend-domid")
     backend_domid = args.backend_domid if args.backend_domid is not None else (own or 0)
     spec: VifSpec | None = args.vif
     guest = devid = None
@@ -630,6 +775,7 @@ def cmd_set(args: argparse.Namespace) -> int:
             what = f"this guest's vif {args.local}"
         else:
             home, role = args.backend_domid, Role.BACKEND
+            _require_domain(store, home, "--backend-domid")  # writes nothing then
             if args.bridge is not None:
                 key, what = bridge_key(args.bridge), f"bridge {args.bridge}"
             else:
@@ -694,6 +840,13 @@ def cmd_units(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_man(args: argparse.Namespace) -> int:
+    from xenoffload.manpage import render_man
+
+    sys.stdout.write(render_man(build_parser()))
+    return EXIT_OK
+
+
 def cmd_conformance(args: argparse.Namespace) -> int:
     from xenoffload.conformance.command import run_command_suite
     from xenoffload.conformance.runner import SelectionError
@@ -727,6 +880,16 @@ def cmd_xenstored(args: argparse.Namespace) -> int:
         watch_event_timeout=dict(args.timeout).get("watch-event",
                                                    ServerLimits().watch_event_timeout),
         max_guest_connections=args.max_guest_connections, reserved_fds=args.reserved_fds)
+    seen: dict[object, str] = {}
+    for domid, sock in args.domain:
+        for key, what in ((domid, f"domain {domid}"), (sock, f"socket {_shown(sock)}")):
+            if key in seen:
+                raise CliError(EXIT_USAGE, f"xenstored: --domain {_shown(f'{domid}:{sock}')}: "
+                                           f"{what} already given (--domain "
+                                           f"{_shown(seen[key])})")
+            seen[key] = f"{domid}:{sock}"
+    if args.socket is None:
+        _check_env_path()
     options = DaemonOptions(
         socket_path=args.socket or daemon_socket_path(), domains=tuple(args.domain),
         trace_path=args.trace, quotas=quotas, limits=limits, pidfile=args.pidfile,
@@ -766,9 +929,13 @@ def _timeout_value(text: str) -> tuple[str, int]:
 
 
 def _domain_socket_value(text: str) -> tuple[int, str]:
+    from xenoffload.names import DOMID_LIMIT
+
     domid, sep, path = text.partition(":")
-    if not sep or not domid.isascii() or not domid.isdigit() or not path or int(domid) == 0:
-        raise ValueError(f"expected DOMID:PATH with DOMID > 0, got {text!r}")
+    if not sep or not domid.isascii() or not domid.isdigit() or not path or len(domid) > 5 \
+            or not 0 < int(domid) < DOMID_LIMIT:
+        raise ValueError(f"expected DOMID:PATH with DOMID 1..{DOMID_LIMIT - 1} (a guest; "
+                         f"{DOMID_LIMIT} and up are Xen's reserved ids), got {_shown(text)}")
     return int(domid), path
 
 
@@ -779,7 +946,7 @@ _domain_arg = _checked(_domain_socket_value)
 
 
 def _add_xenstored_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--socket", metavar="PATH",
+    p.add_argument("--socket", metavar="PATH", type=_path,
                    help="privileged (dom0) socket; default $XENSTORED_PATH, else "
                         "${XENSTORED_RUNDIR:-/var/run/xenstored}/socket")
     p.add_argument("--domain", metavar="DOMID:PATH", type=_domain_arg, action="append",
@@ -834,12 +1001,24 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``xenoffload set: error: ... (see --help)``, exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)} "
+                              f"(see {self.prog} --help)\n")
+
+
+def _one_line(message: str, limit: int = 1000) -> str:
+    """``message`` as the one line printed: a huge quoted argument is cut (not echoed in
+    full), line breaks become spaces, and the whole is at most about ``limit`` characters."""
+    message = re.sub(r"'([^'\n]{80})[^'\n]{40,}'",
+                     lambda m: f"'{m.group(1)}...' ({len(m.group(0)) - 2} characters)",
+                     message)
+    message = " ".join(message.splitlines())
+    return message if len(message) <= limit else message[:limit] + "..."
 
 
 _EPILOG = ("Exit codes: 0 ok, 1 unexpected outcome, 2 usage, 3 XenStore unreachable, "
            "4 configuration error, 5 another process writes for this end, 6 not found, "
-           "130 interrupted. See docs/cli.md.")
+           "7 negotiated but not enforced, 8 conformance passed only what it could see, "
+           "130 interrupted, 141 output closed. See docs/cli.md.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -850,17 +1029,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"xenoffload {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more logging (-v info, -vv debug); also after the command")
+                        help="more logging (-v info, -vv debug; show: full statuses); also "
+                             "after the command")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="log errors only (no warnings); also after the command")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, **kwargs: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, epilog=_EPILOG, **kwargs)  # type: ignore[arg-type]
         p.add_argument("-v", "--verbose", action="count", default=0, dest="sub_verbose",
                        help="more logging (-v info, -vv debug)")
+        p.add_argument("-q", "--quiet", action="store_true", dest="sub_quiet",
+                       help="log errors only (no warnings)")
         return p
 
     def xenstore(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--xenstore", metavar="PATH",
+        p.add_argument("--xenstore", metavar="PATH", type=_path,
                        help="XenStore socket or /dev/xen/xenbus (default: $XENSTORED_PATH, "
                             "/var/run/xenstored/socket, /dev/xen/xenbus)")
 
@@ -877,7 +1061,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the embedded XenStore daemon (docs/xenstored.md): a privileged dom0 "
                     "socket plus one socket per emulated guest, with C xenstored's quotas. "
                     "Foreground unless --background; READY=1 goes to $NOTIFY_SOCKET once "
-                    "every socket listens. Exit status 0 after SIGTERM/SIGINT, 1 when a "
+                    "every socket listens. Exit status 0 after SIGTERM, 130 after SIGINT, 1 when a "
                     "socket cannot be bound."))
 
     for name, func, helptext, role in (
@@ -901,10 +1085,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--once", action="store_true",
                        help="process what is there, print a summary, exit (1 if a vif is not "
                             "Connected); writes like the daemon, so never beside one")
-        p.add_argument("--settle", type=_seconds, default=0.5, metavar="SECONDS",
-                       help="with --once: stop after this long without events")
-        p.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
-                       help="with --once: stop after this long at most")
+        p.add_argument("--settle", type=_seconds, metavar="SECONDS",
+                       help="with --once: stop after this long without events (0.5)")
+        p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                       help="with --once: stop after this long at most (30)")
         p.add_argument("--json", action="store_true",
                        help="with --once: JSON summary (schema: vif-report.schema.json)")
         p.add_argument("--netns", type=_netns, metavar="NAME",
@@ -936,11 +1120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend-domid", type=_domid, default=None, metavar="DOMID",
                    help="vifs whose backend is in this domain (default: this domain)")
     p.add_argument("--kernel", choices=("none", "netlink"), default="none",
-                   help="also read this domain's device of each vif (checksum features, as "
-                        "ethtool -k shows them)")
+                   help="also read this domain's device of each vif (its checksum "
+                        "features by the kernel's names, with ethtool -k's values)")
     p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",
                    help="with --kernel: device of a vif (default as the agents)")
-    p.add_argument("--netns", type=_netns, metavar="NAME")
+    p.add_argument("--netns", type=_netns, metavar="NAME",
+                   help="with --kernel: network namespace of the devices")
     p.set_defaults(func=cmd_show)
 
     p = command("set", help="change policy at run time (renegotiates)",
@@ -967,7 +1152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", help="the whole system on this machine (README quick start)")
     p.add_argument("--dry-run", action="store_true", help="simulated devices even when root")
-    p.add_argument("--timeout", type=_seconds, default=20.0, metavar="SECONDS")
+    p.add_argument("--timeout", type=_seconds, default=20.0, metavar="SECONDS",
+                   help="how long both vifs may take to connect (20)")
     p.set_defaults(func=cmd_demo)
 
     p = command("hotplug", help="called by a vif hotplug script (examples/hotplug)",
@@ -975,9 +1161,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "returns at once, applies in background. add/remove and "
                             "type_if=tap (an HVM guest's emulated NIC) do nothing.")
     xenstore(p)
-    p.add_argument("action", choices=("online", "offline", "add", "remove"))
+    p.add_argument("action", choices=("online", "offline", "add", "remove"),
+                   help="what the hotplug script was called for (xl's vif script argument)")
     config(p, Role.BACKEND)
-    p.add_argument("--toggles", choices=("netlink", "dry-run", "none"), default="netlink")
+    p.add_argument("--toggles", choices=("netlink", "dry-run", "none"), default="netlink",
+                   help="how to apply the result to the vif's device (default netlink)")
     p.add_argument("--tc", action=argparse.BooleanOptionalAction, default=True,
                    help="also enforce with tc where ethtool cannot (default on; "
                         "docs/toggles.md)")
@@ -985,7 +1173,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long the background part waits for Connected")
     p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",
                    help="device of the vif (default: vifname, $vif, vif{domid}.{devid})")
-    p.add_argument("--netns", type=_netns, metavar="NAME")
+    p.add_argument("--netns", type=_netns, metavar="NAME",
+                   help="network namespace of the device")
     p.add_argument("--log", metavar="FILE",
                    help="where the background part logs (default: nowhere)")
     p.set_defaults(func=cmd_hotplug)
@@ -998,9 +1187,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=_directory, metavar="DIR",
                    help="write the files here (e.g. /etc/systemd/system; copy the wrapper to "
                         "/etc/xen/scripts); default: print them")
-    p.add_argument("--command", metavar="CMD",
+    p.add_argument("--command", metavar="CMD", type=_command,
                    help="the command to run instead of this installation's entry point")
     p.set_defaults(func=cmd_units)
+
+    p = command("man", help="print the manual page (roff: xenoffload man | man -l -)",
+                description="Print xenoffload(1), generated from this command line parser.")
+    p.set_defaults(func=cmd_man)
 
     p = command("conformance", help="run the protocol conformance suite against a frontend "
                                     "or backend implementation",
@@ -1009,7 +1202,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "pass/fail table (docs/conformance.md).")
     p.add_argument("--role", choices=("backend", "frontend"), required=True,
                    help="the end COMMAND plays")
-    p.add_argument("--impl", required=True, metavar="COMMAND",
+    p.add_argument("--impl", required=True, metavar="COMMAND", type=_impl,
                    help="shell command; {config}, {mode}, {xenstore} and {device-log} are "
                         "replaced")
     p.add_argument("--junit", type=_writable_file, metavar="FILE",
@@ -1034,40 +1227,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _endpoint_named(args: argparse.Namespace | None) -> str | None:
+    """The XenStore endpoint the command used, for an error line (None if unknown)."""
+    if args is None or not hasattr(args, "xenstore"):
+        return None
+    try:
+        return resolve_xenstore(args.xenstore)
+    except CliError:
+        return None
+
+
+def _output_closed() -> int:
+    """stdout was closed by its reader (``show --json | head -1``): stop silently, as other
+    Unix tools do, exit 128 + SIGPIPE. Python would complain again when it flushes stdout at
+    exit: point it at /dev/null first."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    args: argparse.Namespace | None = None
     try:
+        if threading.current_thread() is threading.main_thread():
+            # From here Ctrl-C is caught below (python -m xenoffload handled it before).
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         parser = build_parser()
         try:
             args = parser.parse_args(argv)
         except SystemExit as exit_:
             return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-        verbose = args.verbose + getattr(args, "sub_verbose", 0)
+        verbose = _verbosity(args)
         level = logging.WARNING - 10 * min(verbose, 2)
         logging.basicConfig(level=level if args.command != "demo"
                             else max(level, logging.WARNING),
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # a closed pipe shows here, not as Python's complaint at exit
+        return code
     except KeyboardInterrupt:
         print("xenoffload: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _output_closed()
     except CliError as error:
-        print(f"xenoffload: {error}", file=sys.stderr)
+        print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)
         return error.code
     except NotFound as error:
-        print(f"xenoffload: {error}", file=sys.stderr)
+        print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_NOT_FOUND
     except StoreUnavailable as error:
-        print(f"xenoffload: XenStore unavailable: {error}", file=sys.stderr)
+        where = _endpoint_named(args)
+        print(f"xenoffload: XenStore unavailable{f' at {where}' if where else ''}: "
+              f"{_one_line(str(error))}", file=sys.stderr)
         return EXIT_XENSTORE
     except XenStoreError as error:
-        print(f"xenoffload: {error}", file=sys.stderr)
+        print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_OUTCOME
     except OSError as error:
-        print(f"xenoffload: {error}", file=sys.stderr)
+        print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_OUTCOME
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from xenoffload.__main__ import run
+
+    run()

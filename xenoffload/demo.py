@@ -32,11 +32,12 @@ from xenoffload.negotiation import LinkResult
 from xenoffload.netns import Namespaces, netns_available
 from xenoffload.policy import builtin_policy, parse_policy
 from xenoffload.schema import FamilyFlags, Role
-from xenoffload.show import collect, list_vifs, render_table
+from xenoffload.show import collect, enforced_status, list_vifs, render_table
 from xenoffload.store.base import Store
 from xenoffload.store.pyxs_store import connect_store
 from xenoffload.toggles.base import DeviceRef, Toggles
 from xenoffload.toggles.recording import NETBACK_VIF, NETFRONT_ETH, RecordingToggles
+from xenoffload.toggles.tc_base import TcChecksum
 from xenoffload.toolstack import VifSpec, create_domain, create_vif
 from xenoffload.xenbus import XenbusState
 from xenoffload.xenstored.harness import EmbeddedXenstored
@@ -59,13 +60,18 @@ CHECKSUM_FEATURES = ("tx-checksum-ipv4", "tx-checksum-ipv6", "tx-checksum-ip-gen
 
 
 @contextlib.contextmanager
-def _devices(use_netns: bool) -> Iterator[tuple[Toggles, dict[str, DeviceRef]]]:
-    """Yield the toggles and the device of each end: veth pairs in fresh namespaces, or
-    simulated netback/netfront devices."""
+def _devices(use_netns: bool) -> Iterator[tuple[Toggles, TcChecksum, dict[str, DeviceRef]]]:
+    """Yield the toggles, tc and the device of each end: veth pairs in fresh namespaces (the
+    kernel's tc), or simulated netback/netfront devices (their simulated tc). tc is what
+    enforces what ethtool cannot (docs/toggles.md): without it the demo would claim ``ok``
+    for a direction nothing enforces."""
+    from xenoffload.toggles.tc_netlink import NetlinkTc
+
     if use_netns:
         from xenoffload.toggles.netlink import NetlinkToggles
 
-        with Namespaces(f"xo-demo-{os.getpid()}") as spaces:
+        with Namespaces(f"xo-demo-{os.getpid()}") as spaces, \
+                contextlib.closing(NetlinkTc()) as tc:
             dom0, guest = spaces.add("dom0"), spaces.add("dom1")
             devices: dict[str, DeviceRef] = {}
             for devid, ifname, _bridge in DEMO_VIFS:
@@ -73,7 +79,11 @@ def _devices(use_netns: bool) -> Iterator[tuple[Toggles, dict[str, DeviceRef]]]:
                 spaces.veth(dom0, vif, guest, ifname)
                 devices[vif] = DeviceRef(vif, dom0)
                 devices[ifname] = DeviceRef(ifname, guest)
-            yield NetlinkToggles(), devices
+            toggles = NetlinkToggles()
+            try:
+                yield toggles, tc, devices
+            finally:
+                toggles.close()
         return
     recording = RecordingToggles()
     devices = {}
@@ -83,7 +93,7 @@ def _devices(use_netns: bool) -> Iterator[tuple[Toggles, dict[str, DeviceRef]]]:
         devices[ifname] = DeviceRef(ifname, f"dom{GUEST}")
         recording.add_device(devices[vif], NETBACK_VIF)
         recording.add_device(devices[ifname], NETFRONT_ETH)
-    yield recording, devices
+    yield recording, NetlinkTc(transport_for=recording.rtnetlink), devices
 
 
 def run_demo(out: TextIO = sys.stdout, dry_run: bool | None = None,
@@ -94,7 +104,7 @@ def run_demo(out: TextIO = sys.stdout, dry_run: bool | None = None,
     with tempfile.TemporaryDirectory(prefix="xenoffload-demo-") as tmp, \
             EmbeddedXenstored(Path(tmp, "xenstored.sock"),
                               {GUEST: Path(tmp, "dom1.sock")}) as xenstored, \
-            _devices(use_netns) as (toggles, devices):
+            _devices(use_netns) as (toggles, tc, devices):
         say(f"embedded xenstored on {xenstored.socket_path} (guest socket for domid {GUEST})\n")
         say("kernel toggles: " + ("veth stand-ins in private network namespaces (netlink)\n"
                                   if use_netns else
@@ -109,10 +119,10 @@ def run_demo(out: TextIO = sys.stdout, dry_run: bool | None = None,
 
         backend = BackendAgent(
             DEMO_BACKEND_POLICY, 0, Mode.FULL,
-            lambda vif: TogglesEnforcer(toggles, devices[f"vif{vif.domid}.{vif.devid}"]))
+            lambda vif: TogglesEnforcer(toggles, devices[f"vif{vif.domid}.{vif.devid}"], tc))
         guest = GuestAgent(
             DEMO_GUEST_POLICY, GUEST, Mode.FULL,
-            lambda vif: TogglesEnforcer(toggles, devices[DEMO_VIFS[vif.devid][1]]))
+            lambda vif: TogglesEnforcer(toggles, devices[DEMO_VIFS[vif.devid][1]], tc))
         guest_socket = xenstored.domain_sockets[GUEST]
         runners = [Runner(lambda: connect_store(xenstored.socket_path), backend, 0.1),
                    Runner(lambda: connect_store(guest_socket), guest, 0.1)]
@@ -128,7 +138,7 @@ def run_demo(out: TextIO = sys.stdout, dry_run: bool | None = None,
             for thread in threads:
                 thread.join(5)
         reports = collect(toolstack, list_vifs(toolstack, 0, GUEST))
-        say("\n" + render_table(reports) + "\n\n")
+        say("\n" + render_table(reports, full_status=True) + "\n\n")
         for devid, ifname, _bridge in DEMO_VIFS:
             for name in (f"vif{GUEST}.{devid}", ifname):
                 features = toggles.read(devices[name])
@@ -137,18 +147,28 @@ def run_demo(out: TextIO = sys.stdout, dry_run: bool | None = None,
                                  for f in CHECKSUM_FEATURES if f in features)
                 say(f"{name:8} {shown}\n")
         toolstack.close()
+    all_enforced = True
     for devid, ifname, bridge in DEMO_VIFS:
         report = next((r for r in reports if r.devid == devid), None)
         got = report.result if report else None
         connected = report is not None and report.backend_state is XenbusState.CONNECTED \
             and report.frontend_state is XenbusState.CONNECTED
-        verdict = "OK" if connected and got == EXPECTED[devid] else "UNEXPECTED"
+        negotiated = connected and got == EXPECTED[devid]
+        statuses = (report.backend_status, report.frontend_status) if report else (None, None)
+        enforced = all(enforced_status(status) for status in statuses)
+        verdict = ("OK" if enforced else "NOT ENFORCED") if negotiated else "UNEXPECTED"
         wanted = ("blank checksums allowed both ways" if EXPECTED[devid].to_guest.ipv4
                   else "checksums computed both ways")
         say(f"{verdict}: {ifname} on {bridge}: {wanted} expected, "
-            f"got {got.describe() if got else 'nothing'}\n")
-        ok = ok and verdict == "OK"
-    return 0 if ok else 1
+            f"got {got.describe() if got else 'nothing'}"
+            + ("" if enforced or not negotiated else
+               f" (backend {statuses[0] or 'no status'}; frontend {statuses[1] or 'no status'})")
+            + "\n")
+        ok = ok and negotiated
+        all_enforced = all_enforced and enforced
+    if not ok:
+        return 1
+    return 0 if all_enforced else 7  # 7: negotiated but not enforced (docs/cli.md)
 
 
 def _wait(store: Store, timeout: float) -> bool:
@@ -158,7 +178,7 @@ def _wait(store: Store, timeout: float) -> bool:
         if len(reports) == len(DEMO_VIFS) and all(
                 r.backend_state is XenbusState.CONNECTED and
                 r.frontend_state is XenbusState.CONNECTED and
-                r.result == EXPECTED[r.devid] and r.backend_status == "ok" and
+                r.result == EXPECTED[r.devid] and r.backend_status is not None and
                 r.frontend_status is not None for r in reports):
             return True
         time.sleep(0.05)

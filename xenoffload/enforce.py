@@ -29,23 +29,43 @@ from xenoffload.toggles.mapping import (
     csum_rules,
     wanted_features,
 )
-from xenoffload.toggles.tc_base import Hook, TcChecksum, TcResult
+from xenoffload.toggles.tc_base import Hook, TcChecksum, TcOutcome, TcResult
 from xenoffload.toggles.tc_plan import TcConfig
 
-__all__ = ["TogglesEnforcer", "Enforcers", "make_enforcers", "enforcement_of"]
+__all__ = ["TogglesEnforcer", "Enforcers", "make_enforcers", "enforcement_of",
+           "NO_TC_REASON", "NothingApplied"]
 
 log = logging.getLogger("xenoffload.enforce")
+
+#: Why a rule only tc could enforce is not enforced under ``--no-tc``.
+NO_TC_REASON = "tc disabled by --no-tc"
+
+
+@attrs.frozen
+class NothingApplied:
+    """The enforcer of ``--toggles none``: no device is touched, so no status says ``ok``
+    (the status is about the device: ``unenforced: nothing applied (--toggles none)``). Not
+    ``unsafe``: nothing failed, the operator chose it."""
+
+    reason: str = "nothing applied (--toggles none)"
+
+    def enforce(self, role: Role, result: LinkResult) -> Enforcement:
+        return Enforcement(f"unenforced: {self.reason}", details=(self.reason,))
 
 
 @attrs.define
 class TogglesEnforcer:
     """Applies results to one kernel device: its ethtool features through ``toggles`` and,
     when ``tc`` is given, its tc rules (None: ethtool only, every fixed feature reported
-    ``unenforced`` and no ingress rule)."""
+    ``unenforced`` and no ingress rule). ``without_tc``, with ``tc`` None: why tc is not
+    used (``tc disabled by --no-tc``); every rule the device would need is then reported
+    ``unenforced`` with that reason, as if tc had refused it: a status is about the device,
+    not about the options."""
 
     toggles: Toggles
     device: DeviceRef
     tc: TcChecksum | None = None
+    without_tc: str | None = None
 
     def enforce(self, role: Role, result: LinkResult) -> Enforcement:
         """Apply ``result`` to the device; return what was achieved (never raises for device
@@ -59,6 +79,10 @@ class TogglesEnforcer:
             if self.tc is not None:
                 tc_result = self.tc.apply(self.device,
                                           csum_rules(role, sends, receives, available))
+            elif self.without_tc is not None:
+                tc_result = TcResult(self.device, tuple(
+                    TcOutcome(rule, False, self.without_tc)
+                    for rule in csum_rules(role, sends, receives, available)), 0)
         except DeviceGone as error:
             return Enforcement(f"no-device: {self.device}", retry=True, details=(str(error),))
         except ToggleError as error:
@@ -120,10 +144,11 @@ class Enforcers:
     toggles: Toggles
     tc: TcChecksum | None = None
     closers: tuple[Callable[[], None], ...] = ()
+    without_tc: str | None = None
 
     def for_device(self, device: DeviceRef) -> TogglesEnforcer:
         """Return the enforcer of ``device``."""
-        return TogglesEnforcer(self.toggles, device, self.tc)
+        return TogglesEnforcer(self.toggles, device, self.tc, self.without_tc)
 
     def close(self) -> None:
         """Release the sockets of the mechanisms."""
@@ -136,8 +161,9 @@ def make_enforcers(kind: Literal["netlink", "dry-run"], *, tc: bool = True,
     """Return the mechanisms for the CLI's ``--toggles`` mode: ``"netlink"`` drives the real
     kernel (ethtool generic netlink, and rtnetlink for tc), ``"dry-run"`` simulated devices
     created on first use (:func:`~xenoffload.toggles.recording.profile_for_name`), tc answered
-    by their simulated kernel. ``tc=False`` leaves tc alone (ethtool only, as before
-    xenoffload used tc). ``tc_config``: the filters' priority and classifiers (default
+    by their simulated kernel. ``tc=False`` leaves tc alone (ethtool only): what only tc
+    could enforce is then reported ``unenforced`` with the reason :data:`NO_TC_REASON`.
+    ``tc_config``: the filters' priority and classifiers (default
     :class:`~xenoffload.toggles.tc_plan.TcConfig`). Raises ValueError for another kind."""
     # Imported here: an agent needs one of the two, and the netlink one opens sockets.
     from xenoffload.toggles.tc_netlink import NetlinkTc
@@ -147,7 +173,7 @@ def make_enforcers(kind: Literal["netlink", "dry-run"], *, tc: bool = True,
 
         toggles = NetlinkToggles()
         if not tc:
-            return Enforcers(toggles, None, (toggles.close,))
+            return Enforcers(toggles, None, (toggles.close,), NO_TC_REASON)
         tcs = NetlinkTc(config=tc_config)
         return Enforcers(toggles, tcs, (toggles.close, tcs.close))
     if kind == "dry-run":
@@ -155,6 +181,6 @@ def make_enforcers(kind: Literal["netlink", "dry-run"], *, tc: bool = True,
 
         world = RecordingToggles(auto_profile=profile_for_name)
         if not tc:
-            return Enforcers(world)
+            return Enforcers(world, without_tc=NO_TC_REASON)
         return Enforcers(world, NetlinkTc(config=tc_config, transport_for=world.rtnetlink))
     raise ValueError(f"unknown enforcement kind {kind!r}: expected 'netlink' or 'dry-run'")

@@ -26,7 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 
 from xenoffload.agentlock import EndBusy, EndKey, HeldLock, Holder, acquire_vif, hotplug_permit
 from xenoffload.devices import DevicePattern, backend_device
@@ -53,9 +54,10 @@ __all__ = ["run_hotplug", "parse_xenbus_path", "HOTPLUG_EXIT"]
 log = logging.getLogger("xenoffload.hotplug")
 
 #: Exit codes of the hook (docs/cli.md): 0 done or nothing to do (also when an agent acts
-#: for the vif), 2 not a vif backend path, 3 XenStore unreachable, 5 an older hook for the
-#: vif would not stop.
-HOTPLUG_EXIT = {"ok": 0, "usage": 2, "xenstore": 3, "busy": 5}
+#: for the vif), 1 the device cannot be read, 2 not a vif backend path, a device name that
+#: is not one, a ``--log`` that cannot be written, 3 XenStore unreachable, 5 an older hook
+#: for the vif would not stop, 6 the vif's device does not exist.
+HOTPLUG_EXIT = {"ok": 0, "outcome": 1, "usage": 2, "xenstore": 3, "busy": 5, "not_found": 6}
 
 _XENBUS_PATH = re.compile(r"\A(?:/local/domain/(\d{1,5})/)?backend/vif/(\d{1,5})/(\d{1,5})\Z")
 
@@ -95,8 +97,15 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
         return HOTPLUG_EXIT["ok"]
     xenbus_path = environ.get("XENBUS_PATH", "")
     if _XENBUS_PATH.match(xenbus_path) is None:
-        log.error("hotplug: XENBUS_PATH %r is not a vif backend path", xenbus_path[:200])
-        return HOTPLUG_EXIT["usage"]
+        shown = repr(xenbus_path[:80]) + ("..." if len(xenbus_path) > 80 else "")
+        return _fail("usage", f"XENBUS_PATH {shown} is not a vif backend path")
+    if action == "online" and log_path is not None:
+        # The background part logs there: checked now, when the script can still be told.
+        try:
+            with open(log_path, "a"):
+                pass
+        except OSError as error:
+            return _fail("usage", f"--log {log_path}: {error.strerror or error}")
     from xenoffload.endpoint import backend_endpoint
     from xenoffload.paths import VifPaths, domain_path, domain_vm_path
     from xenoffload.store.pyxs_store import connect_store
@@ -104,8 +113,7 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
     try:
         store = connect_store(xenstore)
     except StoreUnavailable as error:
-        log.error("hotplug: XenStore unavailable at %s: %s", xenstore, error)
-        return HOTPLUG_EXIT["xenstore"]
+        return _fail("xenstore", f"XenStore unavailable at {xenstore}: {error}")
     try:
         parsed = parse_xenbus_path(xenbus_path, read_own_domid(store) or 0)
         assert parsed is not None
@@ -115,8 +123,7 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
         try:
             vif_lock, older = acquire_vif(end, guest, devid, what)
         except EndBusy as error:
-            log.error("hotplug %s: %s", action, error)
-            return HOTPLUG_EXIT["busy"]
+            return _fail("busy", f"{action}: {error}")
         if older is not None:
             log.info("hotplug %s vif %d/%d: stopped %s", action, guest, devid, older.describe())
         if action == "offline":
@@ -142,11 +149,22 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
         for problem in problems:
             log.warning("hotplug: override refused: %s", problem)
         link_policy = policy.with_rules(rules_from_overrides(overrides)).for_vif(identity)
-        # Now: our keys into the backend directory (netback is in InitWait).
-        backend_endpoint(store, backend_domid, guest, devid, link_policy).step()
+        # The device, checked now (the script can still be told): a status is published
+        # only by what applied the result to it, never before.
+        try:
+            enforcer, close = _enforcer(identity, toggles_kind, tc, device_pattern, netns,
+                                        check=True)
+        except _DeviceProblem as error:
+            vif_lock.close()
+            permit.close()
+            return _fail(error.code, f"online vif {guest}/{devid}: {error}")
+        try:
+            # Now: our keys into the backend directory (netback is in InitWait).
+            backend_endpoint(store, backend_domid, guest, devid, link_policy, enforcer).step()
+        finally:
+            close()
     except (StoreUnavailable, XenStoreError) as error:
-        log.error("hotplug: XenStore: %s", error)
-        return HOTPLUG_EXIT["xenstore"]
+        return _fail("xenstore", f"XenStore: {error}")
     finally:
         store.close()
     return _finish_in_background([vif_lock, permit], identity, backend_domid, link_policy,
@@ -168,6 +186,8 @@ def _finish_in_background(locks: list[HeldLock], identity: VifIdentity, backend_
         os.close(ready_write)
         os.read(ready_read, 1)  # the child recorded itself as the vif lock's holder (or died)
         os.close(ready_read)
+        for lock in locks:
+            lock.keep()  # the child holds them now (and removes the files when done)
         return HOTPLUG_EXIT["ok"]  # the script goes on; the child finishes the job
     os.close(ready_read)
     os.setsid()
@@ -175,9 +195,14 @@ def _finish_in_background(locks: list[HeldLock], identity: VifIdentity, backend_
     os.write(ready_write, b"1")
     os.close(ready_write)
     detach_stdio(log_path)  # a hotplug runner waits until the script's streams close
-    code = _negotiate(identity, backend_domid, link_policy, toggles_kind, tc, xenstore, wait,
-                      device_pattern, netns)
-    os._exit(code)
+    code = 1
+    try:
+        code = _negotiate(identity, backend_domid, link_policy, toggles_kind, tc, xenstore,
+                          wait, device_pattern, netns)
+    finally:
+        for lock in reversed(locks):
+            lock.close()  # and its file, unless another hook holds it too
+        os._exit(code)
 
 
 def _negotiate(identity: VifIdentity, backend_domid: int, link_policy: LinkPolicy,
@@ -187,17 +212,12 @@ def _negotiate(identity: VifIdentity, backend_domid: int, link_policy: LinkPolic
     from xenoffload.toolstack import NegotiationTimeout, negotiate_vif
 
     guest, devid = identity.domid, identity.devid
-    enforcer: Enforcer | None = None
-    if toggles_kind != "none":
-        from xenoffload.enforce import make_enforcers
-
-        try:
-            device = backend_device(identity, device_pattern, netns)
-        except ValueError as error:
-            log.error("hotplug: vif %d/%d: %s", guest, devid, error)
-            return 1
-        enforcer = make_enforcers("netlink" if toggles_kind == "netlink" else "dry-run",
-                                  tc=tc).for_device(device)
+    try:
+        enforcer, _close = _enforcer(identity, toggles_kind, tc, device_pattern, netns,
+                                     check=False)
+    except _DeviceProblem as error:
+        log.error("hotplug: vif %d/%d: %s", guest, devid, error)
+        return 1
     try:
         store = connect_store(xenstore)
         result = negotiate_vif(store, backend_domid, guest, devid, link_policy, enforcer,
@@ -210,6 +230,51 @@ def _negotiate(identity: VifIdentity, backend_domid: int, link_policy: LinkPolic
         log.error("hotplug: vif %d/%d: %s", guest, devid, error)
         return 1
     return 0
+
+
+class _DeviceProblem(Exception):
+    """The vif's device cannot be named or does not exist: ``code`` is the exit code's key."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _enforcer(identity: VifIdentity, toggles_kind: str, tc: bool,
+              device_pattern: DevicePattern | None, netns: str | None,
+              check: bool) -> tuple[Enforcer, Callable[[], None]]:
+    """Return the enforcer of the vif's device for ``--toggles`` and what closes it;
+    ``check``: the device must exist now (raises _DeviceProblem otherwise)."""
+    from xenoffload.enforce import NothingApplied, make_enforcers
+    from xenoffload.toggles.base import DeviceGone, ToggleError
+
+    if toggles_kind == "none":
+        return NothingApplied(), lambda: None  # --toggles none: no status says ok
+    try:
+        device = backend_device(identity, device_pattern, netns)
+    except ValueError as error:
+        raise _DeviceProblem("usage", str(error)) from None
+    enforcers = make_enforcers("netlink" if toggles_kind == "netlink" else "dry-run", tc=tc)
+    if check:
+        try:
+            enforcers.toggles.read(device)
+        except DeviceGone:
+            enforcers.close()
+            raise _DeviceProblem("not_found", f"no device {device} (netback's vif: "
+                                              "--device-pattern, vifname or $vif name "
+                                              "it)") from None
+        except ToggleError as error:
+            enforcers.close()
+            raise _DeviceProblem("outcome", f"device {device}: {error}") from None
+    return enforcers.for_device(device), enforcers.close
+
+
+def _fail(code: str, message: str) -> int:
+    """Say why the hook failed in one line on stderr (a hotplug script's log keeps it), as
+    every command does (docs/cli.md); return the exit code."""
+    log.debug("hotplug failed: %s", message)
+    print(f"xenoffload: hotplug: {message}", file=sys.stderr, flush=True)
+    return HOTPLUG_EXIT[code]
 
 
 def load_hook_policy(path: str | None) -> Policy:

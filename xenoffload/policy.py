@@ -168,6 +168,24 @@ def builtin_policy(role: Role) -> Policy:
 _MATCH_KEYS = {"domain": str, "domid": int, "devid": int, "bridge": str, "mac": str,
                "uuid": str}
 _UUID = re.compile(r"\A[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\Z")
+_MAC = re.compile(r"\A[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}\Z")
+#: The largest domid a domain can have (DOMID_FIRST_RESERVED - 1: 0x7FF0 and up are
+#: DOMID_SELF, DOMID_IO, ...).
+MAX_DOMID = 0x7FEF
+
+
+def _selector_problem(key: str, value: Any) -> str | None:
+    """Why a rule's ``key = value`` selector could never match a vif, or None: a selector
+    that never matches is a rule silently doing nothing, so it is refused."""
+    if key == "mac" and not _MAC.match(value):
+        return f"not a MAC address (aa:bb:cc:dd:ee:ff, as xl writes it): {value[:64]!r}"
+    if key == "domid" and not 0 <= value <= MAX_DOMID:
+        return f"not a domid (0..{MAX_DOMID}): {str(value)[:32]}"
+    if key == "devid" and not 0 <= value <= 0xFFFF:
+        return f"not a devid (0..65535): {str(value)[:32]}"
+    if key in ("domain", "bridge") and not value:
+        return "empty: it would match nothing"
+    return None
 
 
 def parse_uuid(text: str | None) -> str | None:
@@ -243,11 +261,17 @@ def parse_policy(document: Mapping[str, Any], source: str = "<policy>",
                     value = parse_uuid(str(value))
                     if value is None:
                         raise PolicyError(f"{where}.uuid: not a UUID: {table[key]!r}")
+                problem = _selector_problem(key, value)
+                if problem is not None:
+                    raise PolicyError(f"{where}.{key}: {problem}")
                 match_args[key] = value
         name = table.get("name", "")
         if not isinstance(name, str):
             raise PolicyError(f"{where}.name: must be a string")
         settings = _settings(where, table)
+        if not settings:
+            raise PolicyError(f"{where}: sets neither to-guest nor from-guest, so it changes "
+                              "nothing; give at least one")
         rules.append(Rule(Match(**match_args), settings.get("to_guest", DirectionSetting()),
                           settings.get("from_guest", DirectionSetting()), name))
     return Policy(default, tuple(rules))

@@ -46,7 +46,7 @@ from xenoffload.xenbus import XenbusState, parse_state
 
 __all__ = ["VifReport", "EndReport", "KernelView", "AgentView", "collect", "render_table",
            "render_json", "list_vifs", "list_own_frontends", "vif_json",
-           "json_schema", "ethtool_text", "SCHEMA_RESOURCE"]
+           "json_schema", "ethtool_text", "enforced_status", "short_status", "SCHEMA_RESOURCE"]
 
 #: The JSON Schema of every ``--json`` output, shipped in the package.
 SCHEMA_RESOURCE = "vif-report.schema.json"
@@ -258,25 +258,57 @@ def ethtool_text(state: FeatureState) -> str:
     return shown
 
 
-def render_table(reports: list[VifReport]) -> str:
-    """Return a fixed-width table: one line per vif. In the result columns ``4+6`` means blank
-    checksums may cross for both families, ``-`` that every checksum is computed. A vif's
-    kernel device, when read, follows on lines of its own, one feature a line as ethtool
-    prints it."""
-    header = ("VIF", "BRIDGE", "STATE B/F", "BACKEND ADVERTISES", "FRONTEND ADVERTISES",
-              "TO-GUEST", "FROM-GUEST", "BACKEND STATUS", "FRONTEND STATUS")
+def enforced_status(status: str | None) -> bool:
+    """Return True when an end's ``xenoffload-csum-status`` says its device does what was
+    negotiated (``ok``, possibly with what tc enforces); False for ``unenforced``,
+    ``no-device``, ``error`` or none published."""
+    return status is not None and (status == "ok" or status.startswith("ok "))
+
+
+def short_status(status: str | None) -> str:
+    """The table's form of a status: its first word (``ok``, ``unenforced``, ``no-device``,
+    ``error``), ``ok+tc`` when tc enforces part of it, ``-`` when none; the full text is in
+    ``--json`` and ``show -v``."""
+    if status is None:
+        return "-"
+    if status.startswith("ok (enforced-by-tc"):
+        return "ok+tc"
+    return status.split(":", 1)[0].split(" ", 1)[0] or "?"
+
+
+def _cell(text: str | None, limit: int = 24) -> str:
+    """A table cell of what the toolstack wrote: ``?`` when absent, cut when long."""
+    if not text:
+        return "?"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def render_table(reports: list[VifReport], full_status: bool = False) -> str:
+    """Return a fixed-width table: one line per vif (its domain's name and MAC, as xl names
+    a vif). In the result columns ``4+6`` means blank checksums may cross for both families,
+    ``-`` that every checksum is computed. Statuses are abbreviated (:func:`short_status`)
+    unless ``full_status`` (a line after the table says so when one is).
+    A vif's kernel device, when read, follows on lines of its own, one feature a line as
+    ethtool prints it."""
+    header = ("VIF", "DOMAIN", "MAC", "BRIDGE", "STATE B/F", "BACKEND ADVERTISES",
+              "FRONTEND ADVERTISES", "TO-GUEST", "FROM-GUEST", "BACKEND STATUS",
+              "FRONTEND STATUS")
     rows = [header]
+    status = (lambda text: text or "-") if full_status else short_status
     for r in reports:
         rows.append((
-            f"{r.guest_domid}/{r.devid}", r.bridge or "?",
+            f"{r.guest_domid}/{r.devid}", _cell(r.domain), _cell(r.mac), _cell(r.bridge),
             f"{r.backend_state or '?'}/{r.frontend_state or '?'}",
             _adv(r.backend), _adv(r.frontend),
             _flags(r.result.to_guest), _flags(r.result.from_guest),
-            r.backend_status or "-", r.frontend_status or "-",
+            status(r.backend_status), status(r.frontend_status),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
              for row in rows]
+    if any(text is not None and status(text) != text
+           for r in reports for text in (r.backend_status, r.frontend_status)):
+        lines.append("(statuses abbreviated: -v or --json for the full text)")
     for r in reports:
         if r.kernel is None:
             continue

@@ -237,3 +237,43 @@ def test_the_lock_works_between_agents_of_one_process(tmp_path: Path) -> None:
             pass
     with held(acquire_agent(end, "second", tmp_path)):
         pass
+
+
+# ------------------------------------------------------------------------------ lock files
+
+
+def test_lock_files_are_removed_by_their_last_holder(tmp_path: Path) -> None:
+    from xenoffload.agentlock import acquire_agent, hotplug_permit
+
+    end = EndKey.of(Role.BACKEND, 0, str(tmp_path / "xs.sock"))
+    locks = acquire_agent(end, "test agent", tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2
+    for lock in locks:
+        lock.close()
+    assert not list(tmp_path.iterdir())  # one pair per socket ever used no more
+    first, second = hotplug_permit(end, tmp_path), hotplug_permit(end, tmp_path)
+    first.close()
+    assert list(tmp_path.iterdir())  # the other hook still holds it
+    second.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_lock_won_on_a_removed_file_is_taken_again(tmp_path: Path) -> None:
+    """A taker that opened the file before its holder removed it must not hold a lock on the
+    removed file beside a third process locking the new one."""
+    import fcntl
+    import os
+
+    from xenoffload.agentlock import HeldLock, _take
+
+    path = tmp_path / "x.agent"
+    first = _take(path, fcntl.LOCK_EX, None)
+    assert first is not None
+    stale = os.open(path, os.O_RDWR)  # the racing taker's open, before the removal
+    first.close()
+    assert not path.exists()
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it wins the lock on the removed file
+    again = _take(path, fcntl.LOCK_EX, None)  # the path's new file: a lock of its own
+    assert again is not None and path.exists()
+    os.close(stale)
+    HeldLock.close(again)

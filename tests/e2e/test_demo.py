@@ -25,9 +25,18 @@ def test_demo_as_root_applies_toggles_to_veths_in_namespaces_and_cleans_up() -> 
     require_tool("ip", "iproute2")
     before = _namespaces()
     done = _demo()
-    assert done.returncode == 0, done.stdout + done.stderr
     assert "veth stand-ins in private network namespaces" in done.stdout
-    assert done.stdout.count("OK: ") == 2 and "UNEXPECTED" not in done.stdout
+    assert "UNEXPECTED" not in done.stdout
+    if "act_csum unavailable" in done.stdout:
+        # A kernel without act_csum: the public vif's from-guest checksums are computed by
+        # nothing; the demo says so and exits 7 (negotiated, not enforced), never OK.
+        assert done.returncode == 7, done.stdout + done.stderr
+        assert "NOT ENFORCED: eth0 on xenbr0" in done.stdout
+        assert "OK: eth1 on xenpriv0" in done.stdout
+        assert "OK: eth0" not in done.stdout
+    else:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.count("OK: ") == 2
     assert "vif1.1   tx-checksum-ipv4=off [fixed] tx-checksum-ipv6=off [fixed] " \
            "tx-checksum-ip-generic=on" in done.stdout  # private: suppressed
     assert "vif1.0   tx-checksum-ipv4=off [fixed] tx-checksum-ipv6=off [fixed] " \
@@ -40,4 +49,5 @@ def test_demo_dry_run_says_so_and_passes() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "DRY RUN" in done.stdout
     assert done.stdout.count("OK: ") == 2 and "UNEXPECTED" not in done.stdout
+    assert "NOT ENFORCED" not in done.stdout  # the simulated kernel has act_csum
     assert "Connected/Connected" in done.stdout

@@ -26,12 +26,18 @@ from xenoffload.conformance.subjects import CommandSubject
 from xenoffload.machine import Mode
 from xenoffload.schema import Role
 
-__all__ = ["DEFAULT_GRACE", "EXIT_FAILED", "EXIT_PASSED", "command_timing", "modes_for",
-           "run_command_suite"]
+__all__ = ["DEFAULT_GRACE", "EXIT_FAILED", "EXIT_PASSED", "EXIT_UNSEEN", "VERDICTS",
+           "command_timing", "modes_for", "run_command_suite"]
 
-#: Exit statuses (docs/conformance.md): all passed (or skipped); a scenario failed or the
-#: implementation exited. (A selection error is the CLI's usage error, 2.)
-EXIT_PASSED, EXIT_FAILED = 0, 1
+#: Exit statuses (docs/conformance.md): all passed (or skipped), everything checked; a
+#: scenario failed or the implementation exited; every scenario passed what could be seen but
+#: some decisions could not be seen (no published result, no device log). (A selection
+#: error is the CLI's usage error, 2.)
+EXIT_PASSED, EXIT_FAILED, EXIT_UNSEEN = 0, 1, 8
+#: The last line of a run, one per exit status: grep for it.
+VERDICTS = {EXIT_PASSED: "VERDICT: passed", EXIT_FAILED: "VERDICT: failed",
+            EXIT_UNSEEN: "VERDICT: passed-what-could-be-seen (not certified: some decisions "
+                         "could not be seen; see above)"}
 
 
 def command_timing(timeout: float, grace: float = DEFAULT_GRACE) -> Timing:
@@ -54,9 +60,11 @@ def run_command_suite(role: Role, command: str, junit: Path | None = None,
                       timeout: float = 10.0, out: TextIO = sys.stdout,
                       grace: float = DEFAULT_GRACE, require_observable: bool = False,
                       keep_workdir: bool = False) -> int:
-    """Run the scenarios against ``command``; print the table, write JUnit XML when asked.
-    Return EXIT_PASSED when nothing failed, else EXIT_FAILED. Raises SelectionError when
-    ``mode``/``ids`` name an unknown scenario or match none."""
+    """Run the scenarios against ``command``; print the table and the verdict line, write
+    JUnit XML when asked. Return EXIT_PASSED when nothing failed and everything could be
+    checked, EXIT_UNSEEN when nothing failed but something could not be checked, else
+    EXIT_FAILED. Raises SelectionError when ``mode``/``ids`` name an unknown scenario or
+    match none."""
     subject = CommandSubject(command)
     scenarios = selected(role, modes_for(subject, mode), ids)
     verdicts = run_suite(role, subject, scenarios, command_timing(timeout, grace),
@@ -64,4 +72,9 @@ def run_command_suite(role: Role, command: str, junit: Path | None = None,
     out.write(format_table(verdicts) + "\n")
     if junit is not None:
         write_junit(verdicts, junit, f"xenoffload-conformance-{role.value}")
-    return EXIT_PASSED if all(v.outcome in (PASS, SKIP) for v in verdicts) else EXIT_FAILED
+    if not all(v.outcome in (PASS, SKIP) for v in verdicts):
+        code = EXIT_FAILED
+    else:
+        code = EXIT_UNSEEN if any(v.unchecked for v in verdicts) else EXIT_PASSED
+    out.write(f"\n{VERDICTS[code]}\n")
+    return code

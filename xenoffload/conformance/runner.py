@@ -214,7 +214,10 @@ def selected(role: Role, modes: Iterable[Mode] = (Mode.FULL, Mode.COMPANION),
     known = {scenario.id for scenario in CATALOGUE}
     unknown = [scenario_id for scenario_id in ids if scenario_id not in known]
     if unknown:
-        raise SelectionError(f"unknown scenario {', '.join(unknown)}")
+        valid = ", ".join(sorted({scenario.id for scenario in CATALOGUE
+                                  if role in scenario.roles}))
+        raise SelectionError(f"unknown scenario {', '.join(repr(u[:60]) for u in unknown)}; "
+                             f"the {role.value} scenarios are: {valid}")
     wanted_modes = set(modes)
     chosen = [scenario for scenario in CATALOGUE
               if role in scenario.roles and scenario.mode in wanted_modes

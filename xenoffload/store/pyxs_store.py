@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import logging
 import os
 import queue
@@ -86,6 +87,33 @@ def connect_store(path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> 
     a Unix socket. Raises StoreUnavailable when the connection cannot be made.
     """
     return PyxsStore(path, timeout=timeout)
+
+
+def _connect_problem(path: str, err: BaseException) -> str:
+    """Why a connection to ``path`` failed, in words of the path itself where they say more
+    than the error (a regular file or a directory is "not a socket", not "Connection
+    refused")."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return error.strerror or str(error)
+    if stat.S_ISDIR(mode):
+        return "a directory, not a socket"
+    if not stat.S_ISSOCK(mode) and not stat.S_ISCHR(mode):
+        return "not a socket (nor the xenbus device)"
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror + (" (nothing listens there)"
+                                     if cause.errno == errno.ECONNREFUSED else "")
+        cause = cause.__cause__ or cause.__context__
+    text = str(err)
+    for number, name in ((errno.ECONNREFUSED, "Connection refused (nothing listens there)"),
+                         (errno.EACCES, "Permission denied"), (errno.ENOENT,
+                                                               "No such file or directory")):
+        if f"({number}, " in text:
+            return name
+    return text
 
 
 class _AnyOpReceiver:
@@ -172,7 +200,8 @@ class PyxsStore(StoreAdapter):
         except (PyXSError, OSError) as err:
             with contextlib.suppress(OSError):
                 internals.router_connection(router).close()
-            raise StoreUnavailable(f"cannot connect to XenStore at {self.path}: {err}") from err
+            raise StoreUnavailable(f"cannot connect to XenStore at {self.path}: "
+                                   f"{_connect_problem(self.path, err)}") from err
         # Hazard 6: Client.monitor() refuses XenBus; a Monitor over a copy works everywhere.
         self._monitor = Monitor(copy.copy(client))
         self._events = internals.monitor_events(self._monitor)

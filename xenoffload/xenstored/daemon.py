@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 #: The sockets cannot be bound (or the background child died before serving).
 EXIT_CANNOT_SERVE = 1
+#: Stopped by SIGINT (Ctrl-C), as every xenoffload command (docs/cli.md).
+EXIT_INTERRUPTED = 130
 
 
 @attrs.frozen
@@ -49,8 +51,9 @@ class DaemonOptions:
 
 
 def run(options: DaemonOptions) -> int:
-    """Serve until SIGTERM/SIGINT; return the exit status: 0 after a clean shutdown (or, with
-    ``background``, in the parent once the child serves), 1 when the sockets cannot be bound."""
+    """Serve until SIGTERM/SIGINT; return the exit status: 0 after a clean shutdown by SIGTERM
+    (or, with ``background``, in the parent once the child serves), 130 after SIGINT, 1 when
+    the sockets cannot be bound (one line on stderr naming the path)."""
     if options.background:
         return _fork_and_wait(options)
     return _serve(options, on_ready=None)
@@ -70,33 +73,52 @@ def _fork_and_wait(options: DaemonOptions) -> int:
             os.write(write_end, b"R")
             os.close(write_end)
 
+        def failed(line: str) -> None:
+            os.write(write_end, b"E" + line.encode("utf-8", "replace")[:4000])
+            os.close(write_end)
+
         code = EXIT_CANNOT_SERVE
         try:
-            code = _serve(options, on_ready=ready)
+            code = _serve(options, on_ready=ready, on_error=failed)
         finally:
             os._exit(code)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
-        started = pipe.read(1) == b"R"
-    if started:
+        said = pipe.read()
+    if said[:1] == b"R":
         return EXIT_OK
     _, status = os.waitpid(pid, 0)
-    log.error("xenstored did not start (exit status %d)", os.waitstatus_to_exitcode(status))
+    why = said[1:].decode("utf-8", "replace") if said[:1] == b"E" else \
+        f"xenstored did not start (exit status {os.waitstatus_to_exitcode(status)})"
+    print(f"xenoffload: {why}", file=sys.stderr, flush=True)
     return EXIT_CANNOT_SERVE
 
 
-def _serve(options: DaemonOptions, on_ready: Callable[[], None] | None) -> int:
+def _serve(options: DaemonOptions, on_ready: Callable[[], None] | None,
+           on_error: Callable[[str], None] | None = None) -> int:
     if options.log_file and not options.background:
         _redirect_stderr(options.log_file)
     model = XenStoreModel(options.quotas)
     server = XenstoredServer(model, options.socket_path, dict(options.domains),
                              trace_path=options.trace_path, record=False, limits=options.limits)
     try:
-        asyncio.run(_serve_until_signalled(server, options, on_ready))
+        signum = asyncio.run(_serve_until_signalled(server, options, on_ready))
     except OSError as err:
-        log.error("cannot serve: %s", err)
+        # One line, naming the path (docs/cli.md); in the background the parent prints it.
+        line = f"xenstored: cannot serve {_where(err, options)}: {err.strerror or err}"
+        if on_error is not None:
+            on_error(line)
+        else:
+            print(f"xenoffload: {line}", file=sys.stderr, flush=True)
         return EXIT_CANNOT_SERVE
-    return EXIT_OK
+    return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_OK
+
+
+def _where(err: OSError, options: DaemonOptions) -> str:
+    """The socket or file an error of start-up concerns, as best known."""
+    if err.filename is not None:
+        return str(err.filename)
+    return " and ".join([options.socket_path, *(path for _domid, path in options.domains)])
 
 
 def _redirect_stderr(log_file: str) -> None:
@@ -107,11 +129,18 @@ def _redirect_stderr(log_file: str) -> None:
 
 
 async def _serve_until_signalled(server: XenstoredServer, options: DaemonOptions,
-                                 on_ready: Callable[[], None] | None) -> None:
+                                 on_ready: Callable[[], None] | None) -> int:
+    """Serve until SIGTERM or SIGINT; return the signal's number."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
     wrote_pidfile = False
     try:
         await server.start()
@@ -132,6 +161,7 @@ async def _serve_until_signalled(server: XenstoredServer, options: DaemonOptions
         if wrote_pidfile and options.pidfile is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(options.pidfile)
+    return received[0] if received else signal.SIGTERM
 
 
 def _write_pidfile(path: str) -> None:

@@ -349,9 +349,9 @@ ROWS: list[tuple[object, ...]] = [
     ("8: SIGINT at start-up", ["demo", "--dry-run"], EXIT_INTERRUPTED,
      "xenoffload: interrupted", Expect(interrupt=0.12)),
     ("8: show --json | head -1", ["show", "--json", "--xenstore", "{sock}"], EXIT_PIPE, "",
-     # (more than a pipe's 64 KiB of JSON, so that the write after head exits fails)
+     # (several times a pipe's 64 KiB and head's read of JSON: the write after head exits fails)
      Expect(one_line=None, pipe_to="head -1",
-            setup=lambda lab: lab.add_guest(2, ["xenbr0"] * 50) and None)),
+            setup=lambda lab: lab.add_guest(2, ["xenbr0"] * 250) and None)),
     # 2. --once: negotiated but not enforced is not a success (7); enforced is (0)
     ("2: once, enforced", [*ONCE4, "--toggles", "dry-run"], EXIT_OK, "", DRIVER4),
     ("2: once, toggles none: not enforced", [*ONCE4, "--toggles", "none", "--json"],

@@ -720,25 +720,21 @@ def _own_domid_or_fail(store: Store, path: str) -> int:
     return domid
 
 
-def _vif_override_keys(store: Store, spec: VifSpec, backend_domid: int
-                       ) -> tuple[str, tuple[str, ...], str]:
-    """Return the override key of the vif ``spec`` names (by its VM's UUID when the domain
-    has one: the override then holds across save/restore and reboot on this host), the keys
-    it may also have been written under (by domid), and how to name it. A UUID with a devid
-    names a VM's vif whether or not the VM runs."""
+def _vif_override_key(store: Store, spec: VifSpec, backend_domid: int) -> tuple[str, str]:
+    """Return the override key of the vif ``spec`` names, and how to name the vif. A UUID
+    with a devid names a VM's vif whether or not the VM runs."""
     from xenoffload.names import resolve_domain, resolve_vif
-    from xenoffload.overrides import vif_key
-    from xenoffload.paths import domain_vm_path, vm_dir
-    from xenoffload.policy import parse_uuid, vm_uuid
+    from xenoffload.override_store import vif_override_key, vm_vif_override_key
+    from xenoffload.paths import vm_dir
+    from xenoffload.policy import parse_uuid
 
     uuid = parse_uuid(spec.name)
     if uuid is not None and spec.devid is not None and store.try_read(vm_dir(uuid)) is None:
         # No domain of that VM runs (its /vm/<uuid> is gone): name its vif by the UUID.
-        return vif_key(uuid, 0, spec.devid), (), f"vif {spec.devid} of VM {uuid}"
+        return vm_vif_override_key(uuid, spec.devid), f"vif {spec.devid} of VM {uuid}"
     guest = resolve_domain(store, spec)
     devid = resolve_vif(store, spec, guest, backend_domid)
-    uuid = vm_uuid(store.try_read(domain_vm_path(guest)))
-    return vif_key(uuid, guest, devid), (vif_key(None, guest, devid),), f"vif {guest}/{devid}"
+    return vif_override_key(store, guest, devid), f"vif {guest}/{devid}"
 
 
 def cmd_set(args: argparse.Namespace) -> int:
@@ -764,7 +760,6 @@ def cmd_set(args: argparse.Namespace) -> int:
     path = resolve_xenstore(args.xenstore)
     store = _connect(path)
     try:
-        legacy: tuple[str, ...] = ()
         if args.local is not None:
             guest = _own_domid_or_fail(store, path)
             if store.try_read(f"{frontend_vif_root(guest)}/{args.local}") is None:
@@ -779,17 +774,14 @@ def cmd_set(args: argparse.Namespace) -> int:
             if args.bridge is not None:
                 key, what = bridge_key(args.bridge), f"bridge {args.bridge}"
             else:
-                key, legacy, what = _vif_override_keys(store, args.vif, args.backend_domid)
+                key, what = _vif_override_key(store, args.vif, args.backend_domid)
             # From dom0, tx is the vif's transmit (ethtool -K vifD.N tx): to-guest.
             tx_dir, rx_dir = "to_guest", "from_guest"
         node = override_path(home, role, key)
         if args.clear:
-            found = [k for k in dict.fromkeys((key, *legacy))
-                     if store.try_read(override_path(home, role, k)) is not None]
-            if not found:
+            if store.try_read(node) is None:
                 raise NotFound(f"no override for {what} ({node}): nothing to clear")
-            for k in found:
-                print(f"cleared {clear_override(store, home, role, k)}")
+            print(f"cleared {clear_override(store, home, role, key)}")
             return EXIT_OK
         directions: dict[str, DirectionSetting] = {}
         for flag, direction in ((args.tx, tx_dir), (args.rx, rx_dir)):
@@ -797,9 +789,6 @@ def cmd_set(args: argparse.Namespace) -> int:
                 ipv6 = flag if args.ipv6 is None else args.ipv6
                 directions[direction] = DirectionSetting(flag, ipv6)
         print(f"set {write_override(store, home, role, key, OverrideSetting(**directions))}")
-        for k in legacy:
-            if k != key and store.try_read(override_path(home, role, k)) is not None:
-                print(f"cleared {clear_override(store, home, role, k)} (now {key})")
         return EXIT_OK
     finally:
         store.close()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from xenoffload.overrides import OverrideSetting, format_override, parse_override
-from xenoffload.paths import override_path, override_root
-from xenoffload.policy import PolicyError
+from xenoffload.overrides import OverrideSetting, format_override, parse_override, vif_key
+from xenoffload.paths import domain_vm_path, override_path, override_root
+from xenoffload.policy import PolicyError, vm_uuid
 from xenoffload.schema import Role
 from xenoffload.store.base import Store, XenStoreError
 
-__all__ = ["read_overrides", "write_override", "clear_override", "refresh_overrides"]
+__all__ = ["read_overrides", "write_override", "clear_override", "refresh_overrides",
+           "vif_override_key", "vm_vif_override_key"]
 
 log = logging.getLogger("xenoffload.overrides")
 
@@ -86,3 +87,17 @@ def clear_override(store: Store, home_domid: int, role: Role, key: str) -> str:
     path = override_path(home_domid, role, key)
     store.rm(path)
     return path
+
+
+def vif_override_key(store: Store, guest_domid: int, devid: int) -> str:
+    """Return the key of the override of vif ``guest_domid``/``devid``: by its VM's UUID when
+    the toolstack laid the domain out with one (libxl's ``/local/domain/<domid>/vm`` names
+    ``/vm/<uuid>``; the override then holds across save/restore and reboot on this host),
+    else by the domid."""
+    return vif_key(vm_uuid(store.try_read(domain_vm_path(guest_domid))), guest_domid, devid)
+
+
+def vm_vif_override_key(uuid: str, devid: int) -> str:
+    """Return the key of the override of vif ``devid`` of VM ``uuid``, whether it runs or
+    not."""
+    return vif_key(uuid, 0, devid)

@@ -176,17 +176,16 @@ def test_a_refused_vif_is_in_the_once_summary(lab: Lab) -> None:
 def test_set_keys_a_vifs_override_by_its_vm_and_takes_a_vm_that_does_not_run(
         settled: Lab) -> None:
     """An override follows the VM (its UUID), so it holds across xl save/restore; a UUID
-    names a VM's vif even while the VM is down; an override written by domid is found by
-    --clear and replaced by the UUID key at the next set."""
+    names a VM's vif even while the VM is down; by domid or by name, a domain libxl laid out
+    is keyed by its UUID too."""
     uuid = vm_of(settled, 2)
-    settled.toolstack.write("/local/domain/0/xenoffload/policy/vif/2/0", b"to-guest=off")
     done = run_cli("set", uuid, "--tx", "on", "--xenstore", settled.socket)
     assert done.returncode == 2 and "expected DOMAIN/DEVID" in done.stderr  # a vif is needed
     done = run_cli("set", f"{uuid}/0", "--tx", "on", "--xenstore", settled.socket)
     assert done.returncode == EXIT_OK, done.stderr
-    assert done.stdout.splitlines() == [
-        f"set /local/domain/0/xenoffload/policy/vif/{uuid}/0",
-        f"cleared /local/domain/0/xenoffload/policy/vif/2/0 (now vif/{uuid}/0)"]
+    assert done.stdout.splitlines() == [f"set /local/domain/0/xenoffload/policy/vif/{uuid}/0"]
+    done = run_cli("set", "2/0", "--tx", "off", "--xenstore", settled.socket)
+    assert done.stdout.splitlines() == [f"set /local/domain/0/xenoffload/policy/vif/{uuid}/0"]
     down = "0b8d3c5e-1111-4222-8333-444455556666"
     done = run_cli("set", f"{down}/1", "--rx", "off", "--xenstore", settled.socket)
     assert done.returncode == EXIT_OK, done.stderr

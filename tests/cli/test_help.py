@@ -42,3 +42,15 @@ def test_man_prints_a_page_with_every_command_and_option() -> None:
                                   capture_output=True, text=True, timeout=60, check=True)
         assert "XENOFFLOAD(1)" in rendered.stdout
         assert not rendered.stderr.strip(), rendered.stderr
+
+
+def test_the_shipped_manual_page_is_current() -> None:
+    """docs/xenoffload.1 (installed as share/man/man1/xenoffload.1) is what ``xenoffload man``
+    prints; regenerate it with ``python -m xenoffload man > docs/xenoffload.1``."""
+    from pathlib import Path
+
+    from xenoffload.manpage import render_man
+
+    shipped = Path(__file__).resolve().parents[2] / "docs" / "xenoffload.1"
+    assert shipped.read_text() == render_man(build_parser()), \
+        "docs/xenoffload.1 is stale: python -m xenoffload man > docs/xenoffload.1"

@@ -110,8 +110,9 @@ class XenstoredProcess:
             stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True)
 
     def connect(self) -> PyxsStore:
-        return wait_until(lambda: connect_store(self.socket, timeout=2.0), 20,
-                          f"xenstored on {self.socket}")
+        store: PyxsStore = wait_until(lambda: connect_store(self.socket, timeout=2.0), 20,
+                                      f"xenstored on {self.socket}")
+        return store
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -41,14 +41,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import logging
 import os
 import queue
+import select
 import stat
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from pyxs.client import Client, Monitor, Router
@@ -58,6 +60,7 @@ from pyxs.exceptions import PyXSError
 
 from xenoffload.store import pyxs_internals as internals
 from xenoffload.store.adapter import StoreAdapter
+from xenoffload.store.doorbell import Doorbell
 from xenoffload.store.location import default_xenstore_path
 from xenoffload.xs import requests
 from xenoffload.xs.errors import StoreUnavailable, XenStoreError
@@ -112,6 +115,27 @@ class _AnyOpReceiver:
             raise PyxsConnectionError(f"error while reading from {self.path!r}: {err}") from err
         return internals.make_packet(op, req_id, tx_id, payload)
 
+    def send(self, packet: Any) -> None:
+        """Send one packet in one write (pyxs writes its header and body apart)."""
+        self.send_frames(_frame(packet))
+
+    def send_frames(self, data: bytes) -> None:
+        """Write encoded messages (one or a pipelined batch) in one ``sendall``."""
+        if not self.is_connected:
+            raise PyxsConnectionError("not connected")
+        try:
+            internals.connection_transport(self).send(data)
+        except OSError as err:
+            if err.errno in (errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE):
+                self.close()
+            raise PyxsConnectionError(f"error while writing to {self.path!r}: {err}") from err
+
+
+def _frame(packet: Any) -> bytes:
+    """A packet's bytes on the wire: header and body."""
+    payload: bytes = packet.payload
+    return HEADER.pack(packet.op, packet.rq_id, packet.tx_id, len(payload)) + payload
+
 
 class _UnixConnection(_AnyOpReceiver, UnixSocketConnection):  # type: ignore[misc]
     """pyxs' Unix socket connection with :class:`_AnyOpReceiver`."""
@@ -125,11 +149,42 @@ class _Router(Router):  # type: ignore[misc]
     """pyxs' router; its thread ends quietly (instead of dumping a traceback) when the
     connection is lost or the server breaks the protocol. Callers notice the dead thread."""
 
+    #: Called when the thread ends (the store rings its doorbell: a waiter sees the loss).
+    on_exit: Callable[[], None] | None = None
+
+    def send_batch(self, packets: Sequence[Any]) -> list[Any]:
+        """Send every packet in one write (the connection's ``send_frames``); return their
+        reply variables, registered before the write (a reply may overtake it)."""
+        replies = internals.pending_replies(self)
+        with internals.send_lock(self):
+            rvars = []
+            for packet in packets:
+                replies[packet.rq_id] = rvar = internals.new_reply_var()
+                rvars.append(rvar)
+            internals.router_connection(self).send_frames(b"".join(map(_frame, packets)))
+            return rvars
+
     def __call__(self) -> None:
         try:
             super().__call__()
         except (PyXSError, OSError, ValueError) as err:
             log.debug("pyxs router for %s stopped: %r", internals.router_connection(self), err)
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
+
+
+class _RingingQueue(queue.Queue[Any]):
+    """A monitor's event queue that rings the store's doorbell on every event the router
+    thread puts (a rung doorbell is not written again)."""
+
+    def __init__(self, doorbell: Doorbell) -> None:
+        super().__init__()
+        self._doorbell = doorbell
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._doorbell.ring()
 
 
 def _is_xenbus(path: str) -> bool:
@@ -165,6 +220,9 @@ class PyxsStore(StoreAdapter):
             connection = (_XenBusConnection(self.path) if _is_xenbus(self.path)
                           else _UnixConnection(self.path))
             router = _Router(connection)
+        self._doorbell = Doorbell()
+        if isinstance(router, _Router):
+            router.on_exit = self._doorbell.ring
         self._router = router
         client = Client(router=router)
         try:
@@ -175,7 +233,8 @@ class PyxsStore(StoreAdapter):
             raise StoreUnavailable(f"cannot connect to XenStore at {self.path}: {err}") from err
         # Hazard 6: Client.monitor() refuses XenBus; a Monitor over a copy works everywhere.
         self._monitor = Monitor(copy.copy(client))
-        self._events = internals.monitor_events(self._monitor)
+        self._events = _RingingQueue(self._doorbell)
+        internals.set_monitor_events(self._monitor, self._events)
         self._in_flight = internals.pending_replies(router)
         self._router_thread = internals.router_thread(router)
         self._lock = threading.Lock()
@@ -210,7 +269,10 @@ class PyxsStore(StoreAdapter):
                 with self._one_at_a_time:
                     replies.append(self._wait(self._send(request)))
             return replies
-        pendings = [self._send(request) for request in batch]
+        if len(batch) > 1 and isinstance(self._router, _Router):
+            pendings = self._send_batch(batch)
+        else:
+            pendings = [self._send(request) for request in batch]
         return [self._wait(pending) for pending in pendings]
 
     def watch(self, path: str, token: str) -> None:
@@ -242,31 +304,36 @@ class PyxsStore(StoreAdapter):
         finally:
             self._forget_watch(path, token)
 
+    def event_fd(self) -> int:
+        """A descriptor readable when an event is queued or the connection is lost: poll it,
+        then take the events with ``next_events(0, ...)``."""
+        return self._doorbell.fileno()
+
     def next_events(self, timeout: float | None, limit: int) -> list[WatchEvent]:
         """Wait at most ``timeout`` seconds for the first event of a current watch, then return
         it with every event already queued, up to ``limit``; an empty list on timeout. Raises
-        StoreUnavailable when the connection is lost."""
+        StoreUnavailable when the connection is lost. The wait sleeps on the doorbell (rung by
+        every event and by the router thread's end): no timer wakes it."""
         deadline = None if timeout is None else time.monotonic() + timeout
         events: list[WatchEvent] = []
-        while len(events) < limit:
+        while True:
+            self._doorbell.clear()  # first: an event queued after the look below rings again
             self._check_alive()
-            try:
-                raw_path, raw_token = self._events.get_nowait()
-            except queue.Empty:
-                if events:
-                    break
-                wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
-                if wait <= 0:
-                    break
+            while len(events) < limit:
                 try:
-                    raw_path, raw_token = self._events.get(timeout=wait)
+                    raw_path, raw_token = self._events.get_nowait()
                 except queue.Empty:
-                    continue
-            with self._lock:
-                watched = self._watches.get(raw_token)
-            if watched is not None:  # hazard 3: stale or foreign events are dropped here
-                events.append(WatchEvent(raw_path.decode("latin-1"), watched[1]))
-        return events
+                    break
+                with self._lock:
+                    watched = self._watches.get(raw_token)
+                if watched is not None:  # hazard 3: stale or foreign events are dropped here
+                    events.append(WatchEvent(raw_path.decode("latin-1"), watched[1]))
+            if events or len(events) >= limit:
+                return events
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return events
+            select.select([self._doorbell], [], [], wait)
 
     def close(self) -> None:
         """Close the connection; further calls raise StoreUnavailable. Idempotent."""
@@ -274,6 +341,8 @@ class PyxsStore(StoreAdapter):
             if self._broken is None:
                 self._broken = "store closed"
         self._terminate_router()
+        if not self._router_thread.is_alive():
+            self._doorbell.close()
 
     # ------------------------------------------------------------ extras
 
@@ -345,6 +414,31 @@ class PyxsStore(StoreAdapter):
             self._in_flight.pop(req_id, None)
             self._fail(f"connection to XenStore lost: {err}")
         return _Pending(rvar, req_id, request)
+
+    def _send_batch(self, batch: Sequence[Request]) -> list[_Pending]:
+        """Send every request in one write; return what :meth:`_wait` needs for each."""
+        self._check_alive()
+        with self._lock:
+            ids: list[int] = []
+            req_id = self._next_req_id
+            for _ in batch:  # ids wrap at 2**32 and skip those in flight (hazard 8)
+                while req_id in self._in_flight:
+                    req_id = (req_id + 1) % 2**32
+                ids.append(req_id)
+                req_id = (req_id + 1) % 2**32
+            self._next_req_id = req_id
+        packets = [internals.make_packet(request.op, req_id, request.tx_id, request.payload)
+                   for request, req_id in zip(batch, ids, strict=True)]
+        router = self._router
+        assert isinstance(router, _Router)
+        try:
+            rvars = router.send_batch(packets)
+        except (PyXSError, OSError) as err:
+            for req_id in ids:
+                self._in_flight.pop(req_id, None)
+            self._fail(f"connection to XenStore lost: {err}")
+        return [_Pending(rvar, ident, request)
+                for rvar, ident, request in zip(rvars, ids, batch, strict=True)]
 
     def _wait(self, pending: _Pending) -> bytes | XenStoreError:
         """Wait (bounded by ``timeout``) for the reply to a sent request; return its payload

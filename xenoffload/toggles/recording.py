@@ -426,13 +426,16 @@ class RecordingToggles:
         with self._lock:
             return self._device(device).state()
 
-    def apply(self, device: DeviceRef, wanted: Mapping[str, bool]) -> ApplyResult:
+    def apply(self, device: DeviceRef, wanted: Mapping[str, bool],
+              before: Mapping[str, FeatureState] | None = None) -> ApplyResult:
         """Request ``wanted`` and return the verified outcomes; see
-        :meth:`xenoffload.toggles.base.Toggles.apply`."""
+        :meth:`xenoffload.toggles.base.Toggles.apply` (``before``: planned from, not read
+        again)."""
         wanted = dict(wanted)
         with self._lock:
             simulated = self._device(device)
-            before = simulated.state()
+            if before is None:
+                before = simulated.state()
             plan = plan_apply(before, wanted)
             if device in self._vanishing:
                 self._vanishing.discard(device)

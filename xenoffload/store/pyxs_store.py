@@ -79,6 +79,8 @@ log = logging.getLogger(__name__)
 #: Seconds a request may take before the store gives up on the connection.
 DEFAULT_TIMEOUT = 10.0
 _POLL = 0.05
+#: Most bytes the router thread takes from a Unix socket at once.
+_RECV_SIZE = 1 << 16
 
 
 def connect_store(path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> PyxsStore:
@@ -147,10 +149,57 @@ class _XenBusConnection(_AnyOpReceiver, XenBusConnection):  # type: ignore[misc]
 
 class _Router(Router):  # type: ignore[misc]
     """pyxs' router; its thread ends quietly (instead of dumping a traceback) when the
-    connection is lost or the server breaks the protocol. Callers notice the dead thread."""
+    connection is lost or the server breaks the protocol. Callers notice the dead thread.
+
+    Over a Unix socket its loop reads whatever the socket has (up to 64 KiB) in one ``recv``
+    and dispatches every whole message in it, as pyxs' loop does one message at a time with a
+    ``select`` and two ``recv`` calls each (a batch's replies and a burst of events come
+    together). Over XenBus pyxs' own loop runs."""
 
     #: Called when the thread ends (the store rings its doorbell: a waiter sees the loss).
     on_exit: Callable[[], None] | None = None
+
+    def __call__(self) -> None:
+        try:
+            sock = internals.transport_socket(
+                internals.connection_transport(internals.router_connection(self)))
+            if sock is None:
+                super().__call__()
+            else:
+                self._loop(sock)
+        except (PyXSError, OSError, ValueError) as err:
+            log.debug("pyxs router for %s stopped: %r", internals.router_connection(self), err)
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
+
+    def _loop(self, sock: Any) -> None:
+        """pyxs' loop (``Router.__call__``), reading many messages per ``recv``."""
+        connection = internals.router_connection(self)
+        terminator = internals.router_terminator(self)
+        buffer = bytearray()
+        try:
+            while True:
+                ready = select.select([sock, terminator], [], [])[0]
+                if terminator in ready:
+                    break
+                chunk = sock.recv(_RECV_SIZE)
+                if not chunk:
+                    raise PyxsConnectionError(f"{connection.path!r} closed the connection")
+                buffer += chunk
+                offset, end = 0, len(buffer)
+                while end - offset >= HEADER.size:
+                    op, req_id, tx_id, size = HEADER.unpack_from(buffer, offset)
+                    start = offset + HEADER.size
+                    if end - start < size:
+                        break
+                    self._dispatch(op, req_id, tx_id, bytes(buffer[start:start + size]))
+                    offset = start + size
+                del buffer[:offset]
+        finally:
+            connection.close()
+            internals.router_terminator(self).close()
+            internals.router_waker(self).close()
 
     def send_batch(self, packets: Sequence[Any]) -> list[Any]:
         """Send every packet in one write (the connection's ``send_frames``); return their
@@ -164,15 +213,20 @@ class _Router(Router):  # type: ignore[misc]
             internals.router_connection(self).send_frames(b"".join(map(_frame, packets)))
             return rvars
 
-    def __call__(self) -> None:
-        try:
-            super().__call__()
-        except (PyXSError, OSError, ValueError) as err:
-            log.debug("pyxs router for %s stopped: %r", internals.router_connection(self), err)
-        finally:
-            if self.on_exit is not None:
-                self.on_exit()
-
+    def _dispatch(self, op: int, req_id: int, tx_id: int, payload: bytes) -> None:
+        """What pyxs' loop does with a message: an event to the monitors of its token, a
+        reply to the request waiting for it (an unknown id ends the loop, as in pyxs)."""
+        if op == Op.WATCH_EVENT:
+            parts = payload.split(b"\0")
+            if len(parts) >= 2:
+                event = (parts[0], parts[1])
+                for monitor in internals.router_monitors(self).get(parts[1], ()):
+                    internals.monitor_events(monitor).put(event)
+            return
+        rvar = internals.pending_replies(self).pop(req_id, None)
+        if rvar is None:
+            raise PyxsConnectionError(f"reply to unknown request id {req_id}")
+        rvar.set(internals.make_packet(op, req_id, tx_id, payload))
 
 class _RingingQueue(queue.Queue[Any]):
     """A monitor's event queue that rings the store's doorbell on every event the router
@@ -273,7 +327,13 @@ class PyxsStore(StoreAdapter):
             pendings = self._send_batch(batch)
         else:
             pendings = [self._send(request) for request in batch]
-        return [self._wait(pending) for pending in pendings]
+        # xenstored answers in order: once the last reply is in, so are the others (one
+        # wake-up per batch instead of one per reply; any order is still handled).
+        last = self._wait(pendings[-1]) if pendings else None
+        replies = [self._wait(pending) for pending in pendings[:-1]]
+        if pendings:
+            replies.append(last)  # type: ignore[arg-type]
+        return replies
 
     def watch(self, path: str, token: str) -> None:
         """Register a watch; EEXIST if this store already watches (path, token)."""

@@ -176,8 +176,9 @@ def monitor_events(monitor: Any) -> queue.Queue[Any]:
     return events
 
 
-def set_monitor_events(monitor: Any, events: queue.Queue[Any]) -> None:
-    """Replace the queue the router puts a monitor's watch events on (before any watch)."""
+def set_monitor_events(monitor: Any, events: Any) -> None:
+    """Replace the queue the router puts a monitor's watch events on (before any watch): any
+    object with pyxs' ``put``."""
     monitor.events = events
 
 

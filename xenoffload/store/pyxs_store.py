@@ -39,6 +39,7 @@ when it is imported.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import errno
@@ -228,17 +229,26 @@ class _Router(Router):  # type: ignore[misc]
             raise PyxsConnectionError(f"reply to unknown request id {req_id}")
         rvar.set(internals.make_packet(op, req_id, tx_id, payload))
 
-class _RingingQueue(queue.Queue[Any]):
-    """A monitor's event queue that rings the store's doorbell on every event the router
-    thread puts (a rung doorbell is not written again)."""
+class _RingingQueue:
+    """A monitor's event queue (what pyxs' router puts a monitor's events on) that rings the
+    store's doorbell on every event (a rung doorbell is not written again). A deque: the
+    router thread appends, the store's reader pops, and neither takes a lock (pyxs' Queue
+    took one and notified a condition per event)."""
 
     def __init__(self, doorbell: Doorbell) -> None:
-        super().__init__()
+        self._items: collections.deque[Any] = collections.deque()
         self._doorbell = doorbell
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        super().put(item, block, timeout)
+        self._items.append(item)
         self._doorbell.ring()
+
+    def get_nowait(self) -> Any:
+        """The oldest event. Raises queue.Empty when there is none."""
+        try:
+            return self._items.popleft()
+        except IndexError:
+            raise queue.Empty from None
 
 
 def _is_xenbus(path: str) -> bool:

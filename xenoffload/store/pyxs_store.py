@@ -202,17 +202,18 @@ class _Router(Router):  # type: ignore[misc]
             internals.router_terminator(self).close()
             internals.router_waker(self).close()
 
-    def send_batch(self, packets: Sequence[Any]) -> list[Any]:
-        """Send every packet in one write (the connection's ``send_frames``); return their
-        reply variables, registered before the write (a reply may overtake it)."""
-        replies = internals.pending_replies(self)
+    def send_batch(self, frames: bytes, ids: Sequence[int]) -> list[_Reply]:
+        """Write ``frames`` (the encoded requests of ``ids``, in order) in one write (the
+        connection's ``send_frames``); return their reply variables, registered first (a
+        reply may overtake the write). They share one condition: a batch costs one."""
+        condition = threading.Condition()
+        replies = [_Reply(condition) for _ in ids]
+        pending = internals.pending_replies(self)
         with internals.send_lock(self):
-            rvars = []
-            for packet in packets:
-                replies[packet.rq_id] = rvar = internals.new_reply_var()
-                rvars.append(rvar)
-            internals.router_connection(self).send_frames(b"".join(map(_frame, packets)))
-            return rvars
+            for req_id, reply in zip(ids, replies, strict=True):
+                pending[req_id] = reply
+            internals.router_connection(self).send_frames(frames)
+        return replies
 
     def _dispatch(self, op: int, req_id: int, tx_id: int, payload: bytes) -> None:
         """What pyxs' loop does with a message: an event to the monitors of its token, a
@@ -228,6 +229,26 @@ class _Router(Router):  # type: ignore[misc]
         if rvar is None:
             raise PyxsConnectionError(f"reply to unknown request id {req_id}")
         rvar.set(internals.make_packet(op, req_id, tx_id, payload))
+
+class _Reply:
+    """A reply variable as pyxs' router fills it (``set``; ``condition`` and ``target`` as
+    pyxs' ``RVar``), sharing its condition with the rest of its batch. ``set`` notifies only
+    when the waiting thread said it waits for this one (``wake``, set under the condition):
+    a batch's earlier replies do not wake the thread that waits for its last."""
+
+    __slots__ = ("condition", "target", "wake")
+
+    def __init__(self, condition: threading.Condition) -> None:
+        self.condition = condition
+        self.target: Any = None
+        self.wake = False
+
+    def set(self, target: Any) -> None:
+        with self.condition:
+            self.target = target
+            if self.wake:
+                self.condition.notify_all()
+
 
 class _RingingQueue:
     """A monitor's event queue (what pyxs' router puts a monitor's events on) that rings the
@@ -327,22 +348,23 @@ class PyxsStore(StoreAdapter):
         pipelined (none waits for a reply) over a Unix socket, one at a time over XenBus
         (hazard 9). Raises StoreUnavailable on connection loss, a timeout or a reply that does
         not match its request."""
+        if not batch:
+            return []
         if self._one_at_a_time is not None:
             replies: list[bytes | XenStoreError] = []
             for request in batch:
                 with self._one_at_a_time:
                     replies.append(self._wait(self._send(request)))
             return replies
-        if len(batch) > 1 and isinstance(self._router, _Router):
+        if isinstance(self._router, _Router):
             pendings = self._send_batch(batch)
         else:
             pendings = [self._send(request) for request in batch]
         # xenstored answers in order: once the last reply is in, so are the others (one
         # wake-up per batch instead of one per reply; any order is still handled).
-        last = self._wait(pendings[-1]) if pendings else None
+        last = self._wait(pendings[-1])
         replies = [self._wait(pending) for pending in pendings[:-1]]
-        if pendings:
-            replies.append(last)  # type: ignore[arg-type]
+        replies.append(last)
         return replies
 
     def watch(self, path: str, token: str) -> None:
@@ -497,12 +519,13 @@ class PyxsStore(StoreAdapter):
                 ids.append(req_id)
                 req_id = (req_id + 1) % 2**32
             self._next_req_id = req_id
-        packets = [internals.make_packet(request.op, req_id, request.tx_id, request.payload)
-                   for request, req_id in zip(batch, ids, strict=True)]
+        pack = HEADER.pack
+        frames = b"".join(pack(request.op, req_id, request.tx_id, len(request.payload)) +
+                          request.payload for request, req_id in zip(batch, ids, strict=True))
         router = self._router
         assert isinstance(router, _Router)
         try:
-            rvars = router.send_batch(packets)
+            rvars = router.send_batch(frames, ids)
         except (PyXSError, OSError) as err:
             for req_id in ids:
                 self._in_flight.pop(req_id, None)
@@ -519,6 +542,8 @@ class PyxsStore(StoreAdapter):
         deadline = time.monotonic() + self.timeout
         with condition:
             while internals.reply_packet(rvar) is None:
+                if isinstance(rvar, _Reply):
+                    rvar.wake = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._in_flight.pop(req_id, None)

@@ -321,7 +321,7 @@ class _FrontVif:
     backend: bytes | None = None
 
 
-def run_frontend(socket: str) -> None:
+def run_frontend(socket: str, paced: bool = False) -> None:
     """Every frontend of every guest, on one dom0 connection, driven by lines on stdin:
 
     ``ignore G D`` (leave vif G/D to someone else), ``connected`` (say when every backend is
@@ -331,7 +331,13 @@ def run_frontend(socket: str) -> None:
     re-creating every vif: each frontend starts afresh; says when every backend is Connected
     again), ``quit``. Each goal is answered
     ``done <monotonic time>`` when met. Backend ``state`` is read on its watch events, every
-    read and transaction of one batch of events pipelined."""
+    read and transaction of one batch of events pipelined (a burst).
+
+    ``paced``: like independent guests instead. Each event is answered as it comes, on its
+    own, with one blocking round trip at a time, as a netfront does when it sees its
+    backend's state change: read the backend's ``state``; when it waits in InitWait, start a
+    transaction, write the six feature keys and ``state`` one by one, end it. No event waits
+    for another vif's."""
     store = PyxsStore(socket, timeout=60.0)
     store.watch(ROOT, "frontend")
     vifs: dict[Vif, _FrontVif] = {}
@@ -377,6 +383,7 @@ def run_frontend(socket: str) -> None:
         events = store.next_events(0.01, 1 << 20)
         dirty: set[Vif] = set()
         dirty_keys: set[Vif] = set()
+        answered: list[Vif] = []  # paced: each event of a state, in order
         for event in events:
             found = _vif_of(event.path)
             if found is None:
@@ -385,16 +392,24 @@ def run_frontend(socket: str) -> None:
             if vif not in vifs:
                 vifs[vif] = _FrontVif()
                 dirty.add(vif)
+                answered.append(vif)
             if key == "state":
                 dirty.add(vif)
+                answered.append(vif)
             elif goal[:1] == ["key"] and key == goal[1]:
                 dirty_keys.add(vif)
         if dirty_keys:
             order = sorted(dirty_keys)
             keys.update(zip(order, store.read_batch(
                 [(None, f"{backend_dir(vif)}/{goal[1]}") for vif in order]), strict=True))
-        _read_states(store, vifs, dirty - ignored)
-        _act(store, vifs, dirty - ignored)
+        if paced:
+            for vif in answered:
+                if vif not in ignored:
+                    vifs[vif].backend = store.try_read(f"{backend_dir(vif)}/state")
+                    _act_paced(store, vifs[vif], vif)
+        else:
+            _read_states(store, vifs, dirty - ignored)
+            _act(store, vifs, dirty - ignored)
         if goal and _met(goal, vifs, keys, ignored):
             print(f"done {time.monotonic():.6f}", flush=True)
             goal.clear()
@@ -434,6 +449,23 @@ def _act(store: Store, vifs: dict[Vif, _FrontVif], which: set[Vif]) -> None:
         connect = [vif for vif, ok in zip(connect, done, strict=True) if not ok]
 
 
+def _act_paced(store: Store, vif_state: _FrontVif, vif: Vif) -> None:
+    """:func:`_act` for one vif, one blocking round trip at a time (a netfront's way)."""
+    path = f"{frontend_dir(vif)}/state"
+    if vif_state.backend == CLOSED and vif_state.own == CLOSING:
+        store.write(path, CLOSED)
+        store.write(path, INITIALISING)
+        vif_state.own = INITIALISING
+    elif vif_state.backend == INIT_WAIT and vif_state.own == INITIALISING:
+        def connect(txn: Transaction) -> None:
+            for name, value in FRONTEND_KEYS.items():
+                txn.write(f"{frontend_dir(vif)}/{name}", value)
+            txn.write(path, CONNECTED)
+
+        run_transaction(store, connect)
+        vif_state.own = CONNECTED
+
+
 def _met(goal: list[str], vifs: dict[Vif, _FrontVif], keys: dict[Vif, bytes | None],
          ignored: set[Vif]) -> bool:
     live = [vif for vif in vifs if vif not in ignored]
@@ -449,8 +481,8 @@ def _met(goal: list[str], vifs: dict[Vif, _FrontVif], keys: dict[Vif, bytes | No
 class Frontend(Child):
     """The scripted frontend process (:func:`run_frontend`)."""
 
-    def __init__(self, socket: str) -> None:
-        super().__init__("frontend", socket)
+    def __init__(self, socket: str, paced: bool = False) -> None:
+        super().__init__("frontend", socket, *(["--paced"] if paced else []))
         if self.line(60) != "ready":
             raise RuntimeError("scripted frontend did not start")
 
@@ -470,7 +502,7 @@ class _MinimalVif:
     own: bytes = INITIALISING
 
 
-def run_minimal(socket: str, advertised: bytes) -> None:
+def run_minimal(socket: str, advertised: bytes, enforce: bool = False) -> None:
     """A minimal backend in full mode: only the requests the protocol needs, one blocking
     round trip at a time, on one connection with one watch (``/local/domain``, as the agent).
 
@@ -482,7 +514,16 @@ def run_minimal(socket: str, advertised: bytes) -> None:
     Closed, each a one-write transaction; InitWait again when the frontend is back). No guard
     reads of its own state: it assumes it is the only writer and that nobody removes the
     device. Lines on stdin: ``flip VALUE`` rewrites every vif's five keys and its result in
-    one transaction each and prints ``flipped <monotonic>``; ``quit``."""
+    one transaction each and prints ``flipped <monotonic>``; ``quit``.
+
+    ``enforce``: the kernel work too, as the agent's ``--toggles dry-run`` does it (the same
+    enforcers over simulated devices, tc on): each vif's result enforced once, before it
+    writes Connected (and on a flip)."""
+    enforcers = None
+    if enforce:
+        from xenoffload.enforce import make_enforcers
+
+        enforcers = make_enforcers("dry-run", tc=True)
     store = PyxsStore(socket, timeout=60.0)
     store.watch("/local/domain", "minimal")
     keys = {name: advertised for name in BACKEND_KEYS}
@@ -492,6 +533,17 @@ def run_minimal(socket: str, advertised: bytes) -> None:
     def result() -> bytes:
         return b"to-guest=ipv4+ipv6 from-guest=ipv4+ipv6" if keys[BACKEND_KEYS[0]] == b"1" \
             else b"to-guest=none from-guest=none"
+
+    def kernel(vif: Vif) -> None:
+        if enforcers is None:
+            return
+        from xenoffload.negotiation import LinkResult
+        from xenoffload.schema import FamilyFlags, Role
+        from xenoffload.toggles.base import DeviceRef
+
+        on = keys[BACKEND_KEYS[0]] == b"1"
+        enforcers.for_device(DeviceRef(f"vif{vif[0]}.{vif[1]}", None)).enforce(
+            Role.BACKEND, LinkResult(FamilyFlags(on, on), FamilyFlags(on, on)))
 
     def init_wait(vif: Vif) -> None:
         link = store.try_read(f"{backend_dir(vif)}/frontend")
@@ -524,6 +576,7 @@ def run_minimal(socket: str, advertised: bytes) -> None:
 
         state, own = run_transaction(store, snapshot), vifs[vif].own
         if own == INIT_WAIT and state == CONNECTED:
+            kernel(vif)
             move(vif, CONNECTED, {"xenoffload-csum-status": b"ok",
                                   "xenoffload-csum-result": result()})
         elif own == CONNECTED and state in (CLOSING, CLOSED, INITIALISING):
@@ -548,6 +601,8 @@ def run_minimal(socket: str, advertised: bytes) -> None:
             if command and command[0] == "flip":
                 keys = {name: command[1].encode() for name in BACKEND_KEYS}
                 for vif in sorted(vifs):
+                    kernel(vif)
+
                     def rewrite(txn: Transaction, vif: Vif = vif,
                                 keys: dict[str, bytes] = keys) -> None:
                         for name, value in keys.items():
@@ -571,8 +626,8 @@ def run_minimal(socket: str, advertised: bytes) -> None:
 class Minimal(Child):
     """The minimal backend process (:func:`run_minimal`)."""
 
-    def __init__(self, socket: str) -> None:
-        super().__init__("minimal", socket)
+    def __init__(self, socket: str, enforce: bool = False) -> None:
+        super().__init__("minimal", socket, *(["--enforce"] if enforce else []))
 
 
 # ------------------------------------------------------------------------------- attack
@@ -648,9 +703,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="part", required=True)
     p = sub.add_parser("frontend")
     p.add_argument("socket")
+    p.add_argument("--paced", action="store_true",
+                   help="answer each event alone, one blocking round trip at a time")
     p = sub.add_parser("minimal")
     p.add_argument("socket")
     p.add_argument("--advertise", default="0")
+    p.add_argument("--enforce", action="store_true",
+                   help="do the kernel work too (dry-run enforcers, tc on)")
     p = sub.add_parser("flap")
     p.add_argument("socket")
     p.add_argument("guest", type=int)
@@ -659,9 +718,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=64)
     args = parser.parse_args(argv)
     if args.part == "frontend":
-        run_frontend(args.socket)
+        run_frontend(args.socket, args.paced)
     elif args.part == "minimal":
-        run_minimal(args.socket, args.advertise.encode())
+        run_minimal(args.socket, args.advertise.encode(), args.enforce)
     else:
         run_flap(args.socket, args.guest, args.devid, args.flaps, args.chunk)
     return 0

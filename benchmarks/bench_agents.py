@@ -140,11 +140,12 @@ def phase_end(world: World, name: str, figures: dict[str, Any], timer: Timer,
 class World:
     """A server, the layout and the scripted frontend, in a temporary directory."""
 
-    def __init__(self, tmp: Path, guests: int, per_guest: int, trace: bool) -> None:
+    def __init__(self, tmp: Path, guests: int, per_guest: int, trace: bool,
+                 paced: bool = False) -> None:
         self.tmp = tmp
         self.server = lab.Server(tmp, trace, guests=[ATTACKER])
         self.vifs = lab.lay_out(self.server.socket, list(range(1, guests + 1)), per_guest)
-        self.frontend = lab.Frontend(self.server.socket)
+        self.frontend = lab.Frontend(self.server.socket, paced)
         self.server.mark("layout")
 
     def goal(self, command: str) -> None:
@@ -436,9 +437,9 @@ def enforcement_cost(vifs: int) -> dict[str, float]:
 
 
 def in_world(guests: int, per_guest: int, trace: bool,
-             body: Callable[[World], dict[str, Any]]) -> dict[str, Any]:
+             body: Callable[[World], dict[str, Any]], paced: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xob-", dir="/tmp") as tmp:
-        world = World(Path(tmp), guests, per_guest, trace)
+        world = World(Path(tmp), guests, per_guest, trace, paced)
         try:
             figures = body(world)
             if not trace:
@@ -498,6 +499,163 @@ def one_run(index: int, args: argparse.Namespace) -> dict[str, Any]:
             run["agent"] = in_world(g, n, False,
                                     lambda w: agent_world(w, not args.no_attack, args.flaps))
     return run
+
+
+# ------------------------------------------------------------------------------- paced
+
+#: The paced comparison's backends: the minimal backend with and without the kernel work,
+#: the agent with ``--toggles dry-run`` and ``--toggles none``.
+PACED = ("minimal_enforce", "agent_dry_run", "minimal", "agent_none")
+PACED_TARGETS = {"paced_dry_run_ratio": ("<=", 1.2), "paced_none_ratio": ("<=", 1.2),
+                 "paced_requests_per_vif": ("<=", 20.0),
+                 "paced_dry_run_cpu_ms_per_vif": ("<=", 1.0),
+                 "paced_none_cpu_ms_per_vif": ("<=", 0.5)}
+
+
+def paced_backend(which: str) -> Callable[[World], dict[str, Any]]:
+    """Connect every vif with the paced frontend (each guest answering alone, one blocking
+    round trip at a time) and ``which`` backend; the phase's time, CPU and quiescence."""
+    def body(world: World) -> dict[str, Any]:
+        figures: dict[str, Any] = {}
+        config = world.tmp / "policy.toml"
+        config.write_text("")
+        backend: lab.Minimal | lab.Agent
+        if which.startswith("minimal"):
+            backend = lab.Minimal(world.server.socket, enforce=which == "minimal_enforce")
+            proc = backend.proc
+        else:
+            toggles = "dry-run" if which == "agent_dry_run" else "none"
+            backend = lab.Agent(world.server.socket, config, world.tmp / "agent.log",
+                                extra=["--toggles", toggles])
+            proc = backend.proc
+        try:
+            timer = Timer(world, proc)
+            world.goal("connected")
+            phase_end(world, "connect", figures, timer, world.done())
+            figures["rss_kib"] = proc.rss_kib()
+        finally:
+            backend.close()
+        return figures
+    return body
+
+
+def paced_run(index: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One paced run: every backend of :data:`PACED` on a fresh server, the order turned
+    by one from run to run; the server's own throughput and the client library's cost in
+    the same run."""
+    order = PACED[index % len(PACED):] + PACED[:index % len(PACED)]
+    run: dict[str, Any] = {}
+    for which in order:
+        run[which] = in_world(args.guests, args.vifs_per_guest, False, paced_backend(which),
+                              paced=True)
+    return run
+
+
+def summarise_paced(runs: list[dict[str, Any]], empty: list[dict[str, float]],
+                    traced: dict[str, Any], vifs: int) -> dict[str, Any]:
+    rows = []
+    for run, idle in zip(runs, empty, strict=True):
+        row: dict[str, float] = {}
+        for which in PACED:
+            row[f"paced_{which}_s"] = run[which]["connect_s"]
+            row[f"paced_{which}_quiescent_s"] = run[which]["connect_quiescent_s"]
+            row[f"paced_{which}_server_cpu_s"] = run[which]["connect_server_cpu_s"]
+            row[f"paced_{which}_frontend_cpu_s"] = run[which]["connect_frontend_cpu_s"]
+            row[f"paced_{which}_cpu_s"] = run[which]["connect_cpu_s"]
+        row["paced_dry_run_ratio"] = run["agent_dry_run"]["connect_s"] / \
+            run["minimal_enforce"]["connect_s"]
+        row["paced_none_ratio"] = run["agent_none"]["connect_s"] / run["minimal"]["connect_s"]
+        for which, key in (("agent_dry_run", "dry_run"), ("agent_none", "none")):
+            row[f"paced_{key}_cpu_ms_per_vif"] = \
+                (run[which]["connect_cpu_s"] - idle["cpu_s"]) * 1000 / vifs
+            row[f"paced_{key}_rss_kib_per_vif"] = \
+                (run[which]["rss_kib"] - idle["rss_kib"]) / vifs
+        row["paced_minimal_enforce_cpu_ms_per_vif"] = \
+            run["minimal_enforce"]["connect_cpu_s"] * 1000 / vifs
+        row["paced_minimal_cpu_ms_per_vif"] = run["minimal"]["connect_cpu_s"] * 1000 / vifs
+        server = run["agent_dry_run"]["server"]
+        row["paced_server_read_per_s"] = server["read_per_s"]
+        row["paced_server_flip_txn_requests_per_s"] = server["flip_txn_requests_per_s"]
+        row["paced_client_blocking_us"] = run["agent_dry_run"]["client"]["blocking_us"]
+        row["paced_client_pipelined_us"] = run["agent_dry_run"]["client"]["pipelined_us"]
+        counts = traced.get("agent_dry_run", {}).get("requests", {}).get("connect", {})
+        row["paced_server_bound_s"] = sum(counts.get("agent", {}).values()) / \
+            server["flip_txn_requests_per_s"]
+        rows.append(row)
+    summary = {key: _spread([row[key] for row in rows]) for key in rows[0]}
+    for which, client in (("agent_dry_run", "agent"), ("agent_none", "agent"),
+                          ("minimal_enforce", "minimal")):
+        counts = traced.get(which, {}).get("requests", {}).get("connect", {})
+        if counts:
+            total = sum(counts.get(client, {}).values())
+            key = {"agent_dry_run": "paced_requests_per_vif",
+                   "agent_none": "paced_none_requests_per_vif",
+                   "minimal_enforce": "paced_minimal_requests_per_vif"}[which]
+            summary[key] = _spread([total / vifs])
+    return {"per_run": rows, "summary": summary}
+
+
+PACED_ROWS: list[tuple[str, str, str]] = [
+    ("paced: agent --toggles dry-run to Connected", "paced_agent_dry_run_s", "s"),
+    ("paced: minimal backend --enforce (same kernel work)", "paced_minimal_enforce_s", "s"),
+    ("paced: ratio agent dry-run / minimal --enforce (per run)", "paced_dry_run_ratio", "x"),
+    ("paced: agent --toggles none to Connected", "paced_agent_none_s", "s"),
+    ("paced: minimal backend (no kernel work)", "paced_minimal_s", "s"),
+    ("paced: ratio agent none / minimal (per run)", "paced_none_ratio", "x"),
+    ("paced: agent dry-run quiescent", "paced_agent_dry_run_quiescent_s", "s"),
+    ("paced: requests per vif, agent dry-run", "paced_requests_per_vif", ""),
+    ("paced: requests per vif, agent none", "paced_none_requests_per_vif", ""),
+    ("paced: requests per vif, minimal --enforce", "paced_minimal_requests_per_vif", ""),
+    ("paced: agent CPU per vif, dry-run (start-up excluded)", "paced_dry_run_cpu_ms_per_vif",
+     "ms"),
+    ("paced: agent CPU per vif, none (start-up excluded)", "paced_none_cpu_ms_per_vif", "ms"),
+    ("paced: minimal --enforce CPU per vif", "paced_minimal_enforce_cpu_ms_per_vif", "ms"),
+    ("paced: minimal CPU per vif", "paced_minimal_cpu_ms_per_vif", "ms"),
+    ("paced: agent RSS per vif above the empty agent's, dry-run",
+     "paced_dry_run_rss_kib_per_vif", "KiB"),
+    ("paced: server CPU during the agent dry-run's connect", "paced_agent_dry_run_server_cpu_s",
+     "s"),
+    ("paced: server CPU during minimal --enforce's connect",
+     "paced_minimal_enforce_server_cpu_s", "s"),
+    ("paced: frontend CPU during the agent dry-run's connect",
+     "paced_agent_dry_run_frontend_cpu_s", "s"),
+    ("paced: frontend CPU during minimal --enforce's connect",
+     "paced_minimal_enforce_frontend_cpu_s", "s"),
+    ("paced: server alone on the agent's connect requests (bound)", "paced_server_bound_s",
+     "s"),
+    ("paced: server pipelined READs per second (same run)", "paced_server_read_per_s", "/s"),
+    ("paced: server pipelined flip-shaped requests per second (same run)",
+     "paced_server_flip_txn_requests_per_s", "/s"),
+    ("paced: client library CPU per request, blocking", "paced_client_blocking_us", "us"),
+    ("paced: client library CPU per request, pipelined", "paced_client_pipelined_us", "us"),
+]
+
+
+def render_paced(report: dict[str, Any]) -> str:
+    summary = report["summary"]
+    lines = [f"bench_agents --paced: {report['vifs']} vifs, {report['runs']} run(s) + traced; "
+             f"load average at start {report['load']}"]
+    for label, key, unit in PACED_ROWS:
+        if key not in summary:
+            continue
+        spread = summary[key]
+        value = _format(spread["median"], unit) + (f" {unit}" if unit not in ("", "/s")
+                                                   else unit)
+        if spread["n"] > 1 and spread["min"] != spread["max"]:
+            value += f" ({_format(spread['min'], unit)}-{_format(spread['max'], unit)})"
+        target = ""
+        if key in PACED_TARGETS:
+            sign, bound = PACED_TARGETS[key]
+            met = spread["median"] <= bound
+            target = f"  target {sign} {bound:g}  {'met' if met else 'MISSED'}"
+        lines.append(f"{label.ljust(66)} {value}{target}")
+    for which in ("agent_dry_run", "minimal_enforce"):
+        counts = report["traced"].get(which, {}).get("requests", {}).get("connect", {})
+        client = "minimal" if which.startswith("minimal") else "agent"
+        if counts.get(client):
+            lines.append(f"requests by type, paced {which}: " + ", ".join(
+                f"{op}={count}" for op, count in sorted(counts[client].items())))
+    return "\n".join(lines)
 
 
 def summarise(runs: list[dict[str, Any]], empty: list[dict[str, float]],
@@ -739,9 +897,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vifs-per-guest", type=int, default=PER_GUEST)
     parser.add_argument("--flaps", type=int, default=FLAPS)
     parser.add_argument("--no-attack", action="store_true", help="skip the flapping guest")
+    parser.add_argument("--paced-only", action="store_true",
+                        help="only the paced comparison (frontends answering like "
+                             "independent guests)")
+    parser.add_argument("--no-paced", action="store_true", help="skip the paced comparison")
     args = parser.parse_args(argv)
     vifs = args.guests * args.vifs_per_guest
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    paced_report: dict[str, Any] | None = None
+    if not args.no_paced:
+        paced_empty = [empty_agent() for _ in range(args.runs)]
+        paced_runs = [paced_run(index, args) for index in range(args.runs)]
+        paced_traced = {which: in_world(args.guests, args.vifs_per_guest, True,
+                                        paced_backend(which), paced=True)
+                        for which in ("agent_dry_run", "agent_none", "minimal_enforce")}
+        paced_report = {"vifs": vifs, "runs": args.runs, "load": load,
+                        "raw": paced_runs, "traced": paced_traced,
+                        **summarise_paced(paced_runs, paced_empty, paced_traced, vifs)}
+        if args.paced_only:
+            print(json.dumps(paced_report, indent=2, default=str) if args.json
+                  else render_paced(paced_report))
+            return 0
     startup = startup_costs()
     runs, empty, enforcement = [], [], []
     for index in range(args.runs):
@@ -759,7 +935,11 @@ def main(argv: list[str] | None = None) -> int:
               "empty_agent": empty, "raw": runs, "traced": traced,
               **summarise(runs, empty, traced, vifs)}
     add_enforcement(report, enforcement)
+    if paced_report is not None:
+        report["paced"] = paced_report
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    if paced_report is not None and not args.json:
+        print(render_paced(paced_report))
     return 0
 
 

@@ -389,7 +389,7 @@ def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
             log.info("policy reloaded from %s", source or "the built-in default")
 
         def on_hup(_signum: int, _frame: object) -> None:
-            runner.pending_reload = reload
+            runner.request_reload(reload)
 
         attached = False
 

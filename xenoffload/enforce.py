@@ -74,7 +74,8 @@ class TogglesEnforcer:
         try:
             available = self.toggles.read(self.device)
             applied = self.toggles.apply(self.device,
-                                         wanted_features(sends.ipv4, sends.ipv6, available))
+                                         wanted_features(sends.ipv4, sends.ipv6, available),
+                                         before=available)
             tc_result = None
             if self.tc is not None:
                 tc_result = self.tc.apply(self.device,

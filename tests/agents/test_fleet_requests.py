@@ -126,3 +126,17 @@ def test_an_override_rereads_what_vifs_are_only_when_it_matches_on_something_new
     assert identity_reads(sent) == 6  # each of the 6 vifs once
     assert world.backend.identities[(2, 0)].uuid == uuid
     assert world.backend.endpoints[(2, 0)].machine.policy.to_guest.ipv4
+
+
+def test_building_a_vif_reads_its_own_state_only_in_its_first_step() -> None:
+    """The backend reads ``frontend``, ``bridge`` and ``vifname`` to build a vif's end, not
+    its own ``state``: the first step reads that (its guard) before writing anything."""
+    world = world_with_vifs()
+    sent = counted(world.dom0)
+    world.backend.attach(world.dom0)
+    own_state = [request for request in sent if request.op == Op.READ and
+                 request.payload.startswith(ROOT.encode()) and
+                 request.payload.endswith(b"/state\0")]
+    outside = [request for request in own_state if request.tx_id == 0]
+    assert not outside  # none outside the steps' transactions
+    assert len(own_state) == 6  # one guard read per vif in its first step

@@ -1,8 +1,15 @@
-"""The agents' event loop: retries are not starved by a stream of events."""
+"""The agents' event loop: retries are not starved by a stream of events; an idle runner
+sleeps on descriptors, woken by events, requests and signals, never by a timer."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 import pytest
@@ -10,6 +17,8 @@ import pytest
 from xenoffload.agents.runner import WAKE_SLICE, Runner
 from xenoffload.store.base import Store, WatchEvent
 from xenoffload.store.memory import MemoryStore, MemoryXenStore
+from xenoffload.store.pyxs_store import PyxsStore
+from xenoffload.xenstored.harness import EmbeddedXenstored
 
 from .helpers import World
 
@@ -126,3 +135,101 @@ def test_a_signal_ends_a_long_wait_for_events_at_once(request_kind: str) -> None
     assert len(store.waits) == 3  # the wait ended right after the signal
     assert all(wait is not None and wait <= WAKE_SLICE for wait in store.waits)
     assert (moved, reloads) == ((True, [1]) if request_kind == "reload" else (False, []))
+
+
+@pytest.fixture
+def xenstored() -> Iterator[EmbeddedXenstored]:
+    tmp = tempfile.mkdtemp(prefix="xsr", dir="/tmp")
+    server = EmbeddedXenstored(f"{tmp}/socket", {})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Recorder:
+    """Watches ``/w``; records each batch and every wait the runner asks of the store."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def attach(self, store: Store) -> None:
+        store.watch("/w", "t")
+
+    def handle(self, events: Sequence[WatchEvent]) -> None:
+        self.batches.append([event.path for event in events])
+
+    def tick(self) -> None:
+        pass
+
+    def next_due(self) -> None:
+        return None
+
+
+class CountingPyxs(PyxsStore):
+    """A PyxsStore recording the timeouts it is asked to wait for events."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, timeout=5.0)
+        self.waits: list[float | None] = []
+
+    def next_events(self, timeout: float | None, limit: int) -> list[WatchEvent]:
+        self.waits.append(timeout)
+        return super().next_events(timeout, limit)
+
+
+def test_an_idle_runner_sleeps_on_descriptors_and_wakes_for_events_and_requests(
+        xenstored: EmbeddedXenstored) -> None:
+    stores: list[CountingPyxs] = []
+
+    def connect() -> Store:
+        stores.append(CountingPyxs(xenstored.socket_path))
+        return stores[-1]
+
+    logic = Recorder()
+    runner = Runner(connect, logic)
+    reloads: list[float] = []
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not logic.batches and time.monotonic() < deadline:
+            time.sleep(0.01)
+        writer = PyxsStore(xenstored.socket_path, timeout=5.0)
+        time.sleep(0.3)  # idle: the runner sleeps in one poll
+        waits_idle = len(stores[0].waits)
+        time.sleep(0.5)
+        assert len(stores[0].waits) == waits_idle  # no timer woke it
+        writer.write("/w/a", b"1")
+        while len(logic.batches) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert logic.batches[-1] == ["/w/a"]
+        asked = time.monotonic()
+        runner.request_reload(lambda: reloads.append(time.monotonic() - asked))
+        while not reloads and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert reloads and reloads[0] < 0.5
+        writer.close()
+    finally:
+        runner.stop()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert all(wait == 0 for wait in stores[0].waits)  # events are only taken, never awaited
+
+
+def test_a_signal_ends_the_runners_wait_in_the_main_thread(
+        xenstored: EmbeddedXenstored) -> None:
+    runner = Runner(lambda: PyxsStore(xenstored.socket_path, timeout=5.0), Recorder())
+    previous = signal.signal(signal.SIGUSR1, lambda _n, _f: runner.stop_event.set())
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1))
+    started = time.monotonic()
+    timer.start()
+    try:
+        runner.run()  # what the CLI does: its handlers only set a flag
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    assert time.monotonic() - started < 3.0
+    assert signal.set_wakeup_fd(-1) == -1  # the runner gave the wakeup descriptor back

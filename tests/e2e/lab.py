@@ -128,13 +128,14 @@ class CountingToggles:
     def read(self, device: DeviceRef) -> Mapping[str, FeatureState]:
         return self.inner.read(device)
 
-    def apply(self, device: DeviceRef, wanted: Mapping[str, bool]) -> ApplyResult:
+    def apply(self, device: DeviceRef, wanted: Mapping[str, bool],
+              before: Mapping[str, FeatureState] | None = None) -> ApplyResult:
         hook = self.before_apply
         if hook is not None:
             hook(device)
         with self._lock:
             self.applies.append(device)
-        result = self.inner.apply(device, wanted)
+        result = self.inner.apply(device, wanted, before)
         if result.set_issued:
             with self._lock:
                 self.sets.append(SetRecord(device, dict(wanted)))

@@ -186,3 +186,30 @@ def test_the_gate_catches_a_store_that_waits_between_requests(
     finally:
         gate.open()
         worker.join(10)
+
+
+def test_a_batch_is_one_write_and_a_request_is_one_write(
+        gated: tuple[PyxsStore, ReplyGate], monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyxs writes a request's header and body apart; PyxsStore writes each request whole and
+    a pipelined batch in one ``sendall``."""
+    store, _gate = gated
+    from xenoffload.store import pyxs_internals as internals
+
+    transport = internals.connection_transport(
+        internals.router_connection(store._router))
+    writes: list[int] = []
+    original = transport.send
+
+    def counting(data: bytes) -> None:
+        writes.append(len(data))
+        original(data)
+
+    monkeypatch.setattr(transport, "send", counting)
+    store.write_many([(f"/w/{index}", b"x") for index in range(200)])
+    assert len(writes) == 1
+    store.read("/w/1")
+    assert len(writes) == 2
+    txns = store.start_transactions(3)
+    store.write_batch([WriteGroup(txn, "/w/1", [("/w/2", b"y")]) for txn in txns])
+    store.end_transactions([(txn, True) for txn in txns])
+    assert len(writes) == 5

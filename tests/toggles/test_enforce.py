@@ -4,11 +4,12 @@ docs/toggles.md, "Status", for each driver and kernel, and what each result leav
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from xenoffload.enforce import TogglesEnforcer, make_enforcers
 from xenoffload.negotiation import LinkResult
 from xenoffload.schema import FamilyFlags, Role
-from xenoffload.toggles.base import DeviceRef
+from xenoffload.toggles.base import ApplyResult, DeviceRef, FeatureState
 from xenoffload.toggles.recording import (
     NETBACK_VIF,
     NETFRONT_ETH,
@@ -131,3 +132,51 @@ def test_the_dry_run_mechanisms_enforce_by_tc_on_the_simulated_xen_devices() -> 
     netlink = make_enforcers("netlink")
     assert isinstance(netlink.tc, NetlinkTc)
     netlink.close()
+
+
+class CountingToggles(RecordingToggles):
+    """Counts the reads of a device outside an apply, and the applies planned without a
+    reading (each would read the device again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.applies_reading_again = 0
+
+    def read(self, device: DeviceRef) -> Mapping[str, FeatureState]:
+        self.reads += 1
+        return super().read(device)
+
+    def apply(self, device: DeviceRef, wanted: Mapping[str, bool],
+              before: Mapping[str, FeatureState] | None = None) -> ApplyResult:
+        self.applies_reading_again += before is None
+        return super().apply(device, wanted, before)
+
+
+def test_a_backend_vif_costs_five_netlink_exchanges_unchanged_and_ten_changed() -> None:
+    """docs/toggles.md, "Exchanges per vif": ethtool reads once (FEATURES_GET), then only a
+    change is set and read back; tc reads the link, the ingress slot and each hook's filters,
+    and after a change reads back only what the change touched."""
+    world = CountingToggles()
+    world.add_device(VIF, NETBACK_VIF)
+    tc = NetlinkTc(transport_for=world.rtnetlink)
+    vif = TogglesEnforcer(world, VIF, tc)
+    expected = [
+        # computed: ethtool GET, SET, GET; tc reads (3), clsact + 2 ingress filters, slot and
+        # ingress filters read back
+        (COMPUTE, True, {"GETLINK": 1, "GETQDISC": 2, "NEWQDISC": 1, "NEWTFILTER": 2,
+                         "GETTFILTER": 1}),
+        (COMPUTE, False, {"GETLINK": 1, "GETQDISC": 1, "GETTFILTER": 2}),  # ethtool GET
+        (BLANK, True, {"GETLINK": 1, "GETQDISC": 2, "GETTFILTER": 3, "DELTFILTER": 2,
+                       "DELQDISC": 1}),
+        (BLANK, False, {"GETLINK": 1, "GETQDISC": 1}),
+    ]
+    for result, ethtool_set, tc_sent in expected:
+        tc.sent.clear()
+        reads = world.reads
+        assert vif.enforce(Role.BACKEND, result).status.startswith("ok")
+        assert world.reads - reads == 1
+        assert world.applies[-1].result is not None
+        assert world.applies[-1].result.set_issued is ethtool_set
+        assert dict(tc.sent) == tc_sent
+    assert world.applies_reading_again == 0

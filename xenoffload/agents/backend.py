@@ -73,8 +73,11 @@ class BackendRouter:
 
     def identity_paths(self, key: VifKey, selectors: frozenset[str]) -> dict[str, str]:
         paths = VifPaths(self.domid, *key)
-        wanted = {"state": paths.backend_key("state"),
-                  "frontend": paths.backend_key("frontend"),
+        # Not its own ``state``: the end's first step reads it (a guard, in the step's
+        # transaction) before anything is written, so reading it here too told nothing more;
+        # ``frontend``, ``bridge`` and ``vifname`` (libxl writes all three with the device)
+        # say whether the device is there at all.
+        wanted = {"frontend": paths.backend_key("frontend"),
                   "bridge": paths.backend_key("bridge"),
                   "vifname": paths.backend_key("vifname")}
         if "mac" in selectors:

@@ -1,11 +1,22 @@
 """The event loop both agents share: one XenStore connection, batched watch events,
 reconnection with backoff, retries when they are due. Agents plug in what a batch means.
+
+An idle runner sleeps in one ``poll`` on two descriptors, with no timeout unless a retry is
+due: the store's event descriptor (readable when an event is queued or the connection is
+lost) and the runner's own self-pipe, which :meth:`Runner.stop` and
+:meth:`Runner.request_reload` write to and which :meth:`Runner.run` makes the process's
+``signal.set_wakeup_fd`` (so a signal whose handler only sets a flag ends the wait too). No
+timer wakes it. A store without an event descriptor is waited on in slices of
+:data:`WAKE_SLICE` instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import select
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -13,7 +24,9 @@ from typing import Protocol
 
 import attrs
 
+from xenoffload.store.adapter import StoreAdapter
 from xenoffload.store.base import Store, StoreUnavailable, TransactionAborted, WatchEvent
+from xenoffload.store.doorbell import Doorbell
 
 __all__ = ["AgentLogic", "Runner", "StoreFactory", "MAX_BATCH"]
 
@@ -23,8 +36,8 @@ StoreFactory = Callable[[], Store]
 
 #: Most events taken from the connection as one batch.
 MAX_BATCH = 8192
-#: Longest single wait for events: a signal's request (SIGHUP's reload, SIGTERM's stop) is
-#: seen at most this long after its handler ran, however long the idle wait.
+#: Longest single wait for events on a store without an event descriptor: a signal's request
+#: (SIGHUP's reload, SIGTERM's stop) is seen at most this long after its handler ran.
 WAKE_SLICE = 0.02
 
 
@@ -54,13 +67,14 @@ class Runner:
     whenever the connection is lost, with exponential backoff between attempts.
 
     ``clock`` is the logic's clock too (monotonic seconds); ``idle_seconds`` bounds a wait
-    for events when nothing is due. A stop request or a pending reload (what the CLI's
-    signal handlers set) ends any wait within :data:`WAKE_SLICE`.
+    for events when nothing is due (None: no bound, the runner sleeps until an event, a
+    signal or a request). :meth:`stop`, :meth:`request_reload` and (under :meth:`run`, in
+    the main thread) any signal end a wait at once.
     """
 
     factory: StoreFactory
     logic: AgentLogic
-    idle_seconds: float = 1.0
+    idle_seconds: float | None = None
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
     clock: Callable[[], float] = time.monotonic
@@ -71,9 +85,19 @@ class Runner:
     #: Called after every successful attach (watches registered, first rescan done): the CLI
     #: tells systemd it is ready (``sd_notify READY=1``).
     on_attached: Callable[[], None] | None = None
+    _wake: Doorbell = attrs.field(factory=Doorbell, init=False, repr=False)
+    _poller: tuple[int, select.poll] | None = attrs.field(default=None, init=False, repr=False)
 
     def stop(self) -> None:
+        """Stop :meth:`run` (from any thread or a signal handler)."""
         self.stop_event.set()
+        self._wake.ring()
+
+    def request_reload(self, reload: Callable[[], None]) -> None:
+        """Have the runner's thread call ``reload`` at the end of its current turn, waking it
+        if it waits (from any thread or a signal handler: SIGHUP's policy reload)."""
+        self.pending_reload = reload
+        self._wake.ring()
 
     def _connect(self, attempts: int | None = None) -> Store:
         """Return a new attached store, retrying with backoff (at most ``attempts`` times;
@@ -120,11 +144,29 @@ class Runner:
         """Process events until :meth:`stop`; survive any loss of the connection. Retries
         come when due even while events keep coming (a guest flapping its state must not
         starve another vif's retry)."""
-        while not self.stop_event.is_set():
-            self.turn(self.idle_seconds)
-        self._drop()
+        restore = self._take_signal_wakeups()
+        try:
+            while not self.stop_event.is_set():
+                self.turn(self.idle_seconds)
+        finally:
+            restore()
+            self._drop()
 
-    def turn(self, wait_seconds: float) -> bool:
+    def _take_signal_wakeups(self) -> Callable[[], None]:
+        """Make the runner's self-pipe the process's signal wakeup descriptor (main thread
+        only; elsewhere signals are not delivered to this thread anyway) and return what
+        restores the previous one."""
+        try:
+            previous = signal.set_wakeup_fd(self._wake.write_fd, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread
+            return lambda: None
+
+        def restore() -> None:
+            with contextlib.suppress(ValueError):
+                signal.set_wakeup_fd(previous)
+        return restore
+
+    def turn(self, wait_seconds: float | None) -> bool:
         """One turn of :meth:`run`: connect if needed (with backoff), :meth:`pump`, then a
         pending policy reload. A lost connection is dropped, to be made again on the next
         turn. Return whether anything was handled or run."""
@@ -143,15 +185,17 @@ class Runner:
             self._drop()
             return True
 
-    def pump(self, wait_seconds: float) -> bool:
+    def pump(self, wait_seconds: float | None) -> bool:
         """One turn of the loop on the current connection: wait for events at most
-        ``wait_seconds`` (less when a retry is due sooner), handle the batch, then run what
-        is due. Return whether anything was handled or run."""
+        ``wait_seconds`` (None: without bound; less when a retry is due sooner), handle the
+        batch, then run what is due. Return whether anything was handled or run."""
         store = self.store
         assert store is not None
         due = self.logic.next_due()
-        now = self.clock()
-        timeout = wait_seconds if due is None else max(0.0, min(wait_seconds, due - now))
+        timeout = wait_seconds
+        if due is not None:
+            until_due = max(0.0, due - self.clock())
+            timeout = until_due if timeout is None else min(timeout, until_due)
         batch = self._wait(store, timeout)
         if batch:
             self.logic.handle(batch)
@@ -161,20 +205,49 @@ class Runner:
             self.logic.tick()
         return bool(batch) or ran
 
-    def _wait(self, store: Store, timeout: float) -> list[WatchEvent]:
-        """Wait at most ``timeout`` seconds for a batch of events, in slices of at most
-        :data:`WAKE_SLICE`, returning early (with no events) once a reload is pending or a
-        stop requested: a signal handler only sets those, and a Python signal handler cannot
-        end a wait, so the wait has to look."""
+    def _wait(self, store: Store, timeout: float | None) -> list[WatchEvent]:
+        """Wait at most ``timeout`` seconds (None: without bound) for a batch of events,
+        returning early (with no events) once a reload is pending or a stop requested."""
+        fd = store.event_fd() if isinstance(store, StoreAdapter) else None
+        if fd is None:
+            return self._wait_in_slices(store, timeout)
+        self._wake.clear()  # first: a request made after the look below rings again
+        if self._requested():
+            return []
+        batch = store.next_events(0, MAX_BATCH)
+        if batch or timeout == 0:
+            return batch
+        self._poll(fd, timeout)
+        if self._requested():
+            return []
+        return store.next_events(0, MAX_BATCH)
+
+    def _poll(self, fd: int, timeout: float | None) -> None:
+        """Sleep until ``fd`` or the self-pipe is readable, or ``timeout`` passed."""
+        if self._poller is None or self._poller[0] != fd:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.register(self._wake.fileno(), select.POLLIN)
+            self._poller = (fd, poller)
+        self._poller[1].poll(None if timeout is None else math.ceil(timeout * 1000))
+
+    def _requested(self) -> bool:
+        return self.pending_reload is not None or self.stop_event.is_set()
+
+    def _wait_in_slices(self, store: Store, timeout: float | None) -> list[WatchEvent]:
+        """:meth:`_wait` for a store without an event descriptor: waits of at most
+        :data:`WAKE_SLICE`, looking for a request between them (a Python signal handler
+        cannot end a wait on a condition)."""
         while True:
-            wait = min(timeout, WAKE_SLICE)
+            wait = WAKE_SLICE if timeout is None else min(timeout, WAKE_SLICE)
             batch = store.next_events(wait, MAX_BATCH)
-            timeout -= wait
-            if batch or timeout <= 0 or self.pending_reload is not None or \
-                    self.stop_event.is_set():
+            if timeout is not None:
+                timeout -= wait
+            if batch or (timeout is not None and timeout <= 0) or self._requested():
                 return batch
 
     def _drop(self) -> None:
+        self._poller = None
         if self.store is not None:
             with contextlib.suppress(StoreUnavailable):
                 self.store.close()

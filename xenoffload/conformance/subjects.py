@@ -186,7 +186,7 @@ class _RunningAgent:
     def set_policy(self, policy: LinkPolicy) -> None:
         # Applied by the runner's thread, as the CLI's SIGHUP reload is.
         logic = self.logic
-        self.runner.pending_reload = lambda: logic.set_policy(Policy(policy))
+        self.runner.request_reload(lambda: logic.set_policy(Policy(policy)))
 
     def gone(self) -> str | None:
         if self.failure:

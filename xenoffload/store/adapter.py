@@ -180,6 +180,12 @@ class StoreAdapter(NodeOps, abc.ABC):
     def close(self) -> None:
         """Close the connection; further calls raise StoreUnavailable."""
 
+    def event_fd(self) -> int | None:
+        """A descriptor that becomes readable when an event is queued or the connection is
+        lost (then take the events with ``next_events(0, ...)``), or None when this adapter
+        has none: wait in :meth:`next_events` instead."""
+        return None
+
     # ------------------------------------------------------------ built on exchange
 
     def call(self, request: Request) -> bytes:

@@ -3,7 +3,8 @@
 PyxsStore builds packets and awaits replies itself instead of going through ``pyxs.Client``'s
 methods (that is how it contains pyxs' hazards, see :mod:`xenoffload.store.pyxs_store`), so it
 touches names pyxs does not promise to keep: the private ``pyxs._internal.Packet`` and its
-``_make``, the router's reply table, thread, terminator socket and connection, a reply
+``_make``, the router's reply table, send lock, monitors, thread, terminator sockets and
+connection, the Unix socket transport's socket, a reply
 variable's condition and target, a monitor's event queue and a connection's transport. Each is
 reached through a function of this module, and importing it checks every one of them against
 the installed pyxs: a different pyxs fails at once with an ImportError naming the version this
@@ -29,7 +30,14 @@ __all__ = [
     "pending_replies",
     "reply_condition",
     "reply_packet",
+    "new_reply_var",
     "router_connection",
+    "router_monitors",
+    "router_terminator",
+    "router_waker",
+    "send_lock",
+    "set_monitor_events",
+    "transport_socket",
     "router_thread",
     "wake_router",
 ]
@@ -65,7 +73,8 @@ def _check() -> None:
         raise _unsupported("Router.is_connected")
     router = pyxs.client.Router(None)  # builds its attributes; no thread starts, no I/O
     try:
-        for name in ("rvars", "thread", "w_terminator", "connection"):
+        for name in ("rvars", "thread", "r_terminator", "w_terminator", "connection",
+                     "send_lock", "monitors"):
             if not hasattr(router, name):
                 raise _unsupported(f"Router.{name}")
         if not isinstance(router.rvars, dict) or not isinstance(router.thread, threading.Thread):
@@ -80,6 +89,8 @@ def _check() -> None:
         raise _unsupported("Monitor.events as a queue.Queue")
     if not hasattr(pyxs.connection.UnixSocketConnection("/nonexistent"), "transport"):
         raise _unsupported("PacketConnection.transport")
+    if not isinstance(getattr(pyxs.connection, "_UnixSocketTransport", None), type):
+        raise _unsupported("connection._UnixSocketTransport")
 
 
 _check()
@@ -95,6 +106,40 @@ def pending_replies(router: Any) -> dict[int, Any]:
     """The router's table of reply variables by request id (requests in flight)."""
     replies: dict[int, Any] = router.rvars
     return replies
+
+
+def send_lock(router: Any) -> threading.Lock:
+    """The lock the router holds while it registers a reply variable and writes a packet."""
+    lock: threading.Lock = router.send_lock
+    return lock
+
+
+def new_reply_var() -> Any:
+    """A new reply variable, as the router registers for each request it sends."""
+    return pyxs.client.RVar()
+
+
+def router_terminator(router: Any) -> Any:
+    """The reading end of the router's terminator socket pair (its loop selects on it)."""
+    return router.r_terminator
+
+
+def router_waker(router: Any) -> Any:
+    """The writing end of the router's terminator socket pair."""
+    return router.w_terminator
+
+
+def router_monitors(router: Any) -> dict[bytes, list[Any]]:
+    """The router's monitors by wire token (a defaultdict: read it with ``get``)."""
+    monitors: dict[bytes, list[Any]] = router.monitors
+    return monitors
+
+
+def transport_socket(transport: Any) -> Any:
+    """The socket of a Unix-socket transport, None for any other transport (XenBus)."""
+    if isinstance(transport, pyxs.connection._UnixSocketTransport):
+        return getattr(transport, "sock", None)
+    return None
 
 
 def router_thread(router: Any) -> threading.Thread:
@@ -129,6 +174,12 @@ def monitor_events(monitor: Any) -> queue.Queue[Any]:
     """The queue the router puts a monitor's watch events on."""
     events: queue.Queue[Any] = monitor.events
     return events
+
+
+def set_monitor_events(monitor: Any, events: Any) -> None:
+    """Replace the queue the router puts a monitor's watch events on (before any watch): any
+    object with pyxs' ``put``."""
+    monitor.events = events
 
 
 def connection_transport(connection: Any) -> Any:

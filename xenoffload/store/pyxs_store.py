@@ -39,17 +39,19 @@ when it is imported.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import errno
 import logging
 import os
 import queue
+import select
 import stat
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from pyxs.client import Client, Monitor, Router
@@ -59,6 +61,7 @@ from pyxs.exceptions import PyXSError
 
 from xenoffload.store import pyxs_internals as internals
 from xenoffload.store.adapter import StoreAdapter
+from xenoffload.store.doorbell import Doorbell
 from xenoffload.store.location import default_xenstore_path
 from xenoffload.xs import requests
 from xenoffload.xs.errors import StoreUnavailable, XenStoreError
@@ -77,6 +80,8 @@ log = logging.getLogger(__name__)
 #: Seconds a request may take before the store gives up on the connection.
 DEFAULT_TIMEOUT = 10.0
 _POLL = 0.05
+#: Most bytes the router thread takes from a Unix socket at once.
+_RECV_SIZE = 1 << 16
 
 
 def connect_store(path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> PyxsStore:
@@ -140,6 +145,27 @@ class _AnyOpReceiver:
             raise PyxsConnectionError(f"error while reading from {self.path!r}: {err}") from err
         return internals.make_packet(op, req_id, tx_id, payload)
 
+    def send(self, packet: Any) -> None:
+        """Send one packet in one write (pyxs writes its header and body apart)."""
+        self.send_frames(_frame(packet))
+
+    def send_frames(self, data: bytes) -> None:
+        """Write encoded messages (one or a pipelined batch) in one ``sendall``."""
+        if not self.is_connected:
+            raise PyxsConnectionError("not connected")
+        try:
+            internals.connection_transport(self).send(data)
+        except OSError as err:
+            if err.errno in (errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE):
+                self.close()
+            raise PyxsConnectionError(f"error while writing to {self.path!r}: {err}") from err
+
+
+def _frame(packet: Any) -> bytes:
+    """A packet's bytes on the wire: header and body."""
+    payload: bytes = packet.payload
+    return HEADER.pack(packet.op, packet.rq_id, packet.tx_id, len(payload)) + payload
+
 
 class _UnixConnection(_AnyOpReceiver, UnixSocketConnection):  # type: ignore[misc]
     """pyxs' Unix socket connection with :class:`_AnyOpReceiver`."""
@@ -151,13 +177,126 @@ class _XenBusConnection(_AnyOpReceiver, XenBusConnection):  # type: ignore[misc]
 
 class _Router(Router):  # type: ignore[misc]
     """pyxs' router; its thread ends quietly (instead of dumping a traceback) when the
-    connection is lost or the server breaks the protocol. Callers notice the dead thread."""
+    connection is lost or the server breaks the protocol. Callers notice the dead thread.
+
+    Over a Unix socket its loop reads whatever the socket has (up to 64 KiB) in one ``recv``
+    and dispatches every whole message in it, as pyxs' loop does one message at a time with a
+    ``select`` and two ``recv`` calls each (a batch's replies and a burst of events come
+    together). Over XenBus pyxs' own loop runs."""
+
+    #: Called when the thread ends (the store rings its doorbell: a waiter sees the loss).
+    on_exit: Callable[[], None] | None = None
 
     def __call__(self) -> None:
         try:
-            super().__call__()
+            sock = internals.transport_socket(
+                internals.connection_transport(internals.router_connection(self)))
+            if sock is None:
+                super().__call__()
+            else:
+                self._loop(sock)
         except (PyXSError, OSError, ValueError) as err:
             log.debug("pyxs router for %s stopped: %r", internals.router_connection(self), err)
+        finally:
+            if self.on_exit is not None:
+                self.on_exit()
+
+    def _loop(self, sock: Any) -> None:
+        """pyxs' loop (``Router.__call__``), reading many messages per ``recv``."""
+        connection = internals.router_connection(self)
+        terminator = internals.router_terminator(self)
+        buffer = bytearray()
+        try:
+            while True:
+                ready = select.select([sock, terminator], [], [])[0]
+                if terminator in ready:
+                    break
+                chunk = sock.recv(_RECV_SIZE)
+                if not chunk:
+                    raise PyxsConnectionError(f"{connection.path!r} closed the connection")
+                buffer += chunk
+                offset, end = 0, len(buffer)
+                while end - offset >= HEADER.size:
+                    op, req_id, tx_id, size = HEADER.unpack_from(buffer, offset)
+                    start = offset + HEADER.size
+                    if end - start < size:
+                        break
+                    self._dispatch(op, req_id, tx_id, bytes(buffer[start:start + size]))
+                    offset = start + size
+                del buffer[:offset]
+        finally:
+            connection.close()
+            internals.router_terminator(self).close()
+            internals.router_waker(self).close()
+
+    def send_batch(self, frames: bytes, ids: Sequence[int]) -> list[_Reply]:
+        """Write ``frames`` (the encoded requests of ``ids``, in order) in one write (the
+        connection's ``send_frames``); return their reply variables, registered first (a
+        reply may overtake the write). They share one condition: a batch costs one."""
+        condition = threading.Condition()
+        replies = [_Reply(condition) for _ in ids]
+        pending = internals.pending_replies(self)
+        with internals.send_lock(self):
+            for req_id, reply in zip(ids, replies, strict=True):
+                pending[req_id] = reply
+            internals.router_connection(self).send_frames(frames)
+        return replies
+
+    def _dispatch(self, op: int, req_id: int, tx_id: int, payload: bytes) -> None:
+        """What pyxs' loop does with a message: an event to the monitors of its token, a
+        reply to the request waiting for it (an unknown id ends the loop, as in pyxs)."""
+        if op == Op.WATCH_EVENT:
+            parts = payload.split(b"\0")
+            if len(parts) >= 2:
+                event = (parts[0], parts[1])
+                for monitor in internals.router_monitors(self).get(parts[1], ()):
+                    internals.monitor_events(monitor).put(event)
+            return
+        rvar = internals.pending_replies(self).pop(req_id, None)
+        if rvar is None:
+            raise PyxsConnectionError(f"reply to unknown request id {req_id}")
+        rvar.set(internals.make_packet(op, req_id, tx_id, payload))
+
+class _Reply:
+    """A reply variable as pyxs' router fills it (``set``; ``condition`` and ``target`` as
+    pyxs' ``RVar``), sharing its condition with the rest of its batch. ``set`` notifies only
+    when the waiting thread said it waits for this one (``wake``, set under the condition):
+    a batch's earlier replies do not wake the thread that waits for its last."""
+
+    __slots__ = ("condition", "target", "wake")
+
+    def __init__(self, condition: threading.Condition) -> None:
+        self.condition = condition
+        self.target: Any = None
+        self.wake = False
+
+    def set(self, target: Any) -> None:
+        with self.condition:
+            self.target = target
+            if self.wake:
+                self.condition.notify_all()
+
+
+class _RingingQueue:
+    """A monitor's event queue (what pyxs' router puts a monitor's events on) that rings the
+    store's doorbell on every event (a rung doorbell is not written again). A deque: the
+    router thread appends, the store's reader pops, and neither takes a lock (pyxs' Queue
+    took one and notified a condition per event)."""
+
+    def __init__(self, doorbell: Doorbell) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._doorbell = doorbell
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self._items.append(item)
+        self._doorbell.ring()
+
+    def get_nowait(self) -> Any:
+        """The oldest event. Raises queue.Empty when there is none."""
+        try:
+            return self._items.popleft()
+        except IndexError:
+            raise queue.Empty from None
 
 
 def _is_xenbus(path: str) -> bool:
@@ -193,6 +332,9 @@ class PyxsStore(StoreAdapter):
             connection = (_XenBusConnection(self.path) if _is_xenbus(self.path)
                           else _UnixConnection(self.path))
             router = _Router(connection)
+        self._doorbell = Doorbell()
+        if isinstance(router, _Router):
+            router.on_exit = self._doorbell.ring
         self._router = router
         client = Client(router=router)
         try:
@@ -204,7 +346,8 @@ class PyxsStore(StoreAdapter):
                                    f"{_connect_problem(self.path, err)}") from err
         # Hazard 6: Client.monitor() refuses XenBus; a Monitor over a copy works everywhere.
         self._monitor = Monitor(copy.copy(client))
-        self._events = internals.monitor_events(self._monitor)
+        self._events = _RingingQueue(self._doorbell)
+        internals.set_monitor_events(self._monitor, self._events)
         self._in_flight = internals.pending_replies(router)
         self._router_thread = internals.router_thread(router)
         self._lock = threading.Lock()
@@ -233,14 +376,24 @@ class PyxsStore(StoreAdapter):
         pipelined (none waits for a reply) over a Unix socket, one at a time over XenBus
         (hazard 9). Raises StoreUnavailable on connection loss, a timeout or a reply that does
         not match its request."""
+        if not batch:
+            return []
         if self._one_at_a_time is not None:
             replies: list[bytes | XenStoreError] = []
             for request in batch:
                 with self._one_at_a_time:
                     replies.append(self._wait(self._send(request)))
             return replies
-        pendings = [self._send(request) for request in batch]
-        return [self._wait(pending) for pending in pendings]
+        if isinstance(self._router, _Router):
+            pendings = self._send_batch(batch)
+        else:
+            pendings = [self._send(request) for request in batch]
+        # xenstored answers in order: once the last reply is in, so are the others (one
+        # wake-up per batch instead of one per reply; any order is still handled).
+        last = self._wait(pendings[-1])
+        replies = [self._wait(pending) for pending in pendings[:-1]]
+        replies.append(last)
+        return replies
 
     def watch(self, path: str, token: str) -> None:
         """Register a watch; EEXIST if this store already watches (path, token)."""
@@ -271,31 +424,36 @@ class PyxsStore(StoreAdapter):
         finally:
             self._forget_watch(path, token)
 
+    def event_fd(self) -> int:
+        """A descriptor readable when an event is queued or the connection is lost: poll it,
+        then take the events with ``next_events(0, ...)``."""
+        return self._doorbell.fileno()
+
     def next_events(self, timeout: float | None, limit: int) -> list[WatchEvent]:
         """Wait at most ``timeout`` seconds for the first event of a current watch, then return
         it with every event already queued, up to ``limit``; an empty list on timeout. Raises
-        StoreUnavailable when the connection is lost."""
+        StoreUnavailable when the connection is lost. The wait sleeps on the doorbell (rung by
+        every event and by the router thread's end): no timer wakes it."""
         deadline = None if timeout is None else time.monotonic() + timeout
         events: list[WatchEvent] = []
-        while len(events) < limit:
+        while True:
+            self._doorbell.clear()  # first: an event queued after the look below rings again
             self._check_alive()
-            try:
-                raw_path, raw_token = self._events.get_nowait()
-            except queue.Empty:
-                if events:
-                    break
-                wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
-                if wait <= 0:
-                    break
+            while len(events) < limit:
                 try:
-                    raw_path, raw_token = self._events.get(timeout=wait)
+                    raw_path, raw_token = self._events.get_nowait()
                 except queue.Empty:
-                    continue
-            with self._lock:
-                watched = self._watches.get(raw_token)
-            if watched is not None:  # hazard 3: stale or foreign events are dropped here
-                events.append(WatchEvent(raw_path.decode("latin-1"), watched[1]))
-        return events
+                    break
+                with self._lock:
+                    watched = self._watches.get(raw_token)
+                if watched is not None:  # hazard 3: stale or foreign events are dropped here
+                    events.append(WatchEvent(raw_path.decode("latin-1"), watched[1]))
+            if events or len(events) >= limit:
+                return events
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return events
+            select.select([self._doorbell], [], [], wait)
 
     def close(self) -> None:
         """Close the connection; further calls raise StoreUnavailable. Idempotent."""
@@ -303,6 +461,8 @@ class PyxsStore(StoreAdapter):
             if self._broken is None:
                 self._broken = "store closed"
         self._terminate_router()
+        if not self._router_thread.is_alive():
+            self._doorbell.close()
 
     # ------------------------------------------------------------ extras
 
@@ -375,6 +535,32 @@ class PyxsStore(StoreAdapter):
             self._fail(f"connection to XenStore lost: {err}")
         return _Pending(rvar, req_id, request)
 
+    def _send_batch(self, batch: Sequence[Request]) -> list[_Pending]:
+        """Send every request in one write; return what :meth:`_wait` needs for each."""
+        self._check_alive()
+        with self._lock:
+            ids: list[int] = []
+            req_id = self._next_req_id
+            for _ in batch:  # ids wrap at 2**32 and skip those in flight (hazard 8)
+                while req_id in self._in_flight:
+                    req_id = (req_id + 1) % 2**32
+                ids.append(req_id)
+                req_id = (req_id + 1) % 2**32
+            self._next_req_id = req_id
+        pack = HEADER.pack
+        frames = b"".join(pack(request.op, req_id, request.tx_id, len(request.payload)) +
+                          request.payload for request, req_id in zip(batch, ids, strict=True))
+        router = self._router
+        assert isinstance(router, _Router)
+        try:
+            rvars = router.send_batch(frames, ids)
+        except (PyXSError, OSError) as err:
+            for req_id in ids:
+                self._in_flight.pop(req_id, None)
+            self._fail(f"connection to XenStore lost: {err}")
+        return [_Pending(rvar, ident, request)
+                for rvar, ident, request in zip(rvars, ids, batch, strict=True)]
+
     def _wait(self, pending: _Pending) -> bytes | XenStoreError:
         """Wait (bounded by ``timeout``) for the reply to a sent request; return its payload
         or the XenStoreError of an ERROR reply. Raises StoreUnavailable when the connection
@@ -384,6 +570,8 @@ class PyxsStore(StoreAdapter):
         deadline = time.monotonic() + self.timeout
         with condition:
             while internals.reply_packet(rvar) is None:
+                if isinstance(rvar, _Reply):
+                    rvar.wake = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._in_flight.pop(req_id, None)

@@ -195,12 +195,16 @@ class Toggles(Protocol):
         """
         ...
 
-    def apply(self, device: DeviceRef, wanted: Mapping[str, bool]) -> ApplyResult:
+    def apply(self, device: DeviceRef, wanted: Mapping[str, bool],
+              before: Mapping[str, FeatureState] | None = None) -> ApplyResult:
         """Request each feature in ``wanted`` on (True) or off (False) and return the outcome
         of each, verified by reading back.
 
-        Only features whose state differs are sent; when none needs a change no request is
-        sent (``set_issued=False``). Features not named in ``wanted`` keep whatever anyone else
+        ``before``: the device's features as :meth:`read` returned them just now (the caller
+        read them to decide ``wanted``); the apply plans from it instead of reading the
+        device again, so an apply costs one read when nothing changes. Only features whose
+        state differs are sent; when none needs a change no request is sent
+        (``set_issued=False``). Features not named in ``wanted`` keep whatever anyone else
         requested. Raises DeviceGone (also when the device vanishes mid-apply),
         TogglesUnavailable, TogglePermissionDenied or ToggleError.
         """

@@ -206,7 +206,7 @@ def features_reply(reply: Message, names: tuple[str, ...]) -> FeaturesReply:
     return FeaturesReply(ifindex, features)
 
 
-def features_set_request(family: int, device_name: str, ifindex: int,
+def features_set_request(family: int, device_name: str, ifindex: int | None,
                          to_send: Mapping[str, bool]) -> Request:
     """Return the FEATURES_SET request naming only ``to_send`` (feature -> requested state),
     sorted by name, asking for an acknowledgement and no reply."""

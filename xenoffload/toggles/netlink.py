@@ -96,9 +96,16 @@ def _single(answer: Answer, label: str) -> Message:
 class _Snapshot:
     __slots__ = ("features", "ifindex")
 
-    def __init__(self, ifindex: int, features: Mapping[str, FeatureState]) -> None:
+    def __init__(self, ifindex: int | None, features: Mapping[str, FeatureState]) -> None:
         self.ifindex = ifindex
         self.features = features
+
+
+class _Reading(dict[str, FeatureState]):
+    """What :meth:`NetlinkToggles.read` returns: the features, and the ifindex they were read
+    from (an apply given this reading pins its FEATURES_SET to that device)."""
+
+    ifindex: int | None = None
 
 
 class NetlinkToggles:
@@ -136,25 +143,32 @@ class NetlinkToggles:
         Raises DeviceGone, TogglesUnavailable, TogglePermissionDenied or ToggleError."""
         with self._lock:
             genl = self._sockets.get(device)
-            return self._get(genl, device).features
+            snapshot = self._get(genl, device)
+            reading = _Reading(snapshot.features)
+            reading.ifindex = snapshot.ifindex
+            return reading
 
-    def apply(self, device: DeviceRef, wanted: Mapping[str, bool]) -> ApplyResult:
+    def apply(self, device: DeviceRef, wanted: Mapping[str, bool],
+              before: Mapping[str, FeatureState] | None = None) -> ApplyResult:
         """Request ``wanted`` and return the verified outcome of each feature; see
-        :meth:`xenoffload.toggles.base.Toggles.apply`."""
+        :meth:`xenoffload.toggles.base.Toggles.apply` (with ``before``: FEATURES_GET only to
+        read back a change)."""
         with self._lock:
             genl = self._sockets.get(device)
-            before = self._get(genl, device)
-            plan = plan_apply(before.features, wanted)
+            snapshot = (self._get(genl, device) if before is None else
+                         _Snapshot(before.ifindex if isinstance(before, _Reading) else None,
+                                   before))
+            plan = plan_apply(snapshot.features, wanted)
             if not plan.to_send:
                 return ApplyResult(device, plan.settled, set_issued=False)
-            kernel_error = self._set_features(genl, device, before.ifindex, plan.to_send)
-            after = self._get(genl, device, ifindex=before.ifindex)
+            kernel_error = self._set_features(genl, device, snapshot.ifindex, plan.to_send)
+            after = self._get(genl, device, ifindex=snapshot.ifindex)
             outcomes = judge_after(wanted, plan.to_send, after.features, kernel_error)
             return ApplyResult(
                 device,
                 outcomes,
                 set_issued=True,
-                side_effects=side_effects(before.features, after.features, wanted),
+                side_effects=side_effects(snapshot.features, after.features, wanted),
             )
 
     # --- requests --------------------------------------------------------------------------
@@ -175,7 +189,8 @@ class NetlinkToggles:
         return _Snapshot(reply.ifindex, reply.features)
 
     def _set_features(
-        self, genl: _EthtoolSocket, device: DeviceRef, ifindex: int, to_send: Mapping[str, bool]
+        self, genl: _EthtoolSocket, device: DeviceRef, ifindex: int | None,
+        to_send: Mapping[str, bool]
     ) -> str | None:
         """Send one FEATURES_SET naming only ``to_send``; return the kernel's error text if it
         refused the request for a reason other than a vanished device or missing privilege."""

@@ -346,8 +346,7 @@ class RecordingToggles:
         with self._lock:
             if device.netns is not None:
                 self._namespaces.add(device.netns)
-            self._devices[device] = self._new_device(profile)
-            self._by_index = None
+            self._put(device, self._new_device(profile))
 
     def remove_device(self, device: DeviceRef) -> None:
         """Delete ``device``; later calls naming it raise DeviceGone."""
@@ -414,6 +413,18 @@ class RecordingToggles:
                                       for device, simulated in self._devices.items()}
         return index.get((netns, ifindex))
 
+    def _put(self, device: DeviceRef, simulated: _SimulatedDevice) -> None:
+        """Make ``simulated`` the device ``device`` names, keeping the ifindex index current
+        (a new device used to drop the index, rebuilt over every device on the next lookup:
+        quadratic when a dry run creates its devices one by one)."""
+        old = self._devices.get(device)
+        self._devices[device] = simulated
+        index = self._by_index
+        if index is not None:
+            if old is not None:
+                index.pop((device.netns, old.ifindex), None)
+            index[(device.netns, simulated.ifindex)] = simulated
+
     def _new_device(self, profile: FeatureProfile) -> _SimulatedDevice:
         simulated = _SimulatedDevice(profile, self._next_ifindex)
         self._next_ifindex += 1
@@ -426,13 +437,16 @@ class RecordingToggles:
         with self._lock:
             return self._device(device).state()
 
-    def apply(self, device: DeviceRef, wanted: Mapping[str, bool]) -> ApplyResult:
+    def apply(self, device: DeviceRef, wanted: Mapping[str, bool],
+              before: Mapping[str, FeatureState] | None = None) -> ApplyResult:
         """Request ``wanted`` and return the verified outcomes; see
-        :meth:`xenoffload.toggles.base.Toggles.apply`."""
+        :meth:`xenoffload.toggles.base.Toggles.apply` (``before``: planned from, not read
+        again)."""
         wanted = dict(wanted)
         with self._lock:
             simulated = self._device(device)
-            before = simulated.state()
+            if before is None:
+                before = simulated.state()
             plan = plan_apply(before, wanted)
             if device in self._vanishing:
                 self._vanishing.discard(device)
@@ -474,8 +488,8 @@ class RecordingToggles:
         if self._auto_profile is not None:
             if device.netns is not None:
                 self._namespaces.add(device.netns)
-            simulated = self._devices[device] = self._new_device(self._auto_profile(device))
-            self._by_index = None
+            simulated = self._new_device(self._auto_profile(device))
+            self._put(device, simulated)
             return simulated
         if device.netns is not None and device.netns not in self._namespaces:
             raise TogglesUnavailable(f"network namespace {device.netns!r} does not exist", device)

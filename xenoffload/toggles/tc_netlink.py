@@ -39,6 +39,7 @@ from xenoffload.toggles.nl_socket import (
 from xenoffload.toggles.tc_base import CsumRule, Hook, TcResult
 from xenoffload.toggles.tc_codec import (
     TC_H_CLSACT,
+    FilterInfo,
     csum_action,
     decode_filter,
     decode_link,
@@ -130,6 +131,10 @@ class _Apply:
         self.config = config
         self.sent = sent
         self.changes = 0
+        #: What this apply's changes touched, so the read-back reads only that.
+        self.touched_link = False
+        self.touched_slot = False
+        self.touched_hooks: set[Hook] = set()
 
     def exchange(self, request: Request, label: str) -> Answer | ErrorAnswer:
         self.sent[label] += 1
@@ -139,8 +144,15 @@ class _Apply:
             raise translate_refusal(answer, self.device)
         return answer
 
-    def change(self, request: Request, label: str) -> ErrorAnswer | None:
+    def change(self, request: Request, label: str, hook: Hook | None = None
+               ) -> ErrorAnswer | None:
         self.changes += 1
+        if label == "NEWLINK":
+            self.touched_link = True
+        elif label in ("NEWQDISC", "DELQDISC"):
+            self.touched_slot = True
+        if hook is not None:
+            self.touched_hooks.add(hook)
         answer = self.exchange(request, label)
         return answer if isinstance(answer, ErrorAnswer) else None
 
@@ -150,28 +162,44 @@ class _Apply:
             raise translate_refusal(answer, self.device)
         return answer
 
-    def read(self) -> TcState:
+    def read(self, known: TcState | None = None) -> TcState:
+        """Read the device's tc state: all of it, or (``known``: the state read at the start
+        of this apply) only what this apply's changes touched: the link after a NEWLINK, the
+        ingress slot after a qdisc change, a hook's filters after a filter change there. What
+        no change touched is taken from ``known``, read moments before by the same apply (an
+        apply that changes nothing reads nothing back either)."""
         try:
-            replies = self.query(getlink_request(self.device.name), "GETLINK").messages
-            if len(replies) != 1:
-                raise ToggleError(f"expected one link, got {len(replies)}", self.device)
-            link = decode_link(replies[0])
-            if link.name != self.device.name:
-                raise ToggleError(f"asked for {self.device.name}, the kernel named {link.name}",
-                                  self.device)
-            qdiscs = [decode_qdisc(message) for message in
-                      self.query(qdisc_dump_request(link.ifindex), "GETQDISC").messages]
-            slot = next((qdisc.kind for qdisc in qdiscs
-                         if qdisc.ifindex == link.ifindex and qdisc.parent == TC_H_CLSACT), None)
+            if known is None or self.touched_link:
+                replies = self.query(getlink_request(self.device.name), "GETLINK").messages
+                if len(replies) != 1:
+                    raise ToggleError(f"expected one link, got {len(replies)}", self.device)
+                link = decode_link(replies[0])
+                if link.name != self.device.name:
+                    raise ToggleError(f"asked for {self.device.name}, the kernel named "
+                                      f"{link.name}", self.device)
+            else:
+                link = known.link
+            if known is None or self.touched_slot:
+                qdiscs = [decode_qdisc(message) for message in
+                          self.query(qdisc_dump_request(link.ifindex), "GETQDISC").messages]
+                slot = next((qdisc.kind for qdisc in qdiscs if qdisc.ifindex == link.ifindex
+                             and qdisc.parent == TC_H_CLSACT), None)
+            else:
+                slot = known.slot
             state = TcState(link, slot, {})
-            filters = {
-                hook: tuple(entry for entry in map(decode_filter, self.query(
+            filters: dict[Hook, tuple[FilterInfo, ...]] = {}
+            for hook in (state.hooks() if slot is not None else ()):
+                if known is not None and hook not in self.touched_hooks:
+                    # Untouched: as read, or none on a clsact this apply just created.
+                    filters[hook] = tuple(known.filters.get(hook, ()))
+                    continue
+                filters[hook] = tuple(entry for entry in map(decode_filter, self.query(
                     filter_dump_request(link.ifindex, hook.parent), "GETTFILTER").messages)
                     if entry.ifindex == link.ifindex)
-                for hook in (state.hooks() if slot is not None else ())
-            }
         except NetlinkDecodeError as error:
             raise ToggleError(f"malformed rtnetlink answer: {error}", self.device) from error
+        self.touched_link = self.touched_slot = False
+        self.touched_hooks.clear()
         return TcState(link, slot, filters)
 
     def run(self, rules: tuple[CsumRule, ...]) -> TcResult:
@@ -185,7 +213,7 @@ class _Apply:
         for hook, family in todo.delete:
             refusal = self.change(delete_filter_request(
                 ifindex, hook.parent, self.config.priority_of(family), ethertype(family)),
-                "DELTFILTER")
+                "DELTFILTER", hook)
             if refusal is not None:
                 notes.append(f"cannot remove xenoffload's {hook.value} {family.value} filter "
                              f"({refusal.describe()})")
@@ -203,13 +231,13 @@ class _Apply:
             if refusal is not None:
                 notes.append(f"cannot restore gso_max_segs {todo.gso_target} "
                              f"({refusal.describe()})")
-        after = self.read()
+        after = self.read(state)
         if todo.remove_clsact and after.slot == "clsact" and not any(after.filters.values()):
             refusal = self.change(delete_clsact_request(ifindex), "DELQDISC")
             if refusal is not None:
                 notes.append(f"cannot remove the clsact qdisc xenoffload created "
                              f"({refusal.describe()})")
-            after = self.read()
+            after = self.read(after)
         elif todo.remove_clsact:
             notes.append("left the clsact qdisc xenoffload created: other filters are on it")
         return TcResult(self.device, judge(after, rules, self.config, reasons), self.changes,
@@ -248,7 +276,7 @@ class _Apply:
             refusal = self.change(new_filter_request(
                 ifindex, rule.hook.parent, self.config.priority_of(rule.family),
                 ethertype(rule.family), classifier,
-                (csum_action(rule.update_flags, marker.encode()),)), "NEWTFILTER")
+                (csum_action(rule.update_flags, marker.encode()),)), "NEWTFILTER", rule.hook)
             if refusal is None:
                 return None
             reason, try_next = reason_for_filter_refusal(refusal, classifiers[: index + 1],

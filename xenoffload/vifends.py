@@ -25,7 +25,7 @@ from xenoffload.endpoint import (
     frontend_endpoint,
 )
 from xenoffload.machine import Mode
-from xenoffload.negotiation import SAFE_POLICY, LinkPolicy
+from xenoffload.negotiation import SAFE_POLICY, LinkPolicy, LinkResult
 from xenoffload.overrides import OverrideSetting, rules_from_overrides
 from xenoffload.paths import (
     VifPaths,
@@ -45,9 +45,10 @@ from xenoffload.store.base import (
     XenStoreError,
 )
 from xenoffload.xapi import XAPI_KEYS, XapiSetting, parse_xapi_config, rules_from_xapi
+from xenoffload.xenbus import XenbusState
 
-__all__ = ["ALL_SELECTORS", "ATOMIC_CHUNK", "VifEnds", "VifKey", "effective_policy",
-           "read_fields"]
+__all__ = ["ALL_SELECTORS", "ATOMIC_CHUNK", "AgentView", "VifEnds", "VifKey", "agent_views",
+           "effective_policy", "read_fields"]
 
 #: A vif as every face keys it: (guest domid, devid).
 VifKey = tuple[int, int]
@@ -166,6 +167,15 @@ class VifEnds:
         return backend_endpoint(store, VifPaths(self.domid, *key), found.get("frontend"),
                                 policy, enforcer, mode)
 
+    def report_paths(self, store: Store, key: VifKey) -> VifPaths:
+        """The directories to report vif ``key`` by when its end was refused (its peer link
+        is not its own): the guest's is taken from its frontend's ``backend-id``."""
+        if self.role is Role.BACKEND:
+            return VifPaths(self.domid, *key)
+        raw = node_text(store.try_read(VifPaths(0, *key).frontend_key("backend-id")))
+        backend = int(raw) if raw is not None and raw.isdigit() and len(raw) <= 5 else 0
+        return VifPaths(backend, *key)
+
     def open(self, store: Store, key: VifKey, policy: LinkPolicy,
              enforcer: Enforcer | None = None, mode: Mode = Mode.COMPANION) -> VifEndpoint:
         """Read what vif ``key``'s end needs and build it (:meth:`build`), policy given."""
@@ -219,3 +229,37 @@ def effective_policy(policy: Policy, ends: VifEnds, xapi: Mapping[VifKey, XapiSe
         *rules_from_xapi(xapi),
         *rules_from_overrides(overrides,
                               ends.domid if ends.role is Role.FRONTEND else None)])
+
+
+@attrs.frozen
+class AgentView:
+    """What an agent that ran (``--once``) holds for one of its vifs: its machine's view of both
+    states, the result it applied, what enforcing it achieved, or why it refused the vif."""
+
+    role: Role
+    own_state: XenbusState | None = None
+    peer_state: XenbusState | None = None
+    result: LinkResult | None = None
+    status: str | None = None
+    unsafe: bool = False
+    retry: bool = False
+    details: tuple[str, ...] = ()
+    refused: str | None = None
+
+
+def agent_views(store: Store, ends: VifEnds, endpoints: Mapping[VifKey, VifEndpoint],
+                refused: Mapping[VifKey, str]) -> list[tuple[VifPaths, AgentView]]:
+    """Return what an agent holds per vif, ``endpoints`` then ``refused`` (each sorted): the
+    vif's paths and the agent's view of it."""
+    views: list[tuple[VifPaths, AgentView]] = []
+    for _key, endpoint in sorted(endpoints.items()):
+        machine, enforcement = endpoint.machine, endpoint.enforcement
+        views.append((endpoint.paths, AgentView(
+            ends.role, machine.own_state, machine.peer_state, endpoint.result,
+            enforcement.status if enforcement else None,
+            enforcement.unsafe if enforcement else False,
+            enforcement.retry if enforcement else False,
+            tuple(enforcement.details) if enforcement else ())))
+    for key, why in sorted(refused.items()):
+        views.append((ends.report_paths(store, key), AgentView(ends.role, refused=why)))
+    return views

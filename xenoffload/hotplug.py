@@ -45,7 +45,7 @@ from xenoffload.store.base import Store, StoreUnavailable, XenStoreError, read_o
 from xenoffload.toggles.base import DeviceRef
 from xenoffload.vifends import ALL_SELECTORS, VifEnds, effective_policy, read_fields
 
-__all__ = ["run_hotplug", "parse_xenbus_path", "HOTPLUG_EXIT"]
+__all__ = ["run_hotplug", "parse_xenbus_path", "resolve_vif", "HOTPLUG_EXIT"]
 
 log = logging.getLogger("xenoffload.hotplug")
 
@@ -130,8 +130,8 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
             vif_lock.close()
             log.info("hotplug online vif %d/%d: %s; leaving the vif to it", guest, devid, error)
             return HOTPLUG_EXIT["ok"]
-        identity, link_policy, found = _resolve(store, policy, backend_domid, guest, devid,
-                                                _device_name(environ))
+        identity, link_policy, found = resolve_vif(store, policy, backend_domid, guest, devid,
+                                                   _device_name(environ))
         # The device, checked now (the script can still be told): a status is published
         # only by what applied the result to it, never before.
         try:
@@ -157,9 +157,9 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
                                  what)
 
 
-def _resolve(store: Store, policy: Policy, backend_domid: int, guest: int, devid: int,
-             device_name: str | None
-             ) -> tuple[VifIdentity, LinkPolicy, dict[str, bytes | None]]:
+def resolve_vif(store: Store, policy: Policy, backend_domid: int, guest: int, devid: int,
+                device_name: str | None
+                ) -> tuple[VifIdentity, LinkPolicy, dict[str, bytes | None]]:
     """Open the vif as the backend agent would (:mod:`xenoffload.vifends`): its identity,
     the policy in force for it (the file's, xapi's other-config, the run-time overrides) and
     what its end is built from, read in one round trip (the overrides apart). ``$vif``

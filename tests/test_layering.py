@@ -19,7 +19,7 @@ CORE = ("xenoffload.xenbus", "xenoffload.schema", "xenoffload.negotiation", "xen
         "xenoffload.policy", "xenoffload.paths", "xenoffload.overrides", "xenoffload.xapi")
 #: Drivers: one vif end's I/O, enforcement, override storage; below the agents and commands.
 DRIVERS = ("xenoffload.endpoint", "xenoffload.enforce", "xenoffload.override_store",
-           "xenoffload.devicelog",
+           "xenoffload.devicelog", "xenoffload.vifends",
            "xenoffload.toggles")
 #: What wires the layers below into processes: nothing under them imports these.
 TOP = ("xenoffload.agents", "xenoffload.cli", "xenoffload.demo", "xenoffload.hotplug",

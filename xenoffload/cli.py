@@ -47,8 +47,7 @@ if TYPE_CHECKING:  # the agents are imported only by the commands that run them
     from xenoffload.agents.backend import BackendAgent
     from xenoffload.agents.guest import GuestAgent
     from xenoffload.enforce import Enforcers
-    from xenoffload.paths import VifPaths
-    from xenoffload.show import AgentView, VifReport
+    from xenoffload.show import VifReport
 
 __all__ = ["main", "build_parser", "resolve_xenstore", "CliError", "EXIT_OK", "EXIT_OUTCOME",
            "EXIT_USAGE", "EXIT_XENSTORE", "EXIT_CONFIG", "EXIT_BUSY", "EXIT_NOT_FOUND",
@@ -290,56 +289,22 @@ def _load(path: str | None, role: Role) -> Policy:
 # ----------------------------------------------------------------------------- agents
 
 
-def _agent_views(logic: BackendAgent | GuestAgent, store: Store
-                 ) -> list[tuple[VifPaths, AgentView]]:
-    """Return what the agent holds per vif (both agents key vifs by (guest domid, devid)): its
-    paths and its view. All reading of agent internals is here."""
-    from xenoffload.paths import VifPaths
-    from xenoffload.show import AgentView
-
-    role = logic.router.role
-    views: list[tuple[VifPaths, AgentView]] = []
-    for _key, endpoint in sorted(logic.endpoints.items()):
-        enforcement = endpoint.enforcement
-        views.append((endpoint.paths, AgentView(
-            role, endpoint.machine.own_state, endpoint.machine.peer_state, endpoint.result,
-            enforcement.status if enforcement else None,
-            enforcement.unsafe if enforcement else False,
-            enforcement.retry if enforcement else False,
-            tuple(enforcement.details) if enforcement else ())))
-    for (guest, devid), why in sorted(logic.refused.items()):
-        paths = VifPaths(logic.domid, guest, devid) if role is Role.BACKEND else \
-            _guest_vif_paths(store, guest, devid)
-        views.append((paths, AgentView(role, refused=why)))
-    return views
-
-
 def _once_reports(logic: BackendAgent | GuestAgent, path: str) -> list[VifReport]:
     """Return the ``--once`` summary: each vif the agent handled as the store shows it now,
     with the agent's own view attached."""
     import attrs
 
     from xenoffload.show import collect
+    from xenoffload.vifends import agent_views
 
     store = _connect(path)
     try:
-        reports = []
-        for paths, view in _agent_views(logic, store):
-            (report,) = collect(store, [paths])
-            reports.append(attrs.evolve(report, agent=view))
-        return reports
+        views = agent_views(store, logic.ends, logic.endpoints, logic.refused)
+        reports = collect(store, [paths for paths, _view in views])
+        return [attrs.evolve(report, agent=view)
+                for report, (_paths, view) in zip(reports, views, strict=True)]
     finally:
         store.close()
-
-
-def _guest_vif_paths(store: Store, guest: int, devid: int) -> VifPaths:
-    """The paths of a guest's vif: its backend as the frontend's ``backend-id`` names it."""
-    from xenoffload.paths import VifPaths, frontend_vif_root
-    from xenoffload.policy import node_text
-
-    raw = node_text(store.try_read(f"{frontend_vif_root(guest)}/{devid}/backend-id"))
-    backend = int(raw) if raw is not None and raw.isdigit() and len(raw) <= 5 else 0
-    return VifPaths(backend, guest, devid)
 
 
 def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,

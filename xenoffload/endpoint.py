@@ -55,8 +55,6 @@ __all__ = [
     "VifEndpoint",
     "backend_endpoint",
     "frontend_endpoint",
-    "make_backend_endpoint",
-    "make_frontend_endpoint",
     "run_steps",
 ]
 
@@ -460,23 +458,6 @@ FULL_CAPABILITY = Advertisement(FamilyFlags.both(True), FamilyFlags.both(True))
 
 def backend_endpoint(
     store: Store,
-    backend_domid: int,
-    guest_domid: int,
-    devid: int,
-    policy: LinkPolicy,
-    enforcer: Enforcer | None = None,
-    mode: Mode = Mode.COMPANION,
-    capability: Advertisement = FULL_CAPABILITY,
-) -> VifEndpoint:
-    """Return the backend end of vif ``guest_domid``/``devid`` served by ``backend_domid``,
-    reading the ``frontend`` key the toolstack recorded (:func:`make_backend_endpoint`)."""
-    paths = VifPaths(backend_domid, guest_domid, devid)
-    return make_backend_endpoint(store, paths, store.try_read(paths.backend_key("frontend")),
-                                 policy, enforcer, mode, capability)
-
-
-def make_backend_endpoint(
-    store: Store,
     paths: VifPaths,
     recorded_frontend: bytes | None,
     policy: LinkPolicy,
@@ -500,23 +481,6 @@ def make_backend_endpoint(
 
 
 def frontend_endpoint(
-    store: Store,
-    guest_domid: int,
-    devid: int,
-    policy: LinkPolicy,
-    enforcer: Enforcer | None = None,
-    mode: Mode = Mode.COMPANION,
-    capability: Advertisement = FULL_CAPABILITY,
-    backend_domid: int | None = None,
-) -> VifEndpoint:
-    """Return the frontend end of vif ``devid`` in guest ``guest_domid``, reading its
-    ``backend`` key (:func:`make_frontend_endpoint`)."""
-    recorded = store.try_read(VifPaths(0, guest_domid, devid).frontend_key("backend"))
-    return make_frontend_endpoint(store, guest_domid, devid, recorded, policy, enforcer, mode,
-                                  capability, backend_domid)
-
-
-def make_frontend_endpoint(
     store: Store,
     guest_domid: int,
     devid: int,

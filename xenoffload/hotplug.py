@@ -10,8 +10,9 @@ no netfront talks to it, so there is nothing to negotiate and the hook does noth
 
 Environment, as xl's scripts get it (Xen's vif-common.sh): ``XENBUS_PATH``
 (``backend/vif/<domid>/<devid>``, relative to the calling domain, or absolute), ``vif`` (the
-device netback created), ``type_if`` (``vif`` or ``tap``). The policy is the file's, then
-the run-time overrides (``xenoffload set``), as an agent's would be. The device is named,
+device netback created), ``type_if`` (``vif`` or ``tap``). The vif is opened as the backend
+agent opens it (:mod:`xenoffload.vifends`): the policy is the file's, then xapi's
+``other-config:ethtool-*``, then the run-time overrides (``xenoffload set``). The device is named,
 first match wins: ``--device-pattern``; the backend's ``vifname`` (xl ``vifname=``: the stock
 script has renamed the device to it before this hook runs); ``$vif``; ``vif<domid>.<devid>``.
 
@@ -29,27 +30,22 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 
+import attrs
+
 from xenoffload.agentlock import EndBusy, EndKey, HeldLock, Holder, acquire_vif, hotplug_permit
 from xenoffload.devices import DevicePattern, backend_device
 from xenoffload.endpoint import Enforcer
 from xenoffload.machine import Mode
 from xenoffload.negotiation import LinkPolicy
 from xenoffload.override_store import read_overrides
-from xenoffload.overrides import rules_from_overrides
-from xenoffload.policy import (
-    Policy,
-    PolicyError,
-    VifIdentity,
-    load_policy,
-    node_text,
-    vm_uuid,
-)
+from xenoffload.policy import Policy, PolicyError, VifIdentity, load_policy
 from xenoffload.schema import Role
 from xenoffload.stdio import detach_stdio
-from xenoffload.store.base import StoreUnavailable, XenStoreError, read_own_domid
+from xenoffload.store.base import Store, StoreUnavailable, XenStoreError, read_own_domid
 from xenoffload.toggles.base import DeviceRef
+from xenoffload.vifends import ALL_SELECTORS, VifEnds, effective_policy, read_fields
 
-__all__ = ["run_hotplug", "parse_xenbus_path", "HOTPLUG_EXIT"]
+__all__ = ["run_hotplug", "parse_xenbus_path", "resolve_vif", "HOTPLUG_EXIT"]
 
 log = logging.getLogger("xenoffload.hotplug")
 
@@ -106,8 +102,6 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
                 pass
         except OSError as error:
             return _fail("usage", f"--log {log_path}: {error.strerror or error}")
-    from xenoffload.endpoint import backend_endpoint
-    from xenoffload.paths import VifPaths, domain_path, domain_vm_path
     from xenoffload.store.pyxs_store import connect_store
 
     try:
@@ -136,19 +130,8 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
             vif_lock.close()
             log.info("hotplug online vif %d/%d: %s; leaving the vif to it", guest, devid, error)
             return HOTPLUG_EXIT["ok"]
-        paths = VifPaths(backend_domid, guest, devid)
-        identity = VifIdentity(
-            guest, devid,
-            domain=node_text(store.try_read(f"{domain_path(guest)}/name")),
-            bridge=node_text(store.try_read(f"{paths.backend_dir}/bridge")),
-            mac=node_text(store.try_read(f"{paths.backend_dir}/mac")),
-            vifname=node_text(store.try_read(f"{paths.backend_dir}/vifname"))
-            or _device_name(environ),
-            uuid=vm_uuid(store.try_read(domain_vm_path(guest))))
-        overrides, problems = read_overrides(store, backend_domid, Role.BACKEND)
-        for problem in problems:
-            log.warning("hotplug: override refused: %s", problem)
-        link_policy = policy.with_rules(rules_from_overrides(overrides)).for_vif(identity)
+        identity, link_policy, found = resolve_vif(store, policy, backend_domid, guest, devid,
+                                                   _device_name(environ))
         # The device, checked now (the script can still be told): a status is published
         # only by what applied the result to it, never before.
         try:
@@ -160,7 +143,8 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
             return _fail(error.code, f"online vif {guest}/{devid}: {error}")
         try:
             # Now: our keys into the backend directory (netback is in InitWait).
-            backend_endpoint(store, backend_domid, guest, devid, link_policy, enforcer).step()
+            VifEnds(Role.BACKEND, backend_domid).build(
+                store, (guest, devid), found, link_policy, enforcer=enforcer).step()
         finally:
             close()
     except (StoreUnavailable, XenStoreError) as error:
@@ -171,6 +155,30 @@ def run_hotplug(action: str, policy: Policy, toggles_kind: str, tc: bool, xensto
                                  toggles_kind, tc, xenstore, wait, device_pattern, netns,
                                  log_path,
                                  what)
+
+
+def resolve_vif(store: Store, policy: Policy, backend_domid: int, guest: int, devid: int,
+                device_name: str | None
+                ) -> tuple[VifIdentity, LinkPolicy, dict[str, bytes | None]]:
+    """Open the vif as the backend agent would (:mod:`xenoffload.vifends`): its identity,
+    the policy in force for it (the file's, xapi's other-config, the run-time overrides) and
+    what its end is built from, read in one round trip (the overrides apart). ``$vif``
+    names the device when the toolstack recorded no ``vifname``."""
+    ends, key = VifEnds(Role.BACKEND, backend_domid), (guest, devid)
+    (found,) = read_fields(store, [ends.paths(key, ALL_SELECTORS, xapi=True)])
+    identity = ends.identity(key, found)
+    if identity.vifname is None:
+        identity = attrs.evolve(identity, vifname=device_name)
+    try:
+        xapi = {key: ends.xapi_setting(key, found)}
+    except PolicyError as error:
+        log.warning("hotplug: xapi setting refused, ignored: %s", error)
+        xapi = {}
+    overrides, problems = read_overrides(store, backend_domid, Role.BACKEND)
+    for problem in problems:
+        log.warning("hotplug: override refused: %s", problem)
+    link_policy = effective_policy(policy, ends, xapi, overrides).for_vif(identity)
+    return identity, link_policy, found
 
 
 def _finish_in_background(locks: list[HeldLock], identity: VifIdentity, backend_domid: int,

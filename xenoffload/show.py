@@ -1,6 +1,7 @@
 """``xenoffload show``: per vif, both ends' keys, states, the negotiated result, enforcement.
 
-Reads each vif's two directories in one transaction and recomputes the result exactly as the
+Reads each vif's two directories in one transaction (every vif's in a few round trips, opened
+as every face opens a vif: :mod:`xenoffload.vifends`) and recomputes the result exactly as the
 ends do (:func:`~xenoffload.negotiation.decide`), so what it prints is what both ends agree on.
 Every ``--json`` output of the command line (``show``, ``backend-agent --once``,
 ``guest-agent --once``) is a list of the vif records :func:`vif_json` builds, described by the
@@ -9,6 +10,7 @@ JSON Schema shipped with the package (:func:`json_schema`, ``vif-report.schema.j
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -16,14 +18,9 @@ from typing import Any
 
 import attrs
 
+from xenoffload.endpoint import PeerLinkError
 from xenoffload.negotiation import LinkResult, ResultValueError, decide, parse_result
-from xenoffload.paths import (
-    VifPaths,
-    backend_vif_root,
-    domain_path,
-    frontend_vif_root,
-    parse_backend_dir,
-)
+from xenoffload.paths import VifPaths
 from xenoffload.policy import node_text
 from xenoffload.schema import (
     READ_KEYS,
@@ -35,13 +32,9 @@ from xenoffload.schema import (
     Role,
     parse_advertisement,
 )
-from xenoffload.store.base import (
-    Store,
-    Transaction,
-    XenStoreError,
-    run_transaction,
-)
+from xenoffload.store.base import Store
 from xenoffload.toggles.base import FeatureState
+from xenoffload.vifends import AgentView, VifEnds, read_fields
 from xenoffload.xenbus import XenbusState, parse_state
 
 __all__ = ["VifReport", "EndReport", "KernelView", "AgentView", "collect", "render_table",
@@ -75,22 +68,6 @@ class KernelView:
     device: str
     features: Mapping[str, FeatureState] = attrs.field(factory=dict)
     error: str | None = None
-
-
-@attrs.frozen
-class AgentView:
-    """What an agent that ran (``--once``) holds for one of its vifs: its machine's view of both
-    states, the result it applied, what enforcing it achieved, or why it refused the vif."""
-
-    role: Role
-    own_state: XenbusState | None = None
-    peer_state: XenbusState | None = None
-    result: LinkResult | None = None
-    status: str | None = None
-    unsafe: bool = False
-    retry: bool = False
-    details: tuple[str, ...] = ()
-    refused: str | None = None
 
 
 @attrs.frozen
@@ -142,60 +119,49 @@ class VifReport:
 
 def list_vifs(store: Store, backend_domid: int, guest: int | None = None) -> list[VifPaths]:
     """Return every vif with a backend in ``backend_domid`` (optionally of one guest)."""
-    root = backend_vif_root(backend_domid)
-    found: list[VifPaths] = []
-    try:
-        guests = [guest] if guest is not None else [
-            int(d) for d in store.directory(root) if d.isdigit()]
-    except XenStoreError:
-        return []
-    for domid in sorted(guests):
-        try:
-            devids = sorted(int(d) for d in store.directory(f"{root}/{domid}") if d.isdigit())
-        except XenStoreError:
-            continue
-        found.extend(VifPaths(backend_domid, domid, devid) for devid in devids)
-    return found
+    found = VifEnds(Role.BACKEND, backend_domid).list(store, None if guest is None else [guest])
+    return [VifPaths(backend_domid, *key) for key in sorted(found)]
 
 
 def list_own_frontends(store: Store, guest_domid: int) -> list[VifPaths]:
     """Return the vifs of guest ``guest_domid`` as the guest sees them: each
     ``device/vif/<devid>`` whose ``backend`` key names a canonical backend directory of it
     (what the guest agent follows; anything else is left out)."""
+    ends = VifEnds(Role.FRONTEND, guest_domid)
+    keys = sorted(ends.list(store))
     found: list[VifPaths] = []
-    root = frontend_vif_root(guest_domid)
-    try:
-        devids = sorted(int(d) for d in store.directory(root) if d.isdigit())
-    except XenStoreError:
-        return []
-    for devid in devids:
-        try:
-            raw = node_text(store.try_read(f"{root}/{devid}/backend"))
-        except XenStoreError:
-            continue
-        parsed = parse_backend_dir(raw) if raw is not None else None
-        if parsed is not None and parsed[1:] == (guest_domid, devid):
-            found.append(VifPaths(parsed[0], guest_domid, devid))
+    for key, fields in zip(keys, read_fields(store, [ends.paths(key) for key in keys]),
+                           strict=True):
+        with contextlib.suppress(PeerLinkError):
+            found.append(ends.build(store, key, fields).paths)
     return found
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def _opt(txn: Transaction, path: str) -> bytes | None:
-    try:
-        return txn.read(path)
-    except XenStoreError:
-        return None
-
-
 def _text(raw: bytes | None) -> str | None:
     return raw.decode("ascii", "replace")[:200] if raw is not None else None
 
 
-def _end(txn: Transaction, role: Role, directory: str) -> EndReport:
-    keys = {k: _opt(txn, f"{directory}/{k}") for k in READ_KEYS}
-    raw_result = _opt(txn, f"{directory}/{RESULT_KEY}")
+_END_KEYS = ("state", *READ_KEYS, RESULT_KEY, STATUS_KEY)
+
+
+def _identity_paths(paths: VifPaths) -> dict[str, str]:
+    return VifEnds(Role.BACKEND, paths.backend_domid).paths((paths.guest_domid, paths.devid))
+
+
+def _wanted(paths: VifPaths) -> dict[str, str]:
+    """What ``show`` reads of one vif, path -> path: both ends' keys, the vif's identity."""
+    every = [f"{directory}/{key}" for directory in (paths.backend_dir, paths.frontend_dir)
+             for key in _END_KEYS]
+    every += [f"{paths.frontend_dir}/mac", *_identity_paths(paths).values()]
+    return {path: path for path in every}
+
+
+def _end(values: Mapping[str, bytes | None], directory: str) -> EndReport:
+    keys = {k: values[f"{directory}/{k}"] for k in READ_KEYS}
+    raw_result = values[f"{directory}/{RESULT_KEY}"]
     published: LinkResult | None = None
     problem: str | None = None
     if raw_result is not None:
@@ -203,33 +169,36 @@ def _end(txn: Transaction, role: Role, directory: str) -> EndReport:
             published = parse_result(raw_result)
         except ResultValueError as error:
             problem = str(error)
-    return EndReport(directory, parse_state(_opt(txn, f"{directory}/state")),
+    return EndReport(directory, parse_state(values[f"{directory}/state"]),
                      parse_advertisement(directory, keys), published, problem,
-                     _text(_opt(txn, f"{directory}/{STATUS_KEY}")))
+                     _text(values[f"{directory}/{STATUS_KEY}"]))
+
+
+def _report(paths: VifPaths, values: Mapping[str, bytes | None]) -> VifReport:
+    key = (paths.guest_domid, paths.devid)
+    identity = VifEnds(Role.BACKEND, paths.backend_domid).identity(key, {
+        field: values[path] for field, path in _identity_paths(paths).items()})
+    back = _end(values, paths.backend_dir)
+    front = _end(values, paths.frontend_dir)
+    backend_mac = values[f"{paths.backend_dir}/mac"]
+    return VifReport(
+        paths.guest_domid, paths.devid, back.state, front.state,
+        back.advertised, front.advertised,
+        decide(back.advertised.advertisement, front.advertised.advertisement),
+        back.status, front.status, identity.bridge,
+        backend_domid=paths.backend_domid, backend_end=back, frontend_end=front,
+        domain=identity.domain,
+        mac=identity.mac if backend_mac else node_text(values[f"{paths.frontend_dir}/mac"]),
+        vifname=identity.vifname,
+    )
 
 
 def collect(store: Store, vifs: Iterable[VifPaths]) -> list[VifReport]:
-    """Return a report for each vif (one transaction each)."""
-    reports = []
-    for paths in vifs:
-        def read(txn: Transaction, paths: VifPaths = paths) -> VifReport:
-            back = _end(txn, Role.BACKEND, paths.backend_dir)
-            front = _end(txn, Role.FRONTEND, paths.frontend_dir)
-            return VifReport(
-                paths.guest_domid, paths.devid, back.state, front.state,
-                back.advertised, front.advertised,
-                decide(back.advertised.advertisement, front.advertised.advertisement),
-                back.status, front.status,
-                node_text(_opt(txn, f"{paths.backend_dir}/bridge")),
-                backend_domid=paths.backend_domid, backend_end=back, frontend_end=front,
-                domain=node_text(_opt(txn, f"{domain_path(paths.guest_domid)}/name")),
-                mac=node_text(_opt(txn, f"{paths.backend_dir}/mac")
-                              or _opt(txn, f"{paths.frontend_dir}/mac")),
-                vifname=node_text(_opt(txn, f"{paths.backend_dir}/vifname")),
-            )
-
-        reports.append(run_transaction(store, read))
-    return reports
+    """Return a report for each vif: each read in a transaction of its own, all in a few
+    round trips (:func:`~xenoffload.vifends.read_fields`)."""
+    vifs = list(vifs)
+    values = read_fields(store, [_wanted(paths) for paths in vifs], atomic=True)
+    return [_report(paths, found) for paths, found in zip(vifs, values, strict=True)]
 
 
 # ----------------------------------------------------------------------------- text

@@ -16,11 +16,13 @@ import uuid as uuid_module
 
 import attrs
 
-from xenoffload.endpoint import Enforcer, VifEndpoint, backend_endpoint
+from xenoffload.endpoint import Enforcer, VifEndpoint
 from xenoffload.machine import Mode
 from xenoffload.negotiation import LinkPolicy, LinkResult
 from xenoffload.paths import VifPaths, domain_path, vm_dir
+from xenoffload.schema import Role
 from xenoffload.store.base import Access, Perm, Store, Transaction, run_transaction
+from xenoffload.vifends import VifEnds
 from xenoffload.xenbus import XenbusState
 
 __all__ = ["VifSpec", "create_domain", "create_vif", "destroy_vif", "negotiate_vif",
@@ -149,8 +151,8 @@ def negotiate_vif(
     PeerLinkError for a vif whose ``frontend`` link is not its own,
     XenStoreError/StoreUnavailable for store faults.
     """
-    endpoint: VifEndpoint = backend_endpoint(store, backend_domid, guest_domid, devid, policy,
-                                             enforcer, mode)
+    endpoint: VifEndpoint = VifEnds(Role.BACKEND, backend_domid).open(
+        store, (guest_domid, devid), policy, enforcer, mode)
     token = f"xenoffload-negotiate-{guest_domid}-{devid}-{time.monotonic_ns()}"
     store.watch(endpoint.own_dir, token)
     store.watch(endpoint.peer_dir, token)

@@ -46,8 +46,8 @@ from xenoffload.endpoint import (
     Notice,
     StepKind,
     VifEndpoint,
-    make_backend_endpoint,
-    make_frontend_endpoint,
+    backend_endpoint,
+    frontend_endpoint,
     run_steps,
 )
 from xenoffload.machine import Mode
@@ -272,10 +272,10 @@ class End:
     def build(self) -> VifEndpoint:
         conn = self.conn
         if self.role is Role.BACKEND:
-            return make_backend_endpoint(conn, PATHS, None, self.policy,  # type: ignore[arg-type]
-                                         self.device, Mode.FULL)
-        return make_frontend_endpoint(conn, 1, 0, PATHS.backend_dir.encode(),  # type: ignore[arg-type]
-                                      self.policy, self.device, Mode.FULL)
+            return backend_endpoint(conn, PATHS, None, self.policy,  # type: ignore[arg-type]
+                                    self.device, Mode.FULL)
+        return frontend_endpoint(conn, 1, 0, PATHS.backend_dir.encode(),  # type: ignore[arg-type]
+                                 self.policy, self.device, Mode.FULL)
 
 
 @attrs.define(eq=False)

@@ -115,3 +115,16 @@ def test_online_applies_the_run_time_overrides_as_an_agent_would(lab: Lab) -> No
     assert done.returncode == 0, done.stderr
     assert store.read(f"{vif.backend_dir}/feature-csum-tx") == b"1"  # to-guest allowed
     assert store.read(f"{vif.backend_dir}/feature-csum-rx") == b"0"  # the default: computed
+
+
+def test_online_applies_xapis_other_config_as_the_agent_does(lab: Lab) -> None:
+    """xapi's ``other-config:ethtool-*`` is policy for the hook as for the agent: over the
+    file's rules, under the run-time overrides."""
+    vif = lab.add_guest(1, ["xenbr0"])[0]
+    store = lab.toolstack
+    store.write("/xapi/1/private/vif/0/other-config/ethtool-tx", b"on")
+    store.write(f"{vif.backend_dir}/state", b"2")
+    done = hotplug(lab, "online", "backend/vif/1/0", wait=1.0)
+    assert done.returncode == 0, done.stderr
+    assert store.read(f"{vif.backend_dir}/feature-csum-tx") == b"1"  # to-guest allowed
+    assert store.read(f"{vif.backend_dir}/feature-csum-rx") == b"0"  # the default: computed

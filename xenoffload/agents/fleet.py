@@ -2,8 +2,10 @@
 
 A :class:`Fleet` holds the endpoints, the policy (the configuration file, xapi's per-VIF
 settings, run-time overrides), the retries and the per-guest fairness; a small role-specific
-:class:`Router` says which vifs exist, what a watch event means and how an end is built
-(:mod:`xenoffload.agents.backend`, :mod:`xenoffload.agents.guest`).
+:class:`Router` says what to watch and what a watch event means
+(:mod:`xenoffload.agents.backend`, :mod:`xenoffload.agents.guest`). Which vifs exist, what is
+read of one, its identity, its policy and its end are :mod:`xenoffload.vifends`'s, as for
+every other face.
 
 One batch of watch events is handled in one pass: events are routed (pure functions of the
 path, :mod:`xenoffload.paths`), echoes of the agent's own writes are recognised and dropped,
@@ -35,19 +37,17 @@ from xenoffload.endpoint import (
 )
 from xenoffload.machine import Mode
 from xenoffload.override_store import refresh_overrides
-from xenoffload.overrides import OverrideSetting, rules_from_overrides
+from xenoffload.overrides import OverrideSetting
 from xenoffload.paths import Route, RouteKind, domain_path
 from xenoffload.policy import Policy, PolicyError, VifIdentity
 from xenoffload.schema import Role
 from xenoffload.store.base import Store, WatchEvent, XenStoreError
-from xenoffload.xapi import XapiSetting, rules_from_xapi
+from xenoffload.vifends import VifEnds, VifKey, effective_policy, read_fields
+from xenoffload.xapi import XapiSetting
 
 __all__ = ["EnforcerFactory", "Fleet", "Router", "VifKey", "Fairness"]
 
 log = logging.getLogger("xenoffload.agent")
-
-#: A vif as both agents key it: (guest domid, devid).
-VifKey = tuple[int, int]
 
 #: Builds the enforcer of a vif from what is known of it (domid, devid, ``vifname``...);
 #: None = no kernel device to enforce on.
@@ -88,34 +88,9 @@ class Router(Protocol):
         restored or migrated is a new domain), else None."""
         ...
 
-    def list_vifs(self, store: Store, guests: Iterable[int] | None = None) -> set[VifKey]:
-        """Return the vifs present now (of ``guests`` only, when given)."""
-        ...
-
-    def identity_paths(self, key: VifKey, selectors: frozenset[str]) -> dict[str, str]:
-        """Return what to read to build vif ``key``'s end: field name -> path. ``selectors``
-        are the policy's match fields (read the domain name and MAC only if used)."""
-        ...
-
-    def identity(self, key: VifKey, found: Mapping[str, bytes | None]) -> VifIdentity:
-        """What the policy knows of vif ``key``, from the values of :meth:`identity_paths`."""
-        ...
-
-    def build(self, store: Store, key: VifKey, found: Mapping[str, bytes | None],
-              mode: Mode) -> VifEndpoint:
-        """Build vif ``key``'s end from the values of :meth:`identity_paths` (its policy and
-        enforcer are set by the caller). Raises PeerLinkError when its peer link is not the
-        vif's own."""
-        ...
-
     def peer_watch(self, endpoint: VifEndpoint) -> str | None:
         """A path to watch while the end exists (the guest watches each backend directory),
         or None."""
-        ...
-
-    def xapi_paths(self, key: VifKey) -> dict[str, str]:
-        """xapi's other-config keys of vif ``key`` to read (key name -> path); {} when this
-        role does not read them."""
         ...
 
 
@@ -200,6 +175,11 @@ class Fleet:
     def domid(self) -> int:
         return self.router.domid
 
+    @property
+    def ends(self) -> VifEnds:
+        """The vif ends this agent opens (its role, its domain)."""
+        return VifEnds(self.router.role, self.router.domid)
+
     # ---------------------------------------------------------------- AgentLogic
 
     def attach(self, store: Store) -> None:
@@ -251,10 +231,7 @@ class Fleet:
 
     def effective_policy(self) -> Policy:
         """The policy in force: the file's rules, then xapi's, then the overrides'."""
-        return self.policy.with_rules([
-            *rules_from_xapi(self.xapi),
-            *rules_from_overrides(self.overrides,
-                                  self.domid if self.router.role is Role.FRONTEND else None)])
+        return effective_policy(self.policy, self.ends, self.xapi, self.overrides)
 
     # ---------------------------------------------------------------- routing
 
@@ -314,7 +291,7 @@ class Fleet:
             self._rematch_renamed(marks.renamed, marks)
         if marks.discover or marks.guests:
             guests = None if marks.discover else marks.guests
-            present = self.router.list_vifs(store, guests)
+            present = self.ends.list(store, guests)
             scope = [key for key in (*self.endpoints, *self.refused)
                      if guests is None or key[0] in guests]
             marks.observe.update(key for key in scope if key in self.endpoints)
@@ -377,27 +354,27 @@ class Fleet:
         built. A vif whose peer link is not its own is refused and logged once."""
         store = self.store
         assert store is not None
-        if self._xapi_present:
-            self._read_xapi(keys)
+        ends, xapi = self.ends, self._xapi_present
+        # xapi's rules match on domid and devid only: the fields to read are known before.
+        self._selectors |= self.effective_policy().selectors()
+        fields = read_fields(store, [ends.paths(key, self._selectors, xapi) for key in keys])
+        if xapi:
+            self._take_xapi(keys, fields)
         effective = self.effective_policy()
-        self._selectors |= effective.selectors()
-        fields = self._read_fields([self.router.identity_paths(key, self._selectors)
-                                    for key in keys])
         built: set[VifKey] = set()
         for key, found in zip(keys, fields, strict=True):
-            if all(value is None for value in found.values()):
+            if not ends.present(found):
                 self.refused.pop(key, None)
                 continue  # nothing there (any more)
-            identity = self.router.identity(key, found)
+            identity = ends.identity(key, found)
             try:
-                endpoint = self.router.build(store, key, found, self.mode)
+                endpoint = ends.build(store, key, found, effective.for_vif(identity), self.mode)
             except PeerLinkError as error:
                 if self.refused.get(key) != str(error):
                     log.warning("domid=%d devid=%d refused: %s", key[0], key[1], error)
                 self.refused[key] = str(error)
                 continue
             self.refused.pop(key, None)
-            endpoint.machine.set_policy(effective.for_vif(identity))
             enforcer = self.enforcer_factory(identity)
             if enforcer is not None:
                 endpoint.enforcer = enforcer
@@ -483,11 +460,12 @@ class Fleet:
 
     def _reread_identities(self, keys: Sequence[VifKey]) -> None:
         """Read what the policy matches on again (a source started using a new field)."""
-        fields = self._read_fields([self.router.identity_paths(key, self._selectors)
-                                    for key in keys])
+        assert self.store is not None
+        ends = self.ends
+        fields = read_fields(self.store, [ends.paths(key, self._selectors) for key in keys])
         for key, found in zip(keys, fields, strict=True):
             if key in self.endpoints:
-                self.identities[key] = self.router.identity(key, found)
+                self.identities[key] = ends.identity(key, found)
 
     def _rematch_renamed(self, guests: set[int], marks: _Marks) -> None:
         """Read the names of ``guests``' vifs again and re-decide those whose policy changed:
@@ -514,8 +492,8 @@ class Fleet:
             # Read again only when the new match fields need nodes not read yet (a bridge
             # override needs nothing new; the first override keyed by a VM's UUID does).
             sample = (0, 0)
-            needed = set(self.router.identity_paths(sample, wanted)) - \
-                set(self.router.identity_paths(sample, self._selectors))
+            needed = set(self.ends.paths(sample, wanted)) - \
+                set(self.ends.paths(sample, self._selectors))
             self._selectors = wanted
             if needed and self.store is not None:
                 self._reread_identities(list(self.identities))
@@ -546,7 +524,7 @@ class Fleet:
     def _reload_xapi(self, which: set[VifKey | None], marks: _Marks) -> None:
         assert self.store is not None
         if None in which:
-            self._xapi_present = bool(self.router.xapi_paths((0, 0))) and \
+            self._xapi_present = self.ends.reads_xapi and \
                 self.store.try_read("/xapi") is not None
             keys = list(self.endpoints)
         else:
@@ -561,23 +539,17 @@ class Fleet:
         if changed:
             self._policy_marks(marks, changed)
 
-    def _read_fields(self, wanted: Sequence[Mapping[str, str]]
-                     ) -> list[dict[str, bytes | None]]:
-        """Read every path of ``wanted`` (per vif: field -> path) in one round trip; return
-        per vif field -> value (None: absent)."""
-        assert self.store is not None
-        values = iter(self.store.read_batch([(None, path) for paths in wanted
-                                             for path in paths.values()]))
-        return [{field: next(values) for field in paths} for paths in wanted]
-
     def _read_xapi(self, keys: Sequence[VifKey]) -> None:
-        from xenoffload.xapi import parse_xapi_config
+        assert self.store is not None
+        self._take_xapi(keys, read_fields(self.store, [self.ends.xapi_paths(key)
+                                                       for key in keys]))
 
-        wanted = [self.router.xapi_paths(key) for key in keys]
-        for key, paths, found in zip(keys, wanted, self._read_fields(wanted), strict=True):
-            where = next(iter(paths.values()), "").rpartition("/")[0]
+    def _take_xapi(self, keys: Sequence[VifKey],
+                   fields: Sequence[Mapping[str, bytes | None]]) -> None:
+        """Keep xapi's settings of ``keys`` from ``fields`` (read with their xapi paths)."""
+        for key, found in zip(keys, fields, strict=True):
             try:
-                setting = parse_xapi_config(where, found)
+                setting = self.ends.xapi_setting(key, found)
             except PolicyError as error:
                 if self._xapi_refusals.get(key) != str(error):
                     log.warning("xapi setting refused, ignored: %s", error)

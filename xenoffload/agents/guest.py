@@ -13,23 +13,17 @@ advertises; the backend's advertisement caps the rest. The rest is the shared
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 
 import attrs
 
-from xenoffload.agents.fleet import EnforcerFactory, Fairness, Fleet, VifKey
-from xenoffload.endpoint import VifEndpoint, make_frontend_endpoint
+from xenoffload.agents.fleet import EnforcerFactory, Fairness, Fleet
+from xenoffload.endpoint import VifEndpoint
 from xenoffload.machine import Mode
-from xenoffload.paths import (
-    Route,
-    VifPaths,
-    frontend_vif_root,
-    override_root,
-    route_guest_event,
-)
-from xenoffload.policy import Policy, VifIdentity, node_text
+from xenoffload.paths import Route, frontend_vif_root, override_root, route_guest_event
+from xenoffload.policy import Policy
 from xenoffload.schema import Role
-from xenoffload.store.base import Store, XenStoreError, read_own_domid
+from xenoffload.store.base import Store, read_own_domid
 
 __all__ = ["GuestAgent", "GuestRouter"]
 
@@ -57,33 +51,8 @@ class GuestRouter:
     def route(self, path: str) -> Route:
         return route_guest_event(self.domid, path)
 
-    def list_vifs(self, store: Store, guests: Iterable[int] | None = None) -> set[VifKey]:
-        if guests is not None and self.domid not in guests:
-            return set()
-        try:
-            names = store.directory(frontend_vif_root(self.domid))
-        except XenStoreError:
-            return set()
-        return {(self.domid, int(name)) for name in names if name.isdigit()}
-
-    def identity_paths(self, key: VifKey, selectors: frozenset[str]) -> dict[str, str]:
-        paths = VifPaths(0, *key)
-        return {"state": paths.frontend_key("state"), "backend": paths.frontend_key("backend"),
-                "mac": paths.frontend_key("mac")}
-
-    def identity(self, key: VifKey, found: Mapping[str, bytes | None]) -> VifIdentity:
-        return VifIdentity(domid=key[0], devid=key[1], mac=node_text(found.get("mac")))
-
-    def build(self, store: Store, key: VifKey, found: Mapping[str, bytes | None],
-              mode: Mode) -> VifEndpoint:
-        return make_frontend_endpoint(store, key[0], key[1], found.get("backend"),
-                                      Policy().default, mode=mode)
-
     def peer_watch(self, endpoint: VifEndpoint) -> str | None:
         return endpoint.peer_dir
-
-    def xapi_paths(self, key: VifKey) -> dict[str, str]:
-        return {}
 
 
 class GuestAgent(Fleet):

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.core import explore as model
 from xenoffload import endpoint
+
+from . import explore as model
 
 POLICY_CHANGES = int(os.environ.get("XENOFFLOAD_EXPLORE_POLICY_CHANGES", "2"))
 REMOVALS = int(os.environ.get("XENOFFLOAD_EXPLORE_REMOVALS", "1"))

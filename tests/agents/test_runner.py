@@ -23,6 +23,13 @@ from xenoffload.xenstored.harness import EmbeddedXenstored
 from .helpers import World
 
 
+def inject_event(store: MemoryStore, event: WatchEvent) -> None:
+    """Queue a spurious event on ``store``, as xenstored may send one (clients re-read)."""
+    with store._cond:
+        store._events.append(event)
+        store._cond.notify_all()
+
+
 class Busy:
     """Every batch it handles queues another event: the connection is never quiet. A retry
     is due every 50 ms of the runner's clock."""
@@ -37,13 +44,13 @@ class Busy:
     def attach(self, store: Store) -> None:
         assert isinstance(store, MemoryStore)
         self.store = store
-        store.inject_event(WatchEvent("/noise", "t"))
+        inject_event(store, WatchEvent("/noise", "t"))
 
     def handle(self, events: Sequence[WatchEvent]) -> None:
         self.batches += 1
         self.clock.now += 0.01  # each batch takes 10 ms
         assert self.store is not None
-        self.store.inject_event(WatchEvent("/noise", "t"))
+        inject_event(self.store, WatchEvent("/noise", "t"))
 
     def tick(self) -> None:
         self.ticks.append(self.clock.now)

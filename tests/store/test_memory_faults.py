@@ -9,6 +9,7 @@ import pytest
 
 from xenoffload.store.base import Access, Perm, StoreUnavailable, WatchEvent, XenStoreError
 from xenoffload.store.memory import MemoryXenStore
+from xenoffload.xs import requests
 
 
 def test_a_hostile_guest_may_write_any_bytes() -> None:
@@ -82,13 +83,9 @@ def test_releasing_a_domain_ends_its_sessions() -> None:
     xs = MemoryXenStore()
     dom0, guest = xs.connect(0), xs.connect(4)
     assert dom0.is_domain_introduced(4)
-    dom0.release_domain(4)
+    dom0.call(requests.release(4))
     with pytest.raises(StoreUnavailable):
         guest.next_event(0)
     assert not dom0.is_domain_introduced(4)
 
 
-def test_injected_events_are_delivered() -> None:
-    store = MemoryXenStore().connect(0)
-    store.inject_event(WatchEvent("/spurious", "t"))
-    assert store.next_event(0) == WatchEvent("/spurious", "t")

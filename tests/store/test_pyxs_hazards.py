@@ -23,6 +23,7 @@ from xenoffload.store.pyxs_store import (
     connect_store,
 )
 from xenoffload.xenstored.harness import EmbeddedXenstored
+from xenoffload.xs import requests
 from xenoffload.xs.wire import Op
 
 
@@ -295,9 +296,9 @@ def test_pyxs_refuses_release_without_control_d_but_the_store_sends_it(
     with Client(unix_socket_path=xenstored.socket_path) as client, \
             pytest.raises(PyXSError, match="Operation not permitted"):
         client.release_domain(5)
-    store.introduce_domain(5, 0, 1)
+    store.call(requests.introduce(5, 0, 1))
     assert store.is_domain_introduced(5)
-    store.release_domain(5)
+    store.call(requests.release(5))
     assert not store.is_domain_introduced(5)
 
 
@@ -305,7 +306,8 @@ def test_pyxs_refuses_release_without_control_d_but_the_store_sends_it(
 
 
 def test_request_ids_wrap_at_2_to_the_32(xenstored: EmbeddedXenstored, store: PyxsStore) -> None:
-    store.set_request_id(2**32 - 2)
+    with store._lock:  # the next request id, just below the wrap
+        store._next_req_id = 2**32 - 2
     for _ in range(4):
         store.write("/test/wrap", b"1")
     ids = [record.req_id for record in xenstored.request_log[-4:]]
@@ -358,7 +360,7 @@ def test_connect_store_uses_xenstored_path(monkeypatch: pytest.MonkeyPatch,
 def test_guest_socket_store_is_unprivileged(xenstored: EmbeddedXenstored) -> None:
     with PyxsStore(xenstored.domain_sockets[1], timeout=2.0) as guest, \
             pytest.raises(XenStoreError, match="EACCES"):
-        guest.introduce_domain(9, 0, 1)
+        guest.call(requests.introduce(9, 0, 1))
 
 
 def test_raw_socket_sanity_unknown_type_is_enosys(xenstored: EmbeddedXenstored) -> None:

@@ -284,14 +284,14 @@ def test_disjoint_transactions_both_commit(model: XenStoreModel, dom0: Connectio
 def test_node_counts_follow_committed_transactions(model: XenStoreModel,
                                                    dom0: Connection) -> None:
     guest = guest_home(model, dom0, 3)
-    before = model.node_count(3)
+    before = model.usage(3).nodes
     tx_id = model.transaction_start(guest)
     model.write(guest, "a/b", b"1", tx_id)
-    assert model.node_count(3) == before
+    assert model.usage(3).nodes == before
     model.transaction_end(guest, tx_id, True)
-    assert model.node_count(3) == before + 2
+    assert model.usage(3).nodes == before + 2
     model.rm(guest, "a")
-    assert model.node_count(3) == before
+    assert model.usage(3).nodes == before
 
 
 # ---------------------------------------------------------------- quotas
@@ -308,7 +308,7 @@ def test_node_quota_is_enospc() -> None:
     model.write(guest, "a", b"")
     model.write(guest, "b/c", b"")
     assert errno(model.write, guest, "d", b"") == "ENOSPC"
-    assert model.node_count(5) == 4
+    assert model.usage(5).nodes == 4
 
 
 def test_node_size_quota_is_enospc_for_guests_only() -> None:
@@ -356,13 +356,13 @@ def test_path_length_quota_is_einval_for_guests() -> None:
 
 def test_quotas_do_not_apply_to_dom0() -> None:
     model, dom0, _ = small_quota_model(nodes=1, watches=0, transactions=0, memory=1)
-    before = model.node_count(0)
+    before = model.usage(0).nodes
     tx_ids = []
     for index in range(5):
         model.write(dom0, f"/q/{index}", b"x" * 100)
         model.watch(dom0, "/q", f"t{index}")
         tx_ids.append(model.transaction_start(dom0))
-    assert model.node_count(0) == before + 6  # /q and its five children
+    assert model.usage(0).nodes == before + 6  # /q and its five children
     assert sorted(token for _, token in dom0.watches) == [f"t{index}" for index in range(5)]
     assert sorted(dom0.transactions) == tx_ids == [1, 2, 3, 4, 5]
     assert model.usage(0).transactions == 5
@@ -374,18 +374,18 @@ def test_quotas_do_not_apply_to_dom0() -> None:
 
 def test_node_quota_is_checked_again_at_commit() -> None:
     model, _, guest = small_quota_model(nodes=10)
-    owned = model.node_count(5)  # its home
+    owned = model.usage(5).nodes  # its home
     first, second = model.transaction_start(guest), model.transaction_start(guest)
     for index in range(6):  # each transaction alone fits: 1 + 6 <= 10
         model.write(guest, f"a/{index}", b"", first)
         model.write(guest, f"b/{index}", b"", second)
     model.transaction_end(guest, first, True)
-    assert model.node_count(5) == owned + 7
+    assert model.usage(5).nodes == owned + 7
     with pytest.raises(XenStoreError) as excinfo:
         model.transaction_end(guest, second, True)
     assert excinfo.value.errno_name == "ENOSPC"
     assert model.node("/local/domain/5/b") is None  # nothing of it applied
-    assert model.node_count(5) == owned + 7
+    assert model.usage(5).nodes == owned + 7
     assert model.usage(5).transactions == 0
 
 
@@ -406,7 +406,7 @@ def test_eleven_concurrent_transactions_cannot_exceed_the_node_quota() -> None:
         except XenStoreError as err:
             outcomes.append(err.errno_name)
     assert outcomes == ["OK"] + ["ENOSPC"] * 10
-    assert model.node_count(5) <= model.quotas.nodes
+    assert model.usage(5).nodes <= model.quotas.nodes
 
 
 def test_commit_quota_comes_before_the_conflict_check() -> None:

@@ -329,14 +329,6 @@ class StoreAdapter(NodeOps, abc.ABC):
         """Return ``/local/domain/<domid>`` as the store reports it."""
         return requests.decode_text(self.call(requests.get_domain_path(domid)))
 
-    def introduce_domain(self, domid: int, mfn: int = 0, port: int = 1) -> None:
-        """INTRODUCE ``domid`` (privileged connections only)."""
-        self.call(requests.introduce(domid, mfn, port))
-
-    def release_domain(self, domid: int) -> None:
-        """RELEASE ``domid`` (privileged connections only)."""
-        self.call(requests.release(domid))
-
     def is_domain_introduced(self, domid: int) -> bool:
         """IS_DOMAIN_INTRODUCED (privileged connections only)."""
         return requests.decode_flag(self.call(requests.is_domain_introduced(domid)))

@@ -140,12 +140,6 @@ class MemoryStore(StoreAdapter):
             self.model.resume_as(self._live(), domid)
             self._on_events(self.conn)
 
-    def inject_event(self, event: WatchEvent) -> None:
-        """Queue a spurious event, as xenstored may send (clients must re-read)."""
-        with self._cond:
-            self._events.append(event)
-            self._cond.notify_all()
-
     # ------------------------------------------------------------ internals
 
     def _live(self) -> Connection:

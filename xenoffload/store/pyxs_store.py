@@ -483,11 +483,6 @@ class PyxsStore(StoreAdapter):
             raise XenStoreError("E2BIG", None, op_name(op))
         return self.call(Request(op, tx_id, payload))
 
-    def set_request_id(self, next_req_id: int) -> None:
-        """Set the next request id (tests of the 2**32 wrap)."""
-        with self._lock:
-            self._next_req_id = next_req_id % 2**32
-
     # ------------------------------------------------------------ internals
 
     def _check_alive(self) -> None:

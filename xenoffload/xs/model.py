@@ -346,10 +346,6 @@ class XenStoreModel:
             stack.extend(_child_path(name, child) for child in node.children)
         return result
 
-    def node_count(self, owner: int) -> int:
-        """Return how many live nodes ``owner`` owns (the quota count)."""
-        return self._owner_counts[owner]
-
     def usage(self, domid: int) -> DomainUsage:
         """Return what ``domid`` uses of its quotas (memory includes charged output)."""
         return DomainUsage(self._owner_counts[domid], self._watch_counts[domid],

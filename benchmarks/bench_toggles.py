@@ -37,7 +37,7 @@ from tests.toggles.replay import Replay, load  # the recorded kernel answers
 from xenoffload.schema import Family
 from xenoffload.toggles.base import DeviceRef
 from xenoffload.toggles.netlink import NetlinkToggles
-from xenoffload.toggles.recording import NETFRONT_ETH, RecordingToggles
+from xenoffload.toggles.simulated import NETFRONT_ETH, SimulatedKernel
 from xenoffload.toggles.tc_base import CsumRule, Hook
 from xenoffload.toggles.tc_netlink import NetlinkTc
 from xenoffload.toggles.tc_plan import plan
@@ -153,7 +153,7 @@ def measure_tc(netns: str, rounds: int) -> dict[str, float]:
     """Return the tc enforcement's figures (µs per call)."""
     egress = [CsumRule(Hook.EGRESS, Family.IPV4)]
     figures: dict[str, float] = {}
-    world = RecordingToggles()
+    world = SimulatedKernel()
     eth = DeviceRef("eth0", "guest")
     world.add_device(eth, NETFRONT_ETH)
     simulated = NetlinkTc(transport_for=world.rtnetlink)
@@ -206,7 +206,7 @@ def measure_enforcement(netns: str, rounds: int, others: int = 1000) -> dict[str
     from xenoffload.negotiation import LinkResult
     from xenoffload.schema import FamilyFlags, Role
     from xenoffload.toggles.nl_socket import NETLINK_ROUTE, NamespaceSockets
-    from xenoffload.toggles.recording import VETH
+    from xenoffload.toggles.simulated import VETH
 
     compute, blank = LinkResult(), LinkResult(FamilyFlags.both(True), FamilyFlags.both(True))
     device = DeviceRef("xo0", netns)
@@ -214,7 +214,7 @@ def measure_enforcement(netns: str, rounds: int, others: int = 1000) -> dict[str
     real_spent, sim_spent = [0.0], [0.0]
     sockets: NamespaceSockets[Any] = NamespaceSockets(NETLINK_ROUTE, lambda t: t)
     toggles = NetlinkToggles()
-    world = RecordingToggles()
+    world = SimulatedKernel()
     world.add_device(device, VETH)
     for index in range(others):
         world.add_device(DeviceRef(f"vif{index // 4 + 1}.{index % 4}", netns), VETH)

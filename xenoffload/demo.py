@@ -36,7 +36,7 @@ from xenoffload.show import collect, enforced_status, list_vifs, render_table
 from xenoffload.store.base import Store
 from xenoffload.store.pyxs_store import connect_store
 from xenoffload.toggles.base import DeviceRef, Toggles
-from xenoffload.toggles.recording import NETBACK_VIF, NETFRONT_ETH, RecordingToggles
+from xenoffload.toggles.simulated import NETBACK_VIF, NETFRONT_ETH, SimulatedKernel
 from xenoffload.toggles.tc_base import TcChecksum
 from xenoffload.toolstack import VifSpec, create_domain, create_vif
 from xenoffload.xenbus import XenbusState
@@ -85,7 +85,7 @@ def _devices(use_netns: bool) -> Iterator[tuple[Toggles, TcChecksum, dict[str, D
             finally:
                 toggles.close()
         return
-    recording = RecordingToggles()
+    recording = SimulatedKernel()
     devices = {}
     for devid, ifname, _bridge in DEMO_VIFS:
         vif = f"vif{GUEST}.{devid}"

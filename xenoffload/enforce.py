@@ -161,7 +161,7 @@ def make_enforcers(kind: Literal["netlink", "dry-run"], *, tc: bool = True,
                    tc_config: TcConfig | None = None) -> Enforcers:
     """Return the mechanisms for the CLI's ``--toggles`` mode: ``"netlink"`` drives the real
     kernel (ethtool generic netlink, and rtnetlink for tc), ``"dry-run"`` simulated devices
-    created on first use (:func:`~xenoffload.toggles.recording.profile_for_name`), tc answered
+    created on first use (:func:`~xenoffload.toggles.simulated.profile_for_name`), tc answered
     by their simulated kernel. ``tc=False`` leaves tc alone (ethtool only): what only tc
     could enforce is then reported ``unenforced`` with the reason :data:`NO_TC_REASON`.
     ``tc_config``: the filters' priority and classifiers (default
@@ -178,9 +178,9 @@ def make_enforcers(kind: Literal["netlink", "dry-run"], *, tc: bool = True,
         tcs = NetlinkTc(config=tc_config)
         return Enforcers(toggles, tcs, (toggles.close, tcs.close))
     if kind == "dry-run":
-        from xenoffload.toggles.recording import RecordingToggles, profile_for_name
+        from xenoffload.toggles.simulated import SimulatedKernel, profile_for_name
 
-        world = RecordingToggles(auto_profile=profile_for_name)
+        world = SimulatedKernel(auto_profile=profile_for_name)
         if not tc:
             return Enforcers(world, without_tc=NO_TC_REASON)
         return Enforcers(world, NetlinkTc(config=tc_config, transport_for=world.rtnetlink))

@@ -16,7 +16,7 @@ from xenoffload.policy import Policy
 from xenoffload.store.base import Store, WatchEvent
 from xenoffload.store.memory import MemoryXenStore
 from xenoffload.toggles.base import DeviceRef
-from xenoffload.toggles.recording import NETBACK_VIF, NETFRONT_ETH, RecordingToggles
+from xenoffload.toggles.simulated import NETBACK_VIF, NETFRONT_ETH, SimulatedKernel
 from xenoffload.toolstack import VifSpec, create_domain, create_vif
 
 
@@ -33,7 +33,7 @@ def drain(store: Store, handle: Callable[[list[WatchEvent]], None]) -> int:
 @attrs.define
 class World:
     xs: MemoryXenStore = attrs.field(factory=MemoryXenStore)
-    toggles: RecordingToggles = attrs.field(factory=RecordingToggles)
+    toggles: SimulatedKernel = attrs.field(factory=SimulatedKernel)
     backend_policy: Policy = Policy()
     guest_policy: Policy = Policy()
     mode: Mode = Mode.FULL

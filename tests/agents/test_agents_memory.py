@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+from toggles.simkernel import remove_device, sets_sent
 
 from xenoffload.agents.guest import GuestAgent
 from xenoffload.negotiation import LinkResult
@@ -12,7 +13,7 @@ from xenoffload.override_store import write_override
 from xenoffload.overrides import OverrideSetting, vif_key
 from xenoffload.policy import DirectionSetting, Match, Rule, VifIdentity, parse_policy, vm_uuid
 from xenoffload.schema import RESULT_KEY, STATUS_KEY, FamilyFlags, Role
-from xenoffload.toggles.recording import NETBACK_VIF
+from xenoffload.toggles.simulated import NETBACK_VIF
 from xenoffload.toolstack import VifSpec, create_domain, create_vif
 
 from .helpers import World
@@ -93,14 +94,14 @@ def test_backend_agent_restart_changes_nothing() -> None:
     paths = world.add_guest(1, "a", ["xenpriv0"])
     world.start()
     world.settle()
-    sets = world.toggles.sets_sent
+    sets = sets_sent(world.toggles)
     tree = world.xs.model.dump(paths[0].backend_dir)
     from xenoffload.agents.backend import BackendAgent
     world.backend = BackendAgent(PRIVATE, 0, world.mode, world.backend.enforcer_factory)
     world.dom0 = world.xs.connect(0)
     world.backend.attach(world.dom0)
     world.settle()
-    assert world.toggles.sets_sent == sets  # no kernel toggle flapped
+    assert sets_sent(world.toggles) == sets  # no kernel toggle flapped
     assert world.xs.model.dump(paths[0].backend_dir) == tree  # nothing rewritten
 
 
@@ -255,7 +256,7 @@ def test_a_missing_device_is_logged_once_and_retried_with_growing_delays(
     now = [100.0]
     world = World(clock=lambda: now[0])
     world.add_guest(1, "g", ["xenbr0"])
-    world.toggles.remove_device(world.vif_device(1, 0))  # netback has not made vif1.0 yet
+    remove_device(world.toggles, world.vif_device(1, 0))  # netback has not made vif1.0 yet
     world.start()
     world.settle()
     delays = []

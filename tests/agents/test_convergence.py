@@ -45,6 +45,7 @@ import attrs
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from toggles.simkernel import tc_state
 
 from xenoffload import cli
 from xenoffload.agentlock import EndKey, HeldLock, acquire_agent
@@ -73,7 +74,7 @@ from xenoffload.store.base import Store, StoreUnavailable
 from xenoffload.store.pyxs_store import connect_store
 from xenoffload.toggles.base import DeviceRef
 from xenoffload.toggles.mapping import csum_rules, wanted_features
-from xenoffload.toggles.recording import RecordingToggles
+from xenoffload.toggles.simulated import SimulatedKernel
 from xenoffload.toolstack import VifSpec, create_domain, create_vif, destroy_vif
 from xenoffload.xenstored.harness import EmbeddedXenstored
 
@@ -206,8 +207,8 @@ class System:
             record=False).start()
         self.clock = FakeClock()
         self.enforcers = make_enforcers("dry-run")
-        assert isinstance(self.enforcers.toggles, RecordingToggles)
-        self.devices: RecordingToggles = self.enforcers.toggles
+        assert isinstance(self.enforcers.toggles, SimulatedKernel)
+        self.devices: SimulatedKernel = self.enforcers.toggles
         self.toolstack: Store = connect_store(self.xenstored.socket_path, timeout=5.0)
         self.runners: dict[str, Runner] = {}
         #: Each agent's current connection (a new one after every reconnect).
@@ -665,7 +666,7 @@ def result_json(result: LinkResult) -> dict[str, dict[str, bool]]:
                                      ("from_guest", result.from_guest))}
 
 
-def check_kernel(devices: RecordingToggles, device: DeviceRef, role: Role, result: LinkResult,
+def check_kernel(devices: SimulatedKernel, device: DeviceRef, role: Role, result: LinkResult,
                  status: str) -> None:
     available = devices.read(device)
     sends, receives = result.sends(role), result.receives(role)
@@ -677,7 +678,7 @@ def check_kernel(devices: RecordingToggles, device: DeviceRef, role: Role, resul
     expected = "ok" if not rules else (
         f"ok (enforced-by-tc: {', '.join(str(rule) for rule in rules)})")
     assert status == expected, (device, status, expected)
-    _slot, _gso, filters = devices.tc_state(device)
+    _slot, _gso, filters = tc_state(devices, device)
     assert len(filters) == len(rules), (device, filters, rules)
 
 

@@ -71,14 +71,14 @@ def driver_domain_with_a_running_guest(lab: Lab) -> None:
     from xenoffload.policy import builtin_policy
     from xenoffload.schema import Role
     from xenoffload.store.pyxs_store import connect_store
-    from xenoffload.toggles.recording import RecordingToggles, profile_for_name
+    from xenoffload.toggles.simulated import SimulatedKernel, profile_for_name
     from xenoffload.toolstack import VifSpec, create_domain, create_vif
 
     create_domain(lab.toolstack, 4, "driver4")
     create_domain(lab.toolstack, 6, "guest6")
     create_vif(lab.toolstack, VifSpec(6, 0, "00:16:3e:00:06:00", "xenpriv0", backend_domid=4))
     lab.guest_agent(6, builtin_policy(Role.FRONTEND),
-                    RecordingToggles(auto_profile=profile_for_name),
+                    SimulatedKernel(auto_profile=profile_for_name),
                     factory=lambda: connect_store(lab.socket, timeout=2.0))
 
 

@@ -20,7 +20,7 @@ from xenoffload.conformance.observe import Effect, effects, parse_trace, wire_op
 from xenoffload.conformance.peer import Actor, PeerContext, linux_netback, linux_netfront
 from xenoffload.machine import Mode
 from xenoffload.schema import Role
-from xenoffload.toggles.recording import RecordingToggles
+from xenoffload.toggles.simulated import SimulatedKernel
 
 HERE = Path(__file__).parent
 TRACES = [HERE / "fixtures" / "real-xen-vif-negotiation.trace",
@@ -86,7 +86,7 @@ def real_drivers(trace: Path) -> tuple[dict[tuple[int, int], list[Change]],
 class _NoSubject:
     """The stock models alone: nothing under test."""
 
-    toggles: RecordingToggles | None = None
+    toggles: SimulatedKernel | None = None
     device: None = None
 
     def gone(self) -> str | None:

@@ -10,15 +10,17 @@ from xenoffload.enforce import TogglesEnforcer, make_enforcers
 from xenoffload.negotiation import LinkResult
 from xenoffload.schema import FamilyFlags, Role
 from xenoffload.toggles.base import ApplyResult, DeviceRef, FeatureState
-from xenoffload.toggles.recording import (
+from xenoffload.toggles.simulated import (
     NETBACK_VIF,
     NETFRONT_ETH,
     NETFRONT_ETH_NO_ACT_CSUM,
     VETH,
     FeatureProfile,
-    RecordingToggles,
+    SimulatedKernel,
 )
 from xenoffload.toggles.tc_netlink import NetlinkTc
+
+from .simkernel import remove_device, sets_sent, tc_changes, tc_state
 
 ETH = DeviceRef("eth0", "guest")
 VIF = DeviceRef("vif3.0")
@@ -34,8 +36,8 @@ STATUS = re.compile(
 
 
 def enforcer(device: DeviceRef, profile: FeatureProfile,
-             tc: bool = True) -> tuple[TogglesEnforcer, RecordingToggles]:
-    world = RecordingToggles()
+             tc: bool = True) -> tuple[TogglesEnforcer, SimulatedKernel]:
+    world = SimulatedKernel()
     world.add_device(device, profile)
     return TogglesEnforcer(world, device, NetlinkTc(transport_for=world.rtnetlink)
                            if tc else None), world
@@ -47,7 +49,7 @@ def test_netfront_with_act_csum_computes_what_its_fixed_ipv4_feature_leaves_blan
     assert enforcement.status == "ok (enforced-by-tc: egress ipv4)"
     assert not enforcement.unsafe and not enforcement.retry
     assert world.read(ETH)["tx-checksum-ipv6"].active is False  # ethtool, as before
-    assert world.tc_state(ETH)[:2] == ("clsact", 1)
+    assert tc_state(world, ETH)[:2] == ("clsact", 1)
 
 
 def test_netfront_without_act_csum_stays_unenforced_and_says_why() -> None:
@@ -56,7 +58,7 @@ def test_netfront_without_act_csum_stays_unenforced_and_says_why() -> None:
     assert enforcement.status == ("unenforced: tx-checksum-ipv4 stays on (fixed on by the "
                                   f"driver; tc egress ipv4: {ACT_CSUM_MISSING})")
     assert enforcement.unsafe and not enforcement.retry
-    assert world.tc_state(ETH) == (None, NETFRONT_ETH.tso_max_segs, ())
+    assert tc_state(world, ETH) == (None, NETFRONT_ETH.tso_max_segs, ())
 
 
 def test_without_tc_the_status_is_what_it_always_was() -> None:
@@ -90,26 +92,26 @@ def test_allowing_blank_checksums_removes_the_rules_and_restores_the_device() ->
         end, world = enforcer(device, profile)
         end.enforce(role, COMPUTE)
         assert end.enforce(role, BLANK).status == "ok"
-        assert world.tc_state(device) == (None, profile.tso_max_segs, ())
+        assert tc_state(world, device) == (None, profile.tso_max_segs, ())
 
 
 def test_enforcing_the_same_result_twice_changes_nothing() -> None:
     eth, world = enforcer(ETH, NETFRONT_ETH)
     first = eth.enforce(Role.FRONTEND, COMPUTE)
-    changes, sets = world.tc_changes, world.sets_sent
+    changes, sets = tc_changes(world), sets_sent(world)
     assert eth.enforce(Role.FRONTEND, COMPUTE) == first
-    assert (world.tc_changes, world.sets_sent) == (changes, sets)
+    assert (tc_changes(world), sets_sent(world)) == (changes, sets)
 
 
 def test_a_recreated_device_is_enforced_again_and_a_missing_one_retried() -> None:
     eth, world = enforcer(ETH, NETFRONT_ETH)
     eth.enforce(Role.FRONTEND, COMPUTE)
-    world.remove_device(ETH)
+    remove_device(world, ETH)
     gone = eth.enforce(Role.FRONTEND, COMPUTE)
     assert gone.status == f"no-device: {ETH}" and gone.retry
     world.add_device(ETH, NETFRONT_ETH)
     assert eth.enforce(Role.FRONTEND, COMPUTE).status == "ok (enforced-by-tc: egress ipv4)"
-    assert world.tc_state(ETH)[:2] == ("clsact", 1)
+    assert tc_state(world, ETH)[:2] == ("clsact", 1)
 
 
 def test_every_status_matches_the_documented_grammar() -> None:
@@ -134,7 +136,7 @@ def test_the_dry_run_mechanisms_enforce_by_tc_on_the_simulated_xen_devices() -> 
     netlink.close()
 
 
-class CountingToggles(RecordingToggles):
+class CountingToggles(SimulatedKernel):
     """Counts the reads of a device outside an apply, and the applies planned without a
     reading (each would read the device again)."""
 

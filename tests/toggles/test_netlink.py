@@ -22,7 +22,7 @@ from xenoffload.toggles.base import (
     TogglesUnavailable,
 )
 from xenoffload.toggles.netlink import NetlinkToggles
-from xenoffload.toggles.recording import VETH, RecordingToggles
+from xenoffload.toggles.simulated import VETH, SimulatedKernel
 
 from .netns import Namespace
 
@@ -163,7 +163,7 @@ def test_a_wanted_feature_another_writer_changes_mid_apply_is_reported(
 def test_side_effects_report_dependent_tso_dropped_and_restored_like_the_veth_profile(
     veth: DeviceRef, toggles: NetlinkToggles
 ) -> None:
-    simulated = RecordingToggles()
+    simulated = SimulatedKernel()
     simulated.add_device(veth, VETH)
     for value in (False, True):
         real = toggles.apply(veth, {"tx-checksum-ip-generic": value})

@@ -16,7 +16,7 @@ from xenoffload.schema import Family
 from xenoffload.toggles.base import DeviceGone, DeviceRef, FeatureState
 from xenoffload.toggles.netlink import NetlinkToggles
 from xenoffload.toggles.nl_codec import Answer, ErrorAnswer, Request, decode_messages
-from xenoffload.toggles.recording import (
+from xenoffload.toggles.simulated import (
     ACTION_MISSING,
     CLASSIFIER_MISSING,
     NO_CHAIN,
@@ -26,13 +26,14 @@ from xenoffload.toggles.recording import (
     PROTOCOL_MISMATCH,
     QDISC_EXISTS,
     VETH,
-    RecordingToggles,
+    SimulatedKernel,
 )
 from xenoffload.toggles.tc_base import CsumRule, Hook, TcResult
 from xenoffload.toggles.tc_netlink import NetlinkTc
 from xenoffload.toggles.tc_plan import TcConfig
 
 from .replay import Conversation, Exchange, Replay, load
+from .simkernel import tc_request
 
 KERNEL, CONVERSATIONS = load()
 XO0 = DeviceRef("xo0")
@@ -136,18 +137,18 @@ class Labelled:
         pass
 
 
-def simulated_like(conversation: Conversation) -> RecordingToggles:
+def simulated_like(conversation: Conversation) -> SimulatedKernel:
     """The recording's veth pair in the simulated kernel (this machine's tc), set up alike."""
-    world = RecordingToggles()
+    world = SimulatedKernel()
     world.add_device(XO0, VETH)
     world.add_device(DeviceRef("xo1"), VETH)
     getlink = next(exchange for exchange in conversation.exchanges if exchange.label == "GETLINK")
     recorded = decode_messages(getlink.answers[0])[0].payload[4:8]
-    simulated = world.tc_request(XO0, Request(18, 1, getlink.as_request().payload))
+    simulated = tc_request(world, XO0, Request(18, 1, getlink.as_request().payload))
     assert isinstance(simulated, Answer)
     assert simulated.messages[0].payload[4:8] == recorded  # the same ifindex
     for exchange in conversation.setup:
-        assert world.tc_request(XO0, exchange.as_request()) == answer_of(exchange)
+        assert tc_request(world, XO0, exchange.as_request()) == answer_of(exchange)
     return world
 
 
@@ -168,7 +169,7 @@ def test_the_simulated_kernel_refuses_with_the_real_kernels_words() -> None:
     texts = []
     for exchange in conversation.exchanges:
         real = answer_of(exchange)
-        assert world.tc_request(XO0, exchange.as_request()) == real, exchange.label
+        assert tc_request(world, XO0, exchange.as_request()) == real, exchange.label
         if isinstance(real, ErrorAnswer):
             texts.append(real.text)
     assert texts == [NO_PARENT_QDISC, QDISC_EXISTS, NO_CHAIN, PROTOCOL_MISMATCH, NO_FILTER,

@@ -12,17 +12,19 @@ from xenoffload.schema import Family
 from xenoffload.toggles import tc_codec as tc
 from xenoffload.toggles.base import DeviceGone, DeviceRef, TogglePermissionDenied
 from xenoffload.toggles.nl_codec import Answer, ErrorAnswer, Request
-from xenoffload.toggles.recording import (
+from xenoffload.toggles.simulated import (
     NETBACK_VIF,
     NETFRONT_ETH,
     NETFRONT_ETH_NO_ACT_CSUM,
     FeatureProfile,
-    RecordingToggles,
+    SimulatedKernel,
     TcSupport,
 )
 from xenoffload.toggles.tc_base import CSUM_UDP, CsumRule, Hook
 from xenoffload.toggles.tc_netlink import NetlinkTc
 from xenoffload.toggles.tc_plan import DEFAULT_PRIORITY, Marker, TcConfig, groups, is_exact
+
+from .simkernel import remove_device, tc_changes, tc_request, tc_state
 
 ETH = DeviceRef("eth0", "guest")
 EGRESS4 = CsumRule(Hook.EGRESS, Family.IPV4)
@@ -31,23 +33,23 @@ INGRESS6 = CsumRule(Hook.INGRESS, Family.IPV6)
 ORIGINAL_GSO = NETFRONT_ETH.tso_max_segs
 
 
-def simulated(profile: FeatureProfile = NETFRONT_ETH) -> tuple[RecordingToggles, NetlinkTc]:
-    world = RecordingToggles()
+def simulated(profile: FeatureProfile = NETFRONT_ETH) -> tuple[SimulatedKernel, NetlinkTc]:
+    world = SimulatedKernel()
     world.add_device(ETH, profile)
     return world, NetlinkTc(transport_for=world.rtnetlink)
 
 
-def ifindex(world: RecordingToggles) -> int:
-    answer = world.tc_request(ETH, tc.getlink_request(ETH.name))
+def ifindex(world: SimulatedKernel) -> int:
+    answer = tc_request(world, ETH, tc.getlink_request(ETH.name))
     assert isinstance(answer, Answer)
     return tc.decode_link(answer.messages[0]).ifindex
 
 
-def other_writer(world: RecordingToggles, request: Request) -> None:
-    assert world.tc_request(ETH, request) == Answer()
+def other_writer(world: SimulatedKernel, request: Request) -> None:
+    assert tc_request(world, ETH, request) == Answer()
 
 
-def foreign_filter(world: RecordingToggles, hook: Hook, priority: int,
+def foreign_filter(world: SimulatedKernel, hook: Hook, priority: int,
                    protocol: int = tc.ETH_P_IP, cookie: bytes | None = None) -> Request:
     return tc.new_filter_request(ifindex(world), hook.parent, priority, protocol, "u32",
                                  (tc.csum_action(CSUM_UDP, cookie),))
@@ -57,7 +59,7 @@ def test_an_egress_rule_is_a_clsact_a_marked_csum_filter_and_gso_max_segs_1() ->
     world, tcs = simulated()
     result = tcs.apply(ETH, [EGRESS4])
     assert result.enforced == (EGRESS4,)
-    slot, gso, filters = world.tc_state(ETH)
+    slot, gso, filters = tc_state(world, ETH)
     assert (slot, gso) == ("clsact", 1)
     assert [(entry.block, entry.priority, entry.protocol, entry.kind) for entry in filters] == [
         ("egress", DEFAULT_PRIORITY, tc.ETH_P_IP, "u32")]
@@ -72,10 +74,10 @@ def test_an_egress_rule_is_a_clsact_a_marked_csum_filter_and_gso_max_segs_1() ->
 def test_applying_the_same_rules_again_sends_only_reads() -> None:
     world, tcs = simulated()
     first = tcs.apply(ETH, [EGRESS4])
-    changes = world.tc_changes
+    changes = tc_changes(world)
     second = tcs.apply(ETH, [EGRESS4])
     assert first.changes_sent == 3  # NEWQDISC, NEWTFILTER, NEWLINK
-    assert second.changes_sent == 0 and world.tc_changes == changes
+    assert second.changes_sent == 0 and tc_changes(world) == changes
     assert second.outcomes == first.outcomes
 
 
@@ -84,7 +86,7 @@ def test_rules_no_longer_wanted_are_removed_with_everything_created_for_them() -
     tcs.apply(ETH, [EGRESS4])
     result = tcs.apply(ETH, [])
     assert result.outcomes == () and result.changes_sent == 3  # DELTFILTER, NEWLINK, DELQDISC
-    assert world.tc_state(ETH) == (None, ORIGINAL_GSO, ())
+    assert tc_state(world, ETH) == (None, ORIGINAL_GSO, ())
 
 
 def test_a_restarted_agent_undoes_what_the_marker_records() -> None:
@@ -92,7 +94,7 @@ def test_a_restarted_agent_undoes_what_the_marker_records() -> None:
     tcs.apply(ETH, [EGRESS4])
     restarted = NetlinkTc(transport_for=world.rtnetlink)
     restarted.apply(ETH, [])
-    assert world.tc_state(ETH) == (None, ORIGINAL_GSO, ())
+    assert tc_state(world, ETH) == (None, ORIGINAL_GSO, ())
 
 
 def test_a_clsact_qdisc_that_existed_before_stays() -> None:
@@ -102,20 +104,20 @@ def test_a_clsact_qdisc_that_existed_before_stays() -> None:
     (entry,) = groups(tcs.read(ETH), tcs.config)[Hook.EGRESS, Family.IPV4].filters
     assert Marker.decode(entry.actions[0].cookie) == Marker(False, ORIGINAL_GSO)
     tcs.apply(ETH, [])
-    assert world.tc_state(ETH) == ("clsact", ORIGINAL_GSO, ())
+    assert tc_state(world, ETH) == ("clsact", ORIGINAL_GSO, ())
 
 
 def test_a_filter_at_xenoffloads_priority_that_is_not_ours_blocks_the_rule_untouched() -> None:
     world, tcs = simulated()
     other_writer(world, tc.new_clsact_request(ifindex(world)))
     other_writer(world, foreign_filter(world, Hook.EGRESS, DEFAULT_PRIORITY))
-    before = world.tc_state(ETH)
+    before = tc_state(world, ETH)
     result = tcs.apply(ETH, [EGRESS4])
     assert result.outcome(EGRESS4).refused_reason == (
         f"priority {DEFAULT_PRIORITY} on egress holds a filter xenoffload did not create")
     assert result.changes_sent == 0
     tcs.apply(ETH, [])
-    assert world.tc_state(ETH) == before
+    assert tc_state(world, ETH) == before
 
 
 def test_other_writers_filters_elsewhere_survive_our_rules_coming_and_going() -> None:
@@ -123,7 +125,7 @@ def test_other_writers_filters_elsewhere_survive_our_rules_coming_and_going() ->
     tcs.apply(ETH, [EGRESS4])
     other_writer(world, foreign_filter(world, Hook.EGRESS, 1000))
     tcs.apply(ETH, [])
-    slot, gso, filters = world.tc_state(ETH)
+    slot, gso, filters = tc_state(world, ETH)
     # The clsact xenoffload created stays: another writer's filter is on it.
     assert slot == "clsact" and gso == ORIGINAL_GSO
     assert [(entry.priority, entry.block) for entry in filters] == [(1000, "egress")]
@@ -147,19 +149,19 @@ def test_a_recreated_device_gets_its_rules_again() -> None:
     world, tcs = simulated()
     tcs.apply(ETH, [EGRESS4])
     old_index = ifindex(world)
-    world.remove_device(ETH)
+    remove_device(world, ETH)
     world.add_device(ETH, NETFRONT_ETH)
     assert ifindex(world) != old_index
     result = tcs.apply(ETH, [EGRESS4])
     assert result.enforced == (EGRESS4,) and result.changes_sent == 3
-    assert world.tc_state(ETH)[:2] == ("clsact", 1)
+    assert tc_state(world, ETH)[:2] == ("clsact", 1)
 
 
 def test_ingress_rules_sit_at_adjacent_priorities_and_leave_gso_alone() -> None:
     world, tcs = simulated(NETBACK_VIF)
     result = tcs.apply(ETH, [INGRESS4, INGRESS6])
     assert result.enforced == (INGRESS4, INGRESS6)
-    _slot, gso, filters = world.tc_state(ETH)
+    _slot, gso, filters = tc_state(world, ETH)
     assert gso == NETBACK_VIF.tso_max_segs
     assert [(entry.block, entry.priority, entry.protocol) for entry in filters] == [
         ("ingress", DEFAULT_PRIORITY, tc.ETH_P_IP), ("ingress", DEFAULT_PRIORITY + 1,
@@ -171,14 +173,14 @@ def test_a_kernel_without_act_csum_leaves_the_rule_unenforced_and_no_trace() -> 
     result = tcs.apply(ETH, [EGRESS4])
     assert result.outcome(EGRESS4).refused_reason == (
         "act_csum unavailable (ENOENT: Failed to load TC action module)")
-    assert world.tc_state(ETH) == (None, ORIGINAL_GSO, ())
+    assert tc_state(world, ETH) == (None, ORIGINAL_GSO, ())
 
 
 def test_without_u32_the_filter_falls_back_to_matchall() -> None:
     world, tcs = simulated(FeatureProfile("matchall-only", NETFRONT_ETH.features,
                                           TcSupport(classifiers=frozenset({"matchall"}))))
     assert tcs.apply(ETH, [EGRESS4]).enforced == (EGRESS4,)
-    assert [entry.kind for entry in world.tc_state(ETH)[2]] == ["matchall"]
+    assert [entry.kind for entry in tc_state(world, ETH)[2]] == ["matchall"]
     assert tcs.apply(ETH, [EGRESS4]).changes_sent == 0
 
 
@@ -191,7 +193,7 @@ def test_a_kernel_without_classifiers_or_clsact_says_which(support: TcSupport,
                                                            reason: str) -> None:
     world, tcs = simulated(FeatureProfile("lacking", NETFRONT_ETH.features, support))
     assert tcs.apply(ETH, [EGRESS4]).outcome(EGRESS4).refused_reason == reason
-    assert world.tc_state(ETH) == (None, ORIGINAL_GSO, ())
+    assert tc_state(world, ETH) == (None, ORIGINAL_GSO, ())
 
 
 def test_an_ingress_qdisc_takes_ingress_rules_but_has_no_egress_hook() -> None:
@@ -204,9 +206,9 @@ def test_an_ingress_qdisc_takes_ingress_rules_but_has_no_egress_hook() -> None:
     assert result.enforced == (INGRESS4,)
     assert result.outcome(EGRESS4).refused_reason == (
         "the ingress slot holds an ingress qdisc, not clsact: no egress hook")
-    assert world.tc_state(ETH)[1] == ORIGINAL_GSO
+    assert tc_state(world, ETH)[1] == ORIGINAL_GSO
     tcs.apply(ETH, [])
-    assert world.tc_state(ETH) == ("ingress", ORIGINAL_GSO, ())
+    assert tc_state(world, ETH) == ("ingress", ORIGINAL_GSO, ())
 
 
 def test_a_gso_change_by_someone_else_is_put_back_while_enforcing() -> None:
@@ -214,7 +216,7 @@ def test_a_gso_change_by_someone_else_is_put_back_while_enforcing() -> None:
     tcs.apply(ETH, [EGRESS4])
     other_writer(world, tc.set_gso_max_segs_request(ifindex(world), 10))
     assert tcs.apply(ETH, [EGRESS4]).changes_sent == 1
-    assert world.tc_state(ETH)[1] == 1
+    assert tc_state(world, ETH)[1] == 1
 
 
 def test_a_gso_value_someone_set_after_the_last_apply_is_left_on_removal() -> None:
@@ -222,7 +224,7 @@ def test_a_gso_value_someone_set_after_the_last_apply_is_left_on_removal() -> No
     tcs.apply(ETH, [EGRESS4])
     other_writer(world, tc.set_gso_max_segs_request(ifindex(world), 10))
     tcs.apply(ETH, [])
-    assert world.tc_state(ETH) == (None, 10, ())
+    assert tc_state(world, ETH) == (None, 10, ())
 
 
 def test_two_filters_of_ours_where_one_is_wanted_become_one() -> None:
@@ -235,23 +237,23 @@ def test_two_filters_of_ours_where_one_is_wanted_become_one() -> None:
                                           EGRESS4.update_flags,
                                           group.filters[0].actions[0].cookie),))
     other_writer(world, duplicate)
-    assert len(world.tc_state(ETH)[2]) == 2
+    assert len(tc_state(world, ETH)[2]) == 2
     assert tcs.apply(ETH, [EGRESS4]).enforced == (EGRESS4,)
-    assert len(world.tc_state(ETH)[2]) == 1
+    assert len(tc_state(world, ETH)[2]) == 1
     assert tcs.apply(ETH, [EGRESS4]).changes_sent == 0
 
 
 def test_another_priority_can_be_configured() -> None:
-    world = RecordingToggles()
+    world = SimulatedKernel()
     world.add_device(ETH, NETFRONT_ETH)
     tcs = NetlinkTc(config=TcConfig(priority=7, classifiers=("matchall", "u32")),
                     transport_for=world.rtnetlink)
     tcs.apply(ETH, [EGRESS4])
-    assert [(entry.priority, entry.kind) for entry in world.tc_state(ETH)[2]] == [(7, "matchall")]
+    assert [(entry.priority, entry.kind) for entry in tc_state(world, ETH)[2]] == [(7, "matchall")]
 
 
 def test_an_unprivileged_caller_is_refused_and_a_missing_device_is_gone() -> None:
-    world = RecordingToggles(privileged=False)
+    world = SimulatedKernel(privileged=False)
     world.add_device(ETH, NETFRONT_ETH)
     tcs = NetlinkTc(transport_for=world.rtnetlink)
     assert tcs.apply(ETH, []).changes_sent == 0  # reading needs no privilege
@@ -270,7 +272,7 @@ def test_a_device_deleted_mid_apply_is_gone() -> None:
 
         def exchange(self, request: Request, label: str) -> Answer | ErrorAnswer:
             if label == "NEWTFILTER":
-                world.remove_device(ETH)
+                remove_device(world, ETH)
             return self.inner.exchange(request, label)
 
         def close(self) -> None:
@@ -303,13 +305,13 @@ def test_any_sequence_converges_never_touches_others_and_cleans_up(
         rules = {rule for rule in rules
                  if not any(r.hook == rule.hook and r.family == rule.family
                             and r.update_flags < rule.update_flags for r in rules)}
-        slot = world.tc_state(ETH)[0]
+        slot = tc_state(world, ETH)[0]
         if other == "clsact" and slot is None:
             other_writer(world, tc.new_clsact_request(ifindex(world)))
             clsact_by_other = True
         elif other.startswith("foreign") and slot is not None:
             priority = DEFAULT_PRIORITY + 1 if other == "foreign-at-ours" else 500
-            group = [entry for entry in world.tc_state(ETH)[2]
+            group = [entry for entry in tc_state(world, ETH)[2]
                      if entry.block == "egress" and entry.priority == priority]
             if not group:
                 other_writer(world, foreign_filter(world, Hook.EGRESS, priority,
@@ -330,10 +332,10 @@ def test_any_sequence_converges_never_touches_others_and_cleans_up(
                                         and outcome.rule.family is Family.IPV6)
                    for outcome in result.outcomes)
         assert tcs.apply(ETH, rules).changes_sent == 0
-        remaining = {(entry.block, entry.priority) for entry in world.tc_state(ETH)[2]}
+        remaining = {(entry.block, entry.priority) for entry in tc_state(world, ETH)[2]}
         assert foreign <= remaining
     tcs.apply(ETH, [])
-    slot, _gso, filters = world.tc_state(ETH)
+    slot, _gso, filters = tc_state(world, ETH)
     assert {(entry.block, entry.priority) for entry in filters} == foreign
     assert all(Marker.decode(action.cookie) is None for group in groups(
         tcs.read(ETH), tcs.config).values() for entry in group.filters

@@ -21,7 +21,7 @@ from xenoffload.toggles import tc_codec as tc
 from xenoffload.toggles.base import DeviceRef
 from xenoffload.toggles.nl_codec import Answer
 from xenoffload.toggles.nl_socket import NETLINK_ROUTE, open_channel
-from xenoffload.toggles.recording import ACTION_MISSING
+from xenoffload.toggles.simulated import ACTION_MISSING
 from xenoffload.toggles.tc_base import CsumRule, Hook
 from xenoffload.toggles.tc_netlink import NetlinkTc
 from xenoffload.toggles.tc_plan import DEFAULT_PRIORITY, Marker

@@ -4,7 +4,7 @@ A :class:`Subject` is started once per scenario run with a :class:`Setup` (role,
 XenStore is, the policy the scenario wants) and returns a :class:`Running` handle. Two kinds:
 
 * :class:`AgentSubject`: xenoffload's own backend or guest agent, in this process, over a real
-  socket to the lab's xenstored, enforcing on a simulated device (RecordingToggles) that the
+  socket to the lab's xenstored, enforcing on a simulated device (SimulatedKernel) that the
   judges read. ``hooks`` let tests build deliberately broken variants from it.
 * :class:`CommandSubject`: any program, started as a shell command with ``XENSTORED_PATH``
   pointing at the IUT's socket; ``{config}`` in the command is replaced by a policy file
@@ -37,12 +37,12 @@ from xenoffload.schema import FamilyFlags, Role
 from xenoffload.store.base import Store
 from xenoffload.store.pyxs_store import connect_store
 from xenoffload.toggles.base import DeviceRef
-from xenoffload.toggles.recording import (
+from xenoffload.toggles.simulated import (
     NETBACK_VIF,
     NETFRONT_ETH,
     FeatureProfile,
     ProfileFeature,
-    RecordingToggles,
+    SimulatedKernel,
 )
 
 __all__ = [
@@ -94,7 +94,7 @@ class Running(Protocol):
     """A started subject."""
 
     @property
-    def toggles(self) -> RecordingToggles | None:
+    def toggles(self) -> SimulatedKernel | None:
         """The simulated kernel devices, when the suite can see them."""
         ...
 
@@ -178,7 +178,7 @@ class _RunningAgent:
     runner: Runner
     logic: PolicyLogic
     thread: threading.Thread
-    toggles: RecordingToggles | None
+    toggles: SimulatedKernel | None
     device: DeviceRef | None
     failure: list[str]
     device_log: Path | None = None
@@ -211,7 +211,7 @@ class AgentSubject:
         return self.label
 
     def start(self, setup: Setup) -> Running:
-        toggles = RecordingToggles()
+        toggles = SimulatedKernel()
         device, profile = device_for(setup.role, setup.mode, setup.domid, setup.devid)
         toggles.add_device(device, profile)
         hooks = self.hooks
@@ -266,7 +266,7 @@ class _RunningCommand:
     device_log: Path | None
 
     @property
-    def toggles(self) -> RecordingToggles | None:
+    def toggles(self) -> SimulatedKernel | None:
         return None
 
     @property

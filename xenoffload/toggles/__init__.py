@@ -47,8 +47,8 @@ def make_toggles(kind: Literal["netlink", "dry-run"]) -> Toggles:
     """Return the Toggles for the CLI's mode.
 
     ``"netlink"``: :class:`~xenoffload.toggles.netlink.NetlinkToggles` (the real kernel).
-    ``"dry-run"``: :class:`~xenoffload.toggles.recording.RecordingToggles` whose devices are
-    created on first use from :func:`~xenoffload.toggles.recording.profile_for_name`.
+    ``"dry-run"``: :class:`~xenoffload.toggles.simulated.SimulatedKernel` whose devices are
+    created on first use from :func:`~xenoffload.toggles.simulated.profile_for_name`.
     Raises ValueError for another kind.
     """
     if kind == "netlink":
@@ -56,7 +56,7 @@ def make_toggles(kind: Literal["netlink", "dry-run"]) -> Toggles:
 
         return NetlinkToggles()
     if kind == "dry-run":
-        from xenoffload.toggles.recording import RecordingToggles, profile_for_name
+        from xenoffload.toggles.simulated import SimulatedKernel, profile_for_name
 
-        return RecordingToggles(auto_profile=profile_for_name)
+        return SimulatedKernel(auto_profile=profile_for_name)
     raise ValueError(f"unknown toggles kind {kind!r}: expected 'netlink' or 'dry-run'")

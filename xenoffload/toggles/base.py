@@ -1,7 +1,7 @@
 """The interface for reading and setting a network device's offload features, and its values.
 
 Implementations (:mod:`xenoffload.toggles.netlink` over the kernel's ethtool generic-netlink
-family, :mod:`xenoffload.toggles.recording` in memory) implement :class:`Toggles`. Feature
+family, :mod:`xenoffload.toggles.simulated` in memory) implement :class:`Toggles`. Feature
 names are the kernel's (``tx-checksum-ipv4``, ``rx-checksum``, ``tx-tcp-segmentation``...),
 never ethtool's umbrella labels (``tx-checksumming``).
 

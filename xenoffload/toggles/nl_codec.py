@@ -393,7 +393,7 @@ class ReplyCollector:
 class NetlinkTransport(Protocol):
     """Carries one request to a kernel and returns its answer: a socket
     (:class:`~xenoffload.toggles.nl_socket.NetlinkChannel`), a simulated kernel
-    (:mod:`xenoffload.toggles.recording`) or a replay of recorded answers (the tests)."""
+    (:mod:`xenoffload.toggles.simulated`) or a replay of recorded answers (the tests)."""
 
     def exchange(self, request: Request, label: str) -> Answer | ErrorAnswer:
         """Return the kernel's answer to ``request`` (``label`` names it in counts and

@@ -6,7 +6,7 @@ of what a guest sends), the kernel can still compute the L4 checksum in software
 way through the device: the ``csum`` action of tc (``act_csum``) on a ``clsact`` qdisc's ingress
 or egress hook. A :class:`CsumRule` says "on this hook, for this IP family, compute these
 protocols' checksums"; a :class:`TcChecksum` implementation (:mod:`xenoffload.toggles.tc_netlink`
-over rtnetlink, :mod:`xenoffload.toggles.recording` in memory) makes a device carry exactly the
+over rtnetlink, :mod:`xenoffload.toggles.simulated` in memory) makes a device carry exactly the
 rules it is given and no other rule of xenoffload's, and reports per rule whether the kernel now
 enforces it (:class:`TcResult`). What it creates, how it recognises its own, and why, is in
 docs/toggles.md ("Enforcement by tc").

@@ -1,17 +1,18 @@
-"""In-memory Toggles and tc for tests and ``--dry-run``: simulated devices that record every apply.
+"""A simulated kernel for ``--toggles dry-run`` (and tests): devices with ethtool features,
+and tc answered over a simulated rtnetlink; every apply is recorded.
 
 Devices are created from a :class:`FeatureProfile`. The profiles provided are modelled on
 real devices: :data:`NETBACK_VIF` and :data:`NETFRONT_ETH` on ``ethtool -k`` of a netback
 ``vif1.0`` and a netfront ``eth0`` captured on a Xen 4.17 lab (Linux 6.1), :data:`VETH` on a
 veth of the development machine. The simulation follows the kernel's rules: a request only
 moves a changeable feature's requested ("wanted") bit; the active state is the requested one,
-minus what a driver limit forbids (:meth:`RecordingToggles.limit`, e.g. netback capping tx
+minus what a driver limit forbids (:meth:`SimulatedKernel.limit`, e.g. netback capping tx
 checksum by the frontend's keys) and minus what a dependency drops (TSO goes off when the
 transmit checksum of its family goes off, and returns when it comes back). Outcomes are
 decided by the same rules as the netlink implementation (:mod:`xenoffload.toggles.plan`).
 
 Traffic control is simulated one level lower, as a kernel answering rtnetlink requests
-(:meth:`RecordingToggles.rtnetlink`): a dry run's :class:`~xenoffload.toggles.tc_netlink.NetlinkTc`
+(:meth:`SimulatedKernel.rtnetlink`): a dry run's :class:`~xenoffload.toggles.tc_netlink.NetlinkTc`
 sends the very requests it would send to the real kernel and gets the answers, refusals and
 extended-ACK texts the real kernel gives (recorded in tests/toggles/fixtures/). What a
 profile's kernel has is its :class:`TcSupport`: Debian's dom0 and guest kernels
@@ -70,7 +71,7 @@ __all__ = [
     "VETH",
     "DEPENDENCIES",
     "RecordedApply",
-    "RecordingToggles",
+    "SimulatedKernel",
     "profile_for_name",
 ]
 
@@ -298,14 +299,14 @@ class _SimulatedDevice:
         }
 
 
-class RecordingToggles:
+class SimulatedKernel:
     """:class:`~xenoffload.toggles.base.Toggles` over simulated devices.
 
     ``auto_profile``: when given, a device not added beforehand is created on first use with
     the profile it returns (a dry run uses :func:`profile_for_name`); otherwise an unknown
     device is :class:`DeviceGone`. ``privileged=False`` plays an unprivileged caller: reading
     works, a change request raises TogglePermissionDenied. ``applies`` records every apply
-    call in order; ``sets_sent`` counts the change requests.
+    call in order (tests/toggles/simkernel.py has what only tests do to it).
     """
 
     def __init__(
@@ -325,19 +326,8 @@ class RecordingToggles:
         self._by_index: dict[tuple[str | None, int], _SimulatedDevice] | None = None
         self.applies: list[RecordedApply] = []
         #: Every rtnetlink request the simulated kernel answered: (device's namespace, label,
-        #: refusal or None). Reads included; see :attr:`tc_changes`.
+        #: refusal or None), reads included.
         self.tc_requests: list[tuple[str | None, str, ErrorAnswer | None]] = []
-
-    @property
-    def tc_changes(self) -> int:
-        """Return how many modifying rtnetlink requests reached the simulated kernel."""
-        return sum(1 for _netns, label, _refusal in self.tc_requests
-                   if not label.startswith("GET"))
-
-    @property
-    def sets_sent(self) -> int:
-        """Return how many change requests were sent so far."""
-        return sum(1 for recorded in self.applies if recorded.sent)
 
     # --- the simulated world ---------------------------------------------------------------
 
@@ -348,40 +338,11 @@ class RecordingToggles:
                 self._namespaces.add(device.netns)
             self._put(device, self._new_device(profile))
 
-    def remove_device(self, device: DeviceRef) -> None:
-        """Delete ``device``; later calls naming it raise DeviceGone."""
-        with self._lock:
-            self._devices.pop(device, None)
-            self._by_index = None
-            self._vanishing.discard(device)
-
-    def remove_namespace(self, netns: str) -> None:
-        """Delete the namespace and its devices; later calls naming it raise TogglesUnavailable."""
-        with self._lock:
-            self._namespaces.discard(netns)
-            for device in [device for device in self._devices if device.netns == netns]:
-                del self._devices[device]
-            self._by_index = None
-
-    def vanish_during_next_apply(self, device: DeviceRef) -> None:
-        """Make the device disappear inside the next apply naming it, after its state was read
-        and before a change request is sent: that apply raises DeviceGone if it has a change to
-        send (one that has none returns normally, as the real one would), and the device is
-        gone afterwards either way."""
-        with self._lock:
-            self._vanishing.add(device)
-
     def limit(self, device: DeviceRef, feature: str, allowed: bool) -> None:
         """Let the driver forbid (``allowed=False``) or allow again a changeable feature being
         active, as netback does for checksum offload the frontend did not agree to."""
         with self._lock:
             self._device(device).limit(feature, allowed)
-
-    def request_as_other_writer(self, device: DeviceRef, changes: Mapping[str, bool]) -> None:
-        """Change requested features as another program (an administrator's ethtool) would,
-        without recording an apply."""
-        with self._lock:
-            self._device(device).request(changes)
 
     def rtnetlink(self, device: DeviceRef) -> NetlinkTransport:
         """Return the simulated kernel's rtnetlink for the device's namespace (the
@@ -393,17 +354,6 @@ class RecordingToggles:
                 raise TogglesUnavailable(f"network namespace {device.netns!r} does not exist",
                                          device)
         return _SimulatedRtnetlink(self, device.netns)
-
-    def tc_request(self, device: DeviceRef, request: Request) -> Answer | ErrorAnswer:
-        """Send ``request`` to the simulated kernel as another program (``tc``, an
-        administrator) would, e.g. to put a filter of its own at xenoffload's priority."""
-        return _SimulatedRtnetlink(self, device.netns).exchange(request, "OTHER-WRITER")
-
-    def tc_state(self, device: DeviceRef) -> tuple[str | None, int, tuple[_SimulatedFilter, ...]]:
-        """Return the device's ingress-slot qdisc kind, gso_max_segs and filters."""
-        with self._lock:
-            simulated = self._device(device)
-            return simulated.slot, simulated.gso_max_segs, tuple(simulated.filters)
 
     def device_by_index(self, netns: str | None, ifindex: int) -> _SimulatedDevice | None:
         """Return the simulated device of ``ifindex`` in ``netns``, or None."""
@@ -521,7 +471,7 @@ class _SimulatedRtnetlink:
     """The simulated kernel's rtnetlink in one namespace: answers the requests the tc
     enforcement sends as Linux does (an :class:`~xenoffload.toggles.nl_codec.NetlinkTransport`)."""
 
-    def __init__(self, world: RecordingToggles, netns: str | None) -> None:
+    def __init__(self, world: SimulatedKernel, netns: str | None) -> None:
         self._world = world
         self._netns = netns
 

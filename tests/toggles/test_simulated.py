@@ -1,4 +1,4 @@
-"""RecordingToggles: profiles true to the real Xen devices, and the same apply semantics as the
+"""SimulatedKernel: profiles true to the real Xen devices, and the same apply semantics as the
 netlink implementation (only changes sent, verified, refusals with reasons, typed errors)."""
 
 from __future__ import annotations
@@ -17,12 +17,20 @@ from xenoffload.toggles.base import (
     TogglesUnavailable,
 )
 from xenoffload.toggles.netlink import NetlinkToggles
-from xenoffload.toggles.recording import (
+from xenoffload.toggles.simulated import (
     NETBACK_VIF,
     NETFRONT_ETH,
     VETH,
     FeatureProfile,
-    RecordingToggles,
+    SimulatedKernel,
+)
+
+from .simkernel import (
+    remove_device,
+    remove_namespace,
+    request_as_other_writer,
+    sets_sent,
+    vanish_during_next_apply,
 )
 
 REAL = Path(__file__).with_name("real_ethtool_k.txt")
@@ -53,8 +61,8 @@ def real_section(title: str) -> dict[str, tuple[bool, str | None]]:
     return features
 
 
-def toggles_with(*devices: tuple[DeviceRef, FeatureProfile]) -> RecordingToggles:
-    toggles = RecordingToggles()
+def toggles_with(*devices: tuple[DeviceRef, FeatureProfile]) -> SimulatedKernel:
+    toggles = SimulatedKernel()
     for device, profile in devices:
         toggles.add_device(device, profile)
     return toggles
@@ -113,7 +121,7 @@ def test_second_identical_apply_sends_nothing() -> None:
     assert toggles.apply(VIF, wanted).set_issued
     second = toggles.apply(VIF, wanted)
     assert not second.set_issued and second.ok
-    assert toggles.sets_sent == 1
+    assert sets_sent(toggles) == 1
     assert [dict(recorded.sent) for recorded in toggles.applies] == [
         {"tx-checksum-ipv4": False},
         {},
@@ -130,7 +138,7 @@ def test_only_the_differing_features_are_sent_and_recorded() -> None:
 
 def test_another_writers_change_to_an_unrequested_feature_is_kept() -> None:
     toggles = toggles_with((VIF, NETBACK_VIF))
-    toggles.request_as_other_writer(VIF, {"tx-scatter-gather-fraglist": False})
+    request_as_other_writer(toggles, VIF, {"tx-scatter-gather-fraglist": False})
     toggles.apply(VIF, {"tx-checksum-ipv4": False})
     assert toggles.read(VIF)["tx-scatter-gather-fraglist"].active is False
 
@@ -165,7 +173,7 @@ def test_unknown_feature_is_refused() -> None:
 
 def test_removed_device_is_gone() -> None:
     toggles = toggles_with((VIF, NETBACK_VIF))
-    toggles.remove_device(VIF)
+    remove_device(toggles, VIF)
     with pytest.raises(DeviceGone):
         toggles.read(VIF)
     with pytest.raises(DeviceGone):
@@ -174,10 +182,10 @@ def test_removed_device_is_gone() -> None:
 
 def test_device_vanishing_during_apply_is_gone_and_sends_nothing() -> None:
     toggles = toggles_with((VIF, NETBACK_VIF))
-    toggles.vanish_during_next_apply(VIF)
+    vanish_during_next_apply(toggles, VIF)
     with pytest.raises(DeviceGone):
         toggles.apply(VIF, {"tx-checksum-ipv4": False})
-    assert toggles.sets_sent == 0
+    assert sets_sent(toggles) == 0
     assert toggles.applies[-1].result is None
     with pytest.raises(DeviceGone):
         toggles.read(VIF)
@@ -187,13 +195,13 @@ def test_missing_namespace_is_unavailable() -> None:
     toggles = toggles_with((ETH, NETFRONT_ETH))
     with pytest.raises(TogglesUnavailable):
         toggles.read(DeviceRef("eth0", "elsewhere"))
-    toggles.remove_namespace("guest")
+    remove_namespace(toggles, "guest")
     with pytest.raises(TogglesUnavailable):
         toggles.read(ETH)
 
 
 def test_unprivileged_reads_but_cannot_change() -> None:
-    toggles = RecordingToggles(privileged=False)
+    toggles = SimulatedKernel(privileged=False)
     toggles.add_device(VIF, NETBACK_VIF)
     assert toggles.read(VIF)["tx-checksum-ipv4"].active
     assert toggles.apply(VIF, {"tx-checksum-ipv4": True}).ok  # nothing to send

@@ -258,6 +258,8 @@ def cmd_udp_send(args: argparse.Namespace) -> int:
                 sent += 1
             except OSError as exc:
                 error = f"{type(exc).__name__}: {exc}"
+            if sent == 1 and args.started:
+                Path(args.started).touch()  # the stream runs: a caller may now act on it
             time.sleep(args.interval)
     emit(args.scenario, "udp-send", label=args.label, host=args.host, port=args.port,
          datagrams=sent, size=args.size, error=error)
@@ -764,6 +766,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("udp-send", cmd_udp_send)
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--started", default="",
+                   help="a file created once the first datagram went out")
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--seed", type=int, default=11)

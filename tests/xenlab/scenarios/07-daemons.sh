@@ -25,11 +25,19 @@
 S7_LOG=/run/xo/backend.log
 
 # s7_stream PORT: start a UDP stream to the guest's eth0 (about 6 s); pid in /tmp/s7-stream.pid.
+# Returns once its first datagram went out (bounded: python starts in 1-3 s under TCG), plus
+# 0.5 s of stream, so that datagrams go out before the command that follows.
 s7_stream() {
+    rm -f "/tmp/s7-stream-$1.started"
     $XO_PY udp-send --scenario 7 --label "stream-$1" --host 10.0.0.2 --port "$1" --count 600 \
-        --size 200 --interval 0.01 >"/tmp/s7-stream-$1.out" 2>&1 &
+        --size 200 --interval 0.01 --started "/tmp/s7-stream-$1.started" \
+        >"/tmp/s7-stream-$1.out" 2>&1 &
     echo $! >/tmp/s7-stream.pid
-    sleep 1  # the stream runs (python started) before the first marker; nothing is decided here
+    local _w=0
+    while [ ! -e "/tmp/s7-stream-$1.started" ] && [ $_w -lt 100 ]; do
+        sleep 0.1; _w=$((_w + 1))
+    done
+    sleep 0.5
 }
 
 s7_stream_end() {

@@ -364,7 +364,7 @@ def run_frontend(socket: str, paced: bool = False) -> None:
                 ignored.add((int(command[1]), int(command[2])))
             elif command[0] == "reboot":
                 live = [vif for vif in sorted(vifs) if vif not in ignored]
-                store.write_batch([WriteGroup(None, None, [
+                store.write_batch([WriteGroup(None, [
                     (f"{frontend_dir(vif)}/state", CLOSING) for vif in live])])
                 for vif in live:
                     vifs[vif].own = CLOSING
@@ -430,7 +430,7 @@ def _act(store: Store, vifs: dict[Vif, _FrontVif], which: set[Vif]) -> None:
     back = [vif for vif in sorted(which)
             if vifs[vif].backend == CLOSED and vifs[vif].own == CLOSING]
     if back:
-        store.write_batch([WriteGroup(None, None, [
+        store.write_batch([WriteGroup(None, [
             value for vif in back for value in ((f"{frontend_dir(vif)}/state", CLOSED),
                                                 (f"{frontend_dir(vif)}/state", INITIALISING))
         ])])
@@ -438,7 +438,7 @@ def _act(store: Store, vifs: dict[Vif, _FrontVif], which: set[Vif]) -> None:
             vifs[vif].own = INITIALISING
     while connect:
         txns = store.start_transactions(len(connect))
-        store.write_batch([WriteGroup(txn, None, [
+        store.write_batch([WriteGroup(txn, [
             *((f"{frontend_dir(vif)}/{name}", value) for name, value in FRONTEND_KEYS.items()),
             (f"{frontend_dir(vif)}/state", CONNECTED)]) for vif, txn in zip(connect, txns,
                                                                               strict=True)])
@@ -648,7 +648,7 @@ def run_flap(socket: str, guest: int, devid: int, flaps: int, chunk: int) -> Non
         written += count
         if written >= flaps:
             values.append((path, INITIALISING))
-        store.write_batch([WriteGroup(None, None, values)])
+        store.write_batch([WriteGroup(None, values)])
     print(f"done {time.monotonic():.6f}", flush=True)
     store.close()
 

@@ -333,7 +333,7 @@ def _round(store: Store, batch: Sequence[_Work]) -> list[tuple[_Work, bool]]:
         for item in writes:
             item.writing = True
         if writes:
-            store.write_batch([WriteGroup(item.txn, None, _values(item)) for item in writes])
+            store.write_batch([WriteGroup(item.txn, _values(item)) for item in writes])
     except BaseException:
         _device_unknown(batch)
         _abort_quietly(store, batch)

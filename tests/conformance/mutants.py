@@ -66,18 +66,6 @@ class ProxyTransaction:
     def write(self, path: str, value: bytes) -> None:
         self.store.mutant.write(self.store, self.inner, path, value)
 
-    def read_many(self, paths: list[str]) -> list[bytes | None]:
-        return [self.try_read(path) for path in paths]
-
-    def write_many(self, values: list[tuple[str, bytes]]) -> None:
-        for path, value in values:
-            self.write(path, value)
-
-    def write_many_if_exists(self, guard: str, values: list[tuple[str, bytes]]) -> bool:
-        if self.try_read(guard) is None:
-            return False
-        self.write_many(values)
-        return True
 
 
 class ProxyStore:
@@ -99,13 +87,6 @@ class ProxyStore:
     def write(self, path: str, value: bytes) -> None:
         self.mutant.write(self, self.inner, path, value)
 
-    def read_many(self, paths: list[str]) -> list[bytes | None]:
-        return [self.try_read(path) for path in paths]
-
-    def write_many(self, values: list[tuple[str, bytes]]) -> None:
-        for path, value in values:
-            self.write(path, value)
-
     # The pipelined operations the agents use, one request at a time through the mutant.
 
     def start_transactions(self, count: int) -> list[ProxyTransaction]:
@@ -121,18 +102,11 @@ class ProxyStore:
         return self.inner.directory_batch([(None if txn is None else txn.inner, path)
                                            for txn, path in requests])
 
-    def write_batch(self, groups: list[Any]) -> list[bool]:
-        exists = []
+    def write_batch(self, groups: list[Any]) -> None:
         for group in groups:
             target = self._target(group.transaction)
-            if group.guard is not None and \
-                    self.mutant.read(self, target, group.guard) is None:
-                exists.append(False)
-                continue
             for path, value in group.values:
                 self.mutant.write(self, target, path, value)
-            exists.append(True)
-        return exists
 
     def end_transactions(self, ends: list[tuple[Any, bool]]) -> list[bool]:
         return self.inner.end_transactions([(txn.inner, commit) for txn, commit in ends])

@@ -204,10 +204,10 @@ class AbstractConn:
             listings.append(sorted(names))
         return listings
 
-    def write_batch(self, groups: Sequence[WriteGroup]) -> list[bool]:
+    def write_batch(self, groups: Sequence[WriteGroup]) -> None:
         for group in groups:
             txn = group.transaction
-            assert isinstance(txn, AbstractTxn) and group.guard is None
+            assert isinstance(txn, AbstractTxn)
             for path, value in group.values:
                 txn.access(path)
                 parent = path.rpartition("/")[0]
@@ -216,7 +216,6 @@ class AbstractConn:
                     parent = parent.rpartition("/")[0]
                 txn.access(parent)
                 txn.writes[path] = value
-        return [True] * len(groups)
 
     def end_transactions(self, ends: Sequence[tuple[Transaction, bool]]) -> list[bool]:
         race = self.xs.race.pop(self.ident, None)

@@ -62,57 +62,54 @@ def test_write_creates_missing_parents_with_empty_values(backend: Backend) -> No
     assert dom0.directory("/a") == ["b"]
 
 
-def test_read_many_returns_values_in_order_and_none_for_missing(backend: Backend) -> None:
+def read_all(store: Store, paths: list[str], txn: Transaction | None = None
+             ) -> list[bytes | None]:
+    """Read ``paths`` in one batch (in ``txn``, else outside any transaction)."""
+    return store.read_batch([(txn, path) for path in paths])
+
+
+def write_all(store: Store, values: list[tuple[str, bytes]],
+              txn: Transaction | None = None) -> None:
+    """Write ``values`` in one batch (in ``txn``, else outside any transaction)."""
+    store.write_batch([WriteGroup(txn, values)])
+
+
+def test_read_batch_returns_values_in_order_and_none_for_missing(backend: Backend) -> None:
     dom0 = backend.connect()
     dom0.write("/test/a", b"1")
     dom0.write("/test/c", b"3")
-    assert dom0.read_many(["/test/a", "/test/b", "/test/c"]) == [b"1", None, b"3"]
+    assert read_all(dom0, ["/test/a", "/test/b", "/test/c"]) == [b"1", None, b"3"]
 
 
-def test_write_many_writes_every_node_and_read_many_sees_it_in_a_transaction(
+def test_write_batch_writes_every_node_and_read_batch_sees_it_in_a_transaction(
     backend: Backend,
 ) -> None:
     dom0 = backend.connect()
     txn = dom0.transaction()
-    txn.write_many([("/test/x", b"x"), ("/test/y", b"")])
-    assert txn.read_many(["/test/x", "/test/y"]) == [b"x", b""]
+    write_all(dom0, [("/test/x", b"x"), ("/test/y", b"")], txn)
+    assert read_all(dom0, ["/test/x", "/test/y"], txn) == [b"x", b""]
     assert dom0.try_read("/test/x") is None  # not visible before commit
     assert txn.commit()
-    assert dom0.read_many(["/test/x", "/test/y"]) == [b"x", b""]
+    assert read_all(dom0, ["/test/x", "/test/y"]) == [b"x", b""]
 
 
-def test_guarded_writes_report_a_missing_guard_and_abort_leaves_nothing(
-    backend: Backend,
-) -> None:
-    dom0 = backend.connect()
-    dom0.write("/dev/vif/state", b"1")
-    txn = dom0.transaction()
-    assert txn.write_many_if_exists("/dev/vif", [("/dev/vif/feature", b"1")])
-    assert txn.commit()
-    assert dom0.read("/dev/vif/feature") == b"1"
-    dom0.rm("/dev/vif")
-    txn = dom0.transaction()
-    assert not txn.write_many_if_exists("/dev/vif", [("/dev/vif/feature", b"1")])
-    txn.abort()
-    assert dom0.try_read("/dev/vif") is None  # the device was not re-created
-
-
-def test_read_many_gives_none_for_what_a_guest_may_not_read(backend: Backend) -> None:
+def test_read_batch_outside_transactions_gives_none_for_what_a_guest_may_not_read(
+        backend: Backend) -> None:
     dom0 = backend.connect()
     dom0.write("/local/domain/0/secret", b"s")
     dom0.write("/local/domain/1/mine", b"m")
     dom0.set_perms("/local/domain/1/mine", [parse_perm("n1")])
     guest = backend.connect(1)
-    assert guest.read_many(["/local/domain/0/secret", "/local/domain/1/mine"]) == [None, b"m"]
+    assert read_all(guest, ["/local/domain/0/secret", "/local/domain/1/mine"]) == [None, b"m"]
 
 
-def test_write_many_raises_the_first_error_after_the_rest(backend: Backend) -> None:
+def test_write_batch_raises_the_first_error_after_the_rest(backend: Backend) -> None:
     dom0 = backend.connect()
     dom0.write("/local/domain/1/ok", b"")
     dom0.set_perms("/local/domain/1/ok", [parse_perm("n1")])
     guest = backend.connect(1)
     with pytest.raises(XenStoreError) as excinfo:
-        guest.write_many([("/local/domain/0/nope", b"x"), ("/local/domain/1/ok", b"y")])
+        write_all(guest, [("/local/domain/0/nope", b"x"), ("/local/domain/1/ok", b"y")])
     assert errno_of(excinfo) == "EACCES"
     assert dom0.read("/local/domain/1/ok") == b"y"
 
@@ -185,7 +182,7 @@ def test_directory_batch_lists_each_node_none_where_missing_and_long_ones_whole(
         backend: Backend) -> None:
     dom0 = backend.connect()
     names = [f"child-with-a-long-name-{index:04d}" for index in range(200)]  # > 4096 bytes
-    dom0.write_many([*((f"/big/{name}", b"") for name in names), ("/small/a", b""),
+    write_all(dom0, [*((f"/big/{name}", b"") for name in names), ("/small/a", b""),
                      ("/small/b", b"")])
     txn = dom0.transaction()
     assert dom0.directory_batch([(None, "/small"), (txn, "/big"), (None, "/missing")]) == [
@@ -544,14 +541,14 @@ def test_next_events_waits_for_the_first_event_only(backend: Backend) -> None:
 
 def test_start_transactions_opens_distinct_transactions(backend: Backend) -> None:
     dom0 = backend.connect()
-    dom0.write_many([(f"/test/t{index}", b"") for index in range(3)])
+    write_all(dom0, [(f"/test/t{index}", b"") for index in range(3)])
     txns = dom0.start_transactions(3)
     assert len(txns) == 3
     for index, txn in enumerate(txns):  # disjoint nodes: no conflict between them
         txn.write(f"/test/t{index}", str(index).encode())
         assert dom0.read(f"/test/t{index}") == b""  # not before the commit
     assert dom0.end_transactions([(txn, True) for txn in txns]) == [True, True, True]
-    assert dom0.read_many(["/test/t0", "/test/t1", "/test/t2"]) == [b"0", b"1", b"2"]
+    assert read_all(dom0, ["/test/t0", "/test/t1", "/test/t2"]) == [b"0", b"1", b"2"]
 
 
 def test_end_transactions_reports_conflicts_and_aborts_per_transaction(
@@ -566,7 +563,7 @@ def test_end_transactions_reports_conflicts_and_aborts_per_transaction(
     other.write("/test/shared", b"changed")
     assert dom0.end_transactions([(clean, True), (conflicted, True), (aborted, False)]) == [
         True, False, False]
-    assert dom0.read_many(["/test/clean", "/test/conflicted", "/test/aborted"]) == [
+    assert read_all(dom0, ["/test/clean", "/test/conflicted", "/test/aborted"]) == [
         b"1", None, None]
 
 
@@ -574,7 +571,7 @@ def test_a_node_only_read_in_a_transaction_makes_its_commit_conflict(backend: Ba
     """C xenstored checks at commit every node the transaction read, also where it wrote
     nothing near it (no parent directory changed to stand in for the check)."""
     dom0, other = backend.connect(), backend.connect()
-    dom0.write_many([("/test/vif/state", b"4"), ("/test/elsewhere", b"0")])
+    write_all(dom0, [("/test/vif/state", b"4"), ("/test/elsewhere", b"0")])
     txn, = dom0.start_transactions(1)
     assert dom0.read_batch([(txn, "/test/vif/state")]) == [b"4"]
     txn.write("/test/elsewhere", b"1")
@@ -638,30 +635,28 @@ def test_read_batch_raises_other_errors_after_every_reply(backend: Backend) -> N
     assert dom0.read("/test/a") == b"1"  # the connection is still in step
 
 
-def test_write_batch_reports_each_guard_and_a_missing_guard_is_aborted(
-        backend: Backend) -> None:
+def test_write_batch_writes_each_group_in_its_own_transaction(backend: Backend) -> None:
     dom0 = backend.connect()
-    dom0.write("/dev/one/state", b"1")
+    dom0.write("/dev/one/state", b"1")  # parents exist: the groups touch disjoint nodes
     dom0.write("/dev/three/state", b"1")
     one, two, three = dom0.start_transactions(3)
-    exists = dom0.write_batch([
-        WriteGroup(one, "/dev/one", [("/dev/one/feature", b"1")]),
-        WriteGroup(two, "/dev/two", [("/dev/two/feature", b"2")]),
-        WriteGroup(three, None, [("/dev/three/feature", b"3"), ("/dev/three/more", b"")]),
+    dom0.write_batch([
+        WriteGroup(one, [("/dev/one/feature", b"1")]),
+        WriteGroup(two, [("/dev/two/feature", b"2")]),
+        WriteGroup(three, [("/dev/three/feature", b"3"), ("/dev/three/more", b"")]),
     ])
-    assert exists == [True, False, True]
+    assert read_all(dom0, ["/dev/one/feature", "/dev/two/feature"]) == [None, None]
     assert dom0.end_transactions([(one, True), (two, False), (three, True)]) == [
         True, False, True]
-    assert dom0.read_many(["/dev/one/feature", "/dev/three/feature", "/dev/three/more"]) == [
+    assert read_all(dom0, ["/dev/one/feature", "/dev/three/feature", "/dev/three/more"]) == [
         b"1", b"3", b""]
-    assert dom0.try_read("/dev/two") is None  # the missing device was not re-created
+    assert dom0.try_read("/dev/two") is None  # the aborted group wrote nothing
 
 
 def test_write_batch_outside_transactions_writes_at_once(backend: Backend) -> None:
     dom0 = backend.connect()
-    assert dom0.write_batch([WriteGroup(None, None, [("/test/x", b"x"), ("/test/y", b"y")])]) \
-        == [True]
-    assert dom0.read_many(["/test/x", "/test/y"]) == [b"x", b"y"]
+    dom0.write_batch([WriteGroup(None, [("/test/x", b"x"), ("/test/y", b"y")])])
+    assert read_all(dom0, ["/test/x", "/test/y"]) == [b"x", b"y"]
 
 
 def test_write_batch_raises_the_first_error_after_every_group(backend: Backend) -> None:
@@ -671,8 +666,8 @@ def test_write_batch_raises_the_first_error_after_every_group(backend: Backend) 
     guest = backend.connect(1)
     first, second = guest.start_transactions(2)
     with pytest.raises(XenStoreError) as excinfo:
-        guest.write_batch([WriteGroup(first, None, [("/local/domain/0/nope", b"x")]),
-                           WriteGroup(second, None, [("/local/domain/1/ok", b"y")])])
+        guest.write_batch([WriteGroup(first, [("/local/domain/0/nope", b"x")]),
+                           WriteGroup(second, [("/local/domain/1/ok", b"y")])])
     assert errno_of(excinfo) == "EACCES"
     assert guest.end_transactions([(first, False), (second, True)]) == [False, True]
     assert dom0.read("/local/domain/1/ok") == b"y"
@@ -689,7 +684,7 @@ def test_batches_refuse_another_stores_transaction(backend: Backend) -> None:
 
 
 def test_write_group_is_a_frozen_value() -> None:
-    group = WriteGroup(None, "/g", [("/g/a", bytearray(b"1"))])
+    group = WriteGroup(None, [("/g/a", bytearray(b"1"))])
     assert group.values == (("/g/a", b"1"),)
     with pytest.raises(AttributeError):
-        group.guard = "/other"  # type: ignore[misc]
+        group.values = ()  # type: ignore[misc]

@@ -387,12 +387,13 @@ def transaction_flood(server: ServerProcess, transactions: int = 11, nodes: int 
     def attack(stop: threading.Event) -> None:
         with PyxsStore(server.guest_sockets[guest], timeout=30) as store:
             # Each parent exists before: the transactions do not conflict with each other.
-            store.write_many([(f"data/p{number}", b"") for number in range(transactions)])
+            store.write_batch([WriteGroup(None, [(f"data/p{number}", b"")
+                                                for number in range(transactions)])])
             txns = store.start_transactions(transactions)
             for number, txn in enumerate(txns):
                 values = [(f"data/p{number}/{index // 100}/{index % 100}", b"")
                           for index in range(nodes)]
-                store.write_batch([WriteGroup(txn, None, values)])
+                store.write_batch([WriteGroup(txn, values)])
                 if stop.is_set():
                     return
             for txn in txns:

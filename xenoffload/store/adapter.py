@@ -85,24 +85,6 @@ class NodeOps:
         """Replace the node's permission list, owner first."""
         self._adapter.call(requests.set_perms(path, perms, self.tx_id))
 
-    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
-        """Return each node's value in one round trip; None for ENOENT/EACCES; any other error
-        is raised once every reply came."""
-        return self._adapter.read_requests([requests.read(path, self.tx_id) for path in paths])
-
-    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
-        """Write each ``(path, value)`` in one round trip; the first error is raised once every
-        reply came."""
-        self._adapter.write_requests([(None, [requests.write(path, value, self.tx_id)
-                                              for path, value in values])])
-
-    def write_many_if_exists(self, guard: str, values: Sequence[tuple[str, bytes]]) -> bool:
-        """Read ``guard`` and write ``values`` in one round trip; return whether ``guard``
-        exists (see :meth:`~xenoffload.store.base.Transaction.write_many_if_exists`)."""
-        return self._adapter.write_requests([(
-            requests.read(guard, self.tx_id),
-            [requests.write(path, value, self.tx_id) for path, value in values])])[0]
-
     def _directory_parts(self, path: str) -> list[str]:
         """Read a long child list with DIRECTORY_PART, restarting if the node changes."""
         for _ in range(_DIRECTORY_PART_ATTEMPTS):
@@ -225,8 +207,19 @@ class StoreAdapter(NodeOps, abc.ABC):
 
     def read_batch(self, batch: Sequence[tuple[Transaction | None, str]]) -> list[bytes | None]:
         """See :meth:`~xenoffload.store.base.Store.read_batch`."""
-        return self.read_requests([requests.read(path, self._tx_id_of(txn))
-                                   for txn, path in batch])
+        values: list[bytes | None] = []
+        failure: XenStoreError | None = None
+        for reply in self.exchange([requests.read(path, self._tx_id_of(txn))
+                                    for txn, path in batch]):
+            if isinstance(reply, XenStoreError):
+                values.append(None)
+                if reply.errno_name not in _MISSING:
+                    failure = failure or reply
+            else:
+                values.append(reply)
+        if failure is not None:
+            raise failure
+        return values
 
     def directory_batch(self, batch: Sequence[tuple[Transaction | None, str]]
                         ) -> list[list[str] | None]:
@@ -250,15 +243,14 @@ class StoreAdapter(NodeOps, abc.ABC):
             raise failure
         return listings
 
-    def write_batch(self, groups: Sequence[WriteGroup]) -> list[bool]:
+    def write_batch(self, groups: Sequence[WriteGroup]) -> None:
         """See :meth:`~xenoffload.store.base.Store.write_batch`."""
-        encoded: list[tuple[Request | None, list[Request]]] = []
-        for group in groups:
-            tx_id = self._tx_id_of(group.transaction)
-            guard = requests.read(group.guard, tx_id) if group.guard is not None else None
-            encoded.append((guard, [requests.write(path, value, tx_id)
-                                    for path, value in group.values]))
-        return self.write_requests(encoded)
+        failure = next((reply for reply in self.exchange([
+            requests.write(path, value, self._tx_id_of(group.transaction))
+            for group in groups for path, value in group.values])
+            if isinstance(reply, XenStoreError)), None)
+        if failure is not None:
+            raise failure
 
     def end_transactions(self, ends: Sequence[tuple[Transaction, bool]]) -> list[bool]:
         """See :meth:`~xenoffload.store.base.Store.end_transactions`."""
@@ -276,52 +268,6 @@ class StoreAdapter(NodeOps, abc.ABC):
         if failure is not None:
             raise failure
         return applied
-
-    def read_requests(self, reads: Sequence[Request]) -> list[bytes | None]:
-        """Exchange encoded READs; None for ENOENT/EACCES, any other error raised once every
-        reply came."""
-        values: list[bytes | None] = []
-        failure: XenStoreError | None = None
-        for reply in self.exchange(reads):
-            if isinstance(reply, XenStoreError):
-                values.append(None)
-                if reply.errno_name not in _MISSING:
-                    failure = failure or reply
-            else:
-                values.append(reply)
-        if failure is not None:
-            raise failure
-        return values
-
-    def write_requests(self, groups: Sequence[tuple[Request | None, Sequence[Request]]]
-                       ) -> list[bool]:
-        """Exchange each group's guard READ (if any) then its WRITEs, all in one batch; return
-        per group whether its guard exists. The first error other than a missing guard is
-        raised once every reply came."""
-        batch: list[Request] = []
-        for guard, writes in groups:
-            if guard is not None:
-                batch.append(guard)
-            batch.extend(writes)
-        replies = iter(self.exchange(batch))
-        exists: list[bool] = []
-        failure: XenStoreError | None = None
-        for guard, writes in groups:
-            found = True
-            if guard is not None:
-                reply = next(replies)
-                if isinstance(reply, XenStoreError):
-                    found = False
-                    if reply.errno_name not in _MISSING:
-                        failure = failure or reply
-            for _ in writes:
-                reply = next(replies)
-                if isinstance(reply, XenStoreError):
-                    failure = failure or reply
-            exists.append(found)
-        if failure is not None:
-            raise failure
-        return exists
 
     # ------------------------------------------------------------ privileged and other calls
 

@@ -79,17 +79,6 @@ class StoreOps(Protocol):
         """Replace the node's permission list (owner first)."""
         ...
 
-    def read_many(self, paths: Sequence[str]) -> list[bytes | None]:
-        """Return each node's value, in order; None where the node does not exist or may not
-        be read (ENOENT, EACCES). An adapter over a socket sends every request before waiting
-        for the first reply: one round trip. Other errors raise (after all replies came)."""
-        ...
-
-    def write_many(self, values: Sequence[tuple[str, bytes]]) -> None:
-        """Write each ``(path, value)`` in order, pipelined like :meth:`read_many`. Raises
-        the first error (after all replies came)."""
-        ...
-
 
 class Transaction(StoreOps, Protocol):
     """A XenStore transaction: reads see a snapshot, writes become visible at commit."""
@@ -103,12 +92,6 @@ class Transaction(StoreOps, Protocol):
         """End the transaction, discarding its writes."""
         ...
 
-    def write_many_if_exists(self, guard: str, values: Sequence[tuple[str, bytes]]) -> bool:
-        """Read ``guard`` and write ``values`` in one pipeline; return whether ``guard``
-        exists. When it does not, the writes may have been made (re-creating parents) inside
-        this transaction: the caller must abort it, never commit."""
-        ...
-
 
 def _value_pairs(values: Iterable[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
     return tuple((path, bytes(value)) for path, value in values)
@@ -116,11 +99,10 @@ def _value_pairs(values: Iterable[tuple[str, bytes]]) -> tuple[tuple[str, bytes]
 
 @attrs.frozen
 class WriteGroup:
-    """One transaction's share of :meth:`Store.write_batch`: read ``guard`` (if any), then write
-    ``values`` in order, all inside ``transaction`` (None: outside any transaction)."""
+    """One transaction's share of :meth:`Store.write_batch`: write ``values`` in order, inside
+    ``transaction`` (None: outside any transaction)."""
 
     transaction: Transaction | None
-    guard: str | None
     values: tuple[tuple[str, bytes], ...] = attrs.field(converter=_value_pairs)
 
 
@@ -150,12 +132,8 @@ class Store(StoreOps, Protocol):
         errors raise once every reply came."""
         ...
 
-    def write_batch(self, groups: Sequence[WriteGroup]) -> list[bool]:
-        """Send every group's guard READ then its WRITEs, all groups pipelined; return per group
-        whether its guard exists (True without a guard; a guard that may not be read counts as
-        missing). A group whose guard is missing may have written (re-creating parents)
-        inside its transaction: the caller must then abort that transaction, never commit
-        it. Any write error (or guard error other than ENOENT/EACCES) is raised once every
+    def write_batch(self, groups: Sequence[WriteGroup]) -> None:
+        """Send every group's WRITEs, all groups pipelined. Any write error is raised once every
         reply came; the transactions stay open for the caller to end."""
         ...
 

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import agentlab as lab
 
+from xenoffload.devicelog import read_device_log
 from xenoffload.negotiation import LinkResult
 from xenoffload.schema import FamilyFlags, Role
 from xenoffload.store.pyxs_store import PyxsStore
@@ -525,8 +526,10 @@ def paced_backend(which: str) -> Callable[[World], dict[str, Any]]:
             proc = backend.proc
         else:
             toggles = "dry-run" if which == "agent_dry_run" else "none"
+            # The device channel: one line per result applied to a device (docs/conformance.md)
+            device_log = world.tmp / "device.log"
             backend = lab.Agent(world.server.socket, config, world.tmp / "agent.log",
-                                extra=["--toggles", toggles])
+                                extra=["--toggles", toggles, "--device-log", str(device_log)])
             proc = backend.proc
         try:
             timer = Timer(world, proc)
@@ -535,6 +538,10 @@ def paced_backend(which: str) -> Callable[[World], dict[str, Any]]:
             figures["rss_kib"] = proc.rss_kib()
         finally:
             backend.close()
+        if not which.startswith("minimal"):
+            lines, problems = read_device_log(device_log)
+            assert not problems, problems
+            figures["enforcements"] = len(lines)
         return figures
     return body
 
@@ -570,6 +577,7 @@ def summarise_paced(runs: list[dict[str, Any]], empty: list[dict[str, float]],
                 (run[which]["connect_cpu_s"] - idle["cpu_s"]) * 1000 / vifs
             row[f"paced_{key}_rss_kib_per_vif"] = \
                 (run[which]["rss_kib"] - idle["rss_kib"]) / vifs
+            row[f"paced_{key}_enforcements_per_vif"] = run[which]["enforcements"] / vifs
         row["paced_minimal_enforce_cpu_ms_per_vif"] = \
             run["minimal_enforce"]["connect_cpu_s"] * 1000 / vifs
         row["paced_minimal_cpu_ms_per_vif"] = run["minimal"]["connect_cpu_s"] * 1000 / vifs
@@ -609,6 +617,8 @@ PACED_ROWS: list[tuple[str, str, str]] = [
     ("paced: agent CPU per vif, dry-run (start-up excluded)", "paced_dry_run_cpu_ms_per_vif",
      "ms"),
     ("paced: agent CPU per vif, none (start-up excluded)", "paced_none_cpu_ms_per_vif", "ms"),
+    ("paced: results applied to a device per vif, agent dry-run (device log)",
+     "paced_dry_run_enforcements_per_vif", ""),
     ("paced: minimal --enforce CPU per vif", "paced_minimal_enforce_cpu_ms_per_vif", "ms"),
     ("paced: minimal CPU per vif", "paced_minimal_cpu_ms_per_vif", "ms"),
     ("paced: agent RSS per vif above the empty agent's, dry-run",

@@ -465,7 +465,7 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
     stop = None if args.once else _stop_on_signals()
     # This domain's own domid unless told: dom0's 0, a driver domain's its own (the unit's
     # command line is the same in both).
-    domid = args.domid if args.domid is not None else _own_domid(path, stop, fallback=0)
+    domid = args.domid if args.domid is not None else _backend_domid(path, stop)
     if domid is None:
         assert stop is not None
         return _stopped_code(stop)  # stopped while waiting for XenStore
@@ -526,6 +526,30 @@ def _own_domid(path: str, stop: threading.Event | None, fallback: int | None = N
     finally:
         store.close()
     return domid
+
+
+#: Where Linux says which hypervisor it runs on, and (xenfs) whether this is the control domain.
+HYPERVISOR_TYPE = "/sys/hypervisor/type"
+XEN_CAPABILITIES = "/proc/xen/capabilities"
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _backend_domid(path: str, stop: threading.Event | None) -> int | None:
+    """The domid a backend agent without ``--domid`` acts for. Not under Xen (an embedded
+    xenstored) or in the control domain (``control_d``): 0, without connecting (a second agent
+    then exits 5 before it connects). Another Xen domain is a driver domain: its own domid,
+    read from XenStore (0 where none can be read)."""
+    if _read_text(HYPERVISOR_TYPE) != "xen" or \
+            "control_d" in (_read_text(XEN_CAPABILITIES) or "").split(","):
+        return 0
+    return _own_domid(path, stop, fallback=0)
 
 
 def cmd_guest_agent(args: argparse.Namespace) -> int:

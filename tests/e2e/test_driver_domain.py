@@ -4,8 +4,9 @@ The Xen lab's scenario 10 (docs/xenlab.md) runs the agent in a real driver domai
 the same over the embedded xenstored: driver domain 4 (``driver4``) serves guest 6's vif 0 on
 ``ddbr0``, laid out as libxl lays out a vif with ``backend=driver4`` (the backend directory
 owned by domain 4, readable by 6; the guest's home, name, ``vm`` and ``/vm/<uuid>`` its
-toolstack's, which domain 4 may not read). The agent is the command its unit runs: no
-``--domid`` (it acts for its own domain) over domain 4's own, unprivileged connection.
+toolstack's, which domain 4 may not read). The agent runs over domain 4's own, unprivileged
+connection; which domid it acts for without ``--domid`` (its unit passes none) is checked
+beside it, the host playing a Xen domain through the two files the agent reads.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from xenoffload import cli
 from xenoffload.policy import builtin_policy
 from xenoffload.schema import Role
 from xenoffload.store.base import XenStoreError
@@ -49,15 +51,15 @@ def ddlab(tmp_path: Path) -> Iterator[Lab]:
 
 def _backend_once(lab: Lab, config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "xenoffload", "-v", "backend-agent", "--xenstore",
-         lab.guest_socket(4), "--config", str(config), "--toggles", "dry-run", "--mode", "full",
-         "--once", "--settle", "1", "--timeout", "20"],
+        [sys.executable, "-m", "xenoffload", "-v", "backend-agent", "--domid", "4",
+         "--xenstore", lab.guest_socket(4), "--config", str(config), "--toggles", "dry-run",
+         "--mode", "full", "--once", "--settle", "1", "--timeout", "20"],
         capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_the_driver_domains_agent_negotiates_its_vifs_with_its_own_permissions(
         ddlab: Lab) -> None:
-    """Its own domid found, ``/xapi`` unreadable taken as absent (it exited 1 on EACCES
+    """``/xapi`` unreadable taken as absent (it exited 1 on EACCES
     before), the vif negotiated at both ends; of the policy's selectors only those the driver
     domain can read match: the backend's ``bridge`` and ``mac``, not the guest's name nor its
     UUID (one selector per family and direction, so the result says which matched)."""
@@ -83,3 +85,22 @@ def test_the_driver_domains_agent_negotiates_its_vifs_with_its_own_permissions(
     assert ddlab.toolstack.try_read(f"{FRONTEND}/xenoffload-csum-result") == result
     # Nothing was written outside the driver domain's own backend directory.
     assert ddlab.toolstack.try_read("/local/domain/0/backend") is None
+
+
+@pytest.mark.parametrize(("hypervisor", "capabilities", "expected"), [
+    (None, None, 0),                 # not under Xen: an embedded xenstored, dom0's role
+    ("xen", "control_d", 0),         # dom0
+    ("xen", "", 4),                  # a driver domain: its own domid, read from XenStore
+    ("xen", None, 4),                # the same without xenfs mounted
+])
+def test_without_domid_the_backend_agent_acts_for_its_own_domain(
+        ddlab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hypervisor: str | None,
+        capabilities: str | None, expected: int) -> None:
+    for name, value in (("HYPERVISOR_TYPE", hypervisor), ("XEN_CAPABILITIES", capabilities)):
+        path = tmp_path / name
+        if value is not None:
+            path.write_text(value + "\n")
+        monkeypatch.setattr(cli, name, str(path))
+    # dom0 (and a host without Xen) never connects for it: a dead path would fail otherwise.
+    where = ddlab.guest_socket(4) if expected else str(tmp_path / "no.sock")
+    assert cli._backend_domid(where, None) == expected

@@ -725,15 +725,23 @@ def _vif_override_key(store: Store, spec: VifSpec, backend_domid: int) -> tuple[
     with a devid names a VM's vif whether or not the VM runs."""
     from xenoffload.names import resolve_domain, resolve_vif
     from xenoffload.override_store import vif_override_key, vm_vif_override_key
+    from xenoffload.overrides import vif_key
     from xenoffload.paths import vm_dir
     from xenoffload.policy import parse_uuid
 
     uuid = parse_uuid(spec.name)
     if uuid is not None and spec.devid is not None and store.try_read(vm_dir(uuid)) is None:
+        if backend_domid != 0:
+            raise CliError(EXIT_USAGE, f"no domain of VM {uuid} runs, and a driver domain's "
+                                       "agent cannot read VM UUIDs: name a running domain")
         # No domain of that VM runs (its /vm/<uuid> is gone): name its vif by the UUID.
         return vm_vif_override_key(uuid, spec.devid), f"vif {spec.devid} of VM {uuid}"
     guest = resolve_domain(store, spec)
     devid = resolve_vif(store, spec, guest, backend_domid)
+    if backend_domid != 0:
+        # A driver domain's agent may not read the guest's vm (/vm/<uuid> is the toolstack's):
+        # a key by UUID would never match there. By domid: it ends with the domain.
+        return vif_key(None, guest, devid), f"vif {guest}/{devid}"
     return vif_override_key(store, guest, devid), f"vif {guest}/{devid}"
 
 

@@ -106,15 +106,19 @@ def test_without_domid_the_backend_agent_acts_for_its_own_domain(
     assert cli._backend_domid(where, None) == expected
 
 
-def test_an_override_from_dom0_steers_the_driver_domains_agent(ddlab: Lab) -> None:
-    """``set --backend-domid 4 6/0`` (dom0, where the toolstack runs) keys the override by
-    domid: by the VM's UUID, which domain 4 cannot read, it would never match there."""
+@pytest.mark.parametrize(("target", "node"), [(["6/0"], "vif/6/0"),
+                                              (["--bridge", "ddbr0"], "bridge/ddbr0")])
+def test_an_override_from_dom0_steers_the_driver_domains_agent(ddlab: Lab, target: list[str],
+                                                               node: str) -> None:
+    """``set --backend-domid 4`` (dom0, where the toolstack runs): a vif's override is keyed
+    by domid (by the VM's UUID, which domain 4 cannot read, it would never match there); a
+    bridge's matches the backend's ``bridge`` key."""
     done = subprocess.run(
         [sys.executable, "-m", "xenoffload", "set", "--xenstore", ddlab.socket,
-         "--backend-domid", "4", "6/0", "--tx", "on", "--rx", "on"],
+         "--backend-domid", "4", *target, "--tx", "on", "--rx", "on"],
         capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert ddlab.toolstack.try_read("/local/domain/4/xenoffload/policy/vif/6/0") is not None
+    assert ddlab.toolstack.try_read(f"/local/domain/4/xenoffload/policy/{node}") is not None
     done = _backend_once(ddlab, ddlab.write_file("none.toml", "[default]\nto-guest = false\n"))
     assert done.returncode == 0, done.stderr
     assert ddlab.toolstack.try_read(f"{BACKEND}/xenoffload-csum-result") == \

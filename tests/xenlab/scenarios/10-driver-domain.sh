@@ -206,7 +206,7 @@ s10_run() {
         backend "$(xenstore-read "/local/domain/$GDOM/device/vif/$S10_DEV/backend" 2>/dev/null)"
     [ -n "$S10_DEV" ] || return 1
     # Whatever the selectors give: both ends connected and agreeing (the result is the fact).
-    s10_agreed 60
+    s10_agreed 240
     s10_converged selectors 5 "/local/domain/$DDOM/backend/vif/$GDOM/$S10_DEV/state=4" \
         "/local/domain/$GDOM/device/vif/$S10_DEV/state=4"
     S10_R0=$(xenstore-read "/local/domain/$DDOM/backend/vif/$GDOM/$S10_DEV/xenoffload-csum-result")
@@ -229,11 +229,11 @@ s10_run() {
     xo_run 10 set-allow 60 $XO_CLI set --xenstore /run/xenstored/socket --backend-domid "$DDOM" \
         "$GDOM/$S10_DEV" --tx on --rx on
     xo_xsdir_save $S10_DIR/overrides "/local/domain/$DDOM/xenoffload/policy"
-    s10_converged set-allow 30 $(s10_results ipv4+ipv6 ipv4+ipv6)
+    s10_converged set-allow 90 $(s10_results ipv4+ipv6 ipv4+ipv6)
     s10_step 1 set-allow
     xo_run 10 set-clear 60 $XO_CLI set --xenstore /run/xenstored/socket --backend-domid "$DDOM" \
         "$GDOM/$S10_DEV" --clear
-    s10_converged set-clear 30 \
+    s10_converged set-clear 90 \
         "/local/domain/$DDOM/backend/vif/$GDOM/$S10_DEV/xenoffload-csum-result=$(echo "$S10_R0" | tr ' ' '~')" \
         "/local/domain/$GDOM/device/vif/$S10_DEV/xenoffload-csum-result=$(echo "$S10_R0" | tr ' ' '~')"
 
@@ -242,7 +242,7 @@ s10_run() {
     printf '[default]\nto-guest = false\nfrom-guest = false\n' >$_p
     s10_policy $_p
     ddcall 120 d_s10_hup
-    s10_converged hup-compute 30 $(s10_results none none "$XO_ST_BACK_COMPUTE" \
+    s10_converged hup-compute 90 $(s10_results none none "$XO_ST_BACK_COMPUTE" \
         "$XO_ST_FRONT_COMPUTE")
     s10_step 2 hup-compute
 
@@ -266,7 +266,7 @@ s10_run() {
     s10_xl reattach xl network-attach "$XO_GNAME" backend=$S10_DD bridge=ddbr0 mac=$S10_MAC \
         script=vif-bridge
     s10_devid
-    s10_converged restart 60 $(s10_results ipv4+ipv6 ipv4+ipv6 ok ok) \
+    s10_converged restart 240 $(s10_results ipv4+ipv6 ipv4+ipv6 ok ok) \
         "/local/domain/$DDOM/backend/vif/$GDOM/$S10_DEV/state=4" \
         "/local/domain/$GDOM/device/vif/$S10_DEV/state=4"
     s10_vif restart
@@ -402,7 +402,8 @@ d_s10_reads() {
         warnings "$(grep -ciE 'warning|error' $S10_LOG)" \
         log "$(tail -c 1200 $S10_LOG 2>/dev/null | tr '\n' '|')"
     xo_emit 10 dd-hotplug devd "$(s10_alive /run/xldevd.pid && echo running || echo stopped)" \
-        bridge_ports "$(ls /sys/class/net/ddbr0/brif 2>/dev/null | tr '\n' ' ')"
+        bridge_ports "$(ls /sys/class/net/ddbr0/brif 2>/dev/null | tr '\n' ' ')" \
+        devd_log "$(tail -c 1500 /var/log/xen/xldevd.log 2>/dev/null | tr '\n' '|')"
 }
 
 # d_s10_capture EPOCH: the driver domain's sink (once) and capture of what the guest sends.

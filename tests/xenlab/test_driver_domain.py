@@ -30,6 +30,8 @@ S = "10"
 SELECTORS = "to-guest=none from-guest=ipv4+ipv6"
 ALLOWED = "to-guest=ipv4+ipv6 from-guest=ipv4+ipv6"
 COMPUTED = "to-guest=none from-guest=none"
+#: Bounds QEMU for this boot (dom0's watchdog fires 45 s before).
+DD_TIMEOUT = 1200.0
 BACK_COMPUTE = "ok (enforced-by-tc: ingress ipv4, ingress ipv6)"
 FRONT_COMPUTE = "ok (enforced-by-tc: egress ipv4)"
 
@@ -47,7 +49,9 @@ def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         workdir_env = os.environ.get("XENOFFLOAD_XENLAB_WORKDIR")
         workdir = Path(workdir_env) if workdir_env else tmp_path_factory.mktemp("xenlab-dd")
         cache = Path(os.environ.get("XENOFFLOAD_XENLAB_CACHE", str(xenlab.DEFAULT_CACHE)))
-        result = xenlab.run_lab(workdir, cache=cache, scenarios=S)
+        # A guard, not a target: alone on two cores the boot takes about 6 minutes; beside
+        # another QEMU lab the driver domain's steps ran 3-10 times slower.
+        result = xenlab.run_lab(workdir, cache=cache, scenarios=S, timeout=DD_TIMEOUT)
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     text = "\n".join(["", f"xenlab workdir: {workdir}", xenlab.summary(result),
                       "scenario 10 packets (to-guest counted in the guest, from-guest in the "

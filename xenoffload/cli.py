@@ -461,6 +461,14 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
     from xenoffload.policy import VifIdentity
 
     _once_options(args)
+    path = resolve_xenstore(args.xenstore)
+    stop = None if args.once else _stop_on_signals()
+    # This domain's own domid unless told: dom0's 0, a driver domain's its own (the unit's
+    # command line is the same in both).
+    domid = args.domid if args.domid is not None else _backend_domid(path, stop)
+    if domid is None:
+        assert stop is not None
+        return _stopped_code(stop)  # stopped while waiting for XenStore
     enforcers = _make_enforcers(args.toggles, args.tc)
 
     def enforcer(vif: VifIdentity) -> Enforcer | None:
@@ -475,11 +483,10 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
                                     args.netns)
         return enforcers.for_device(device)
 
-    stop = None if args.once else _stop_on_signals()
     try:
         return _run_agent(
-            args, Role.BACKEND, resolve_xenstore(args.xenstore), args.domid,
-            lambda policy: BackendAgent(policy, args.domid, Mode(args.mode),
+            args, Role.BACKEND, path, domid,
+            lambda policy: BackendAgent(policy, domid, Mode(args.mode),
                                         device_logged(enforcer, args.device_log)),
             stop or threading.Event())
     finally:
@@ -487,11 +494,13 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
             enforcers.close()
 
 
-def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
-    """Return this guest's domid, read from XenStore. A daemon (``stop`` given) waits for
-    XenStore to come up, as the backend agent does; ``--once`` does not. Returns None when
-    stopped first; raises CliError when XenStore is unreachable (``--once``) or the domid
-    cannot be read."""
+def _own_domid(path: str, stop: threading.Event | None, fallback: int | None = None
+               ) -> int | None:
+    """Return this domain's domid, read from XenStore (its relative ``domid`` node). A daemon
+    (``stop`` given) waits for XenStore to come up; ``--once`` does not. Returns None when
+    stopped first; raises CliError when XenStore is unreachable (``--once``), or when the domid
+    cannot be read and there is no ``fallback`` (a guest must know its own; a backend agent
+    falls back to dom0, whose ``domid`` node some setups do not write)."""
 
     delay = 0.05
     while True:
@@ -508,6 +517,8 @@ def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
     try:
         domid = read_own_domid(store)
         if domid is None:
+            if fallback is not None:
+                return fallback
             raise _domid_unreadable(store, path, " or pass --domid N")
     except StoreUnavailable as error:
         raise CliError(EXIT_XENSTORE, f"XenStore unavailable at {path}: "
@@ -515,6 +526,30 @@ def _guest_domid(path: str, stop: threading.Event | None) -> int | None:
     finally:
         store.close()
     return domid
+
+
+#: Where Linux says which hypervisor it runs on, and (xenfs) whether this is the control domain.
+HYPERVISOR_TYPE = "/sys/hypervisor/type"
+XEN_CAPABILITIES = "/proc/xen/capabilities"
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _backend_domid(path: str, stop: threading.Event | None) -> int | None:
+    """The domid a backend agent without ``--domid`` acts for. Not under Xen (an embedded
+    xenstored) or in the control domain (``control_d``): 0, without connecting (a second agent
+    then exits 5 before it connects). Another Xen domain is a driver domain: its own domid,
+    read from XenStore (0 where none can be read)."""
+    if _read_text(HYPERVISOR_TYPE) != "xen" or \
+            "control_d" in (_read_text(XEN_CAPABILITIES) or "").split(","):
+        return 0
+    return _own_domid(path, stop, fallback=0)
 
 
 def cmd_guest_agent(args: argparse.Namespace) -> int:
@@ -530,7 +565,7 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
     _once_options(args)
     path = resolve_xenstore(args.xenstore)
     stop = None if args.once else _stop_on_signals()
-    domid = args.domid if args.domid is not None else _guest_domid(path, stop)
+    domid = args.domid if args.domid is not None else _own_domid(path, stop)
     if domid is None:
         assert stop is not None
         return _stopped_code(stop)  # stopped while waiting for XenStore
@@ -690,15 +725,23 @@ def _vif_override_key(store: Store, spec: VifSpec, backend_domid: int) -> tuple[
     with a devid names a VM's vif whether or not the VM runs."""
     from xenoffload.names import resolve_domain, resolve_vif
     from xenoffload.override_store import vif_override_key, vm_vif_override_key
+    from xenoffload.overrides import vif_key
     from xenoffload.paths import vm_dir
     from xenoffload.policy import parse_uuid
 
     uuid = parse_uuid(spec.name)
     if uuid is not None and spec.devid is not None and store.try_read(vm_dir(uuid)) is None:
+        if backend_domid != 0:
+            raise CliError(EXIT_USAGE, f"no domain of VM {uuid} runs, and a driver domain's "
+                                       "agent cannot read VM UUIDs: name a running domain")
         # No domain of that VM runs (its /vm/<uuid> is gone): name its vif by the UUID.
         return vm_vif_override_key(uuid, spec.devid), f"vif {spec.devid} of VM {uuid}"
     guest = resolve_domain(store, spec)
     devid = resolve_vif(store, spec, guest, backend_domid)
+    if backend_domid != 0:
+        # A driver domain's agent may not read the guest's vm (/vm/<uuid> is the toolstack's):
+        # a key by UUID would never match there. By domid: it ends with the domain.
+        return vif_key(None, guest, devid), f"vif {guest}/{devid}"
     return vif_override_key(store, guest, devid), f"vif {guest}/{devid}"
 
 
@@ -1051,7 +1094,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="append a line per result applied to a device (the conformance "
                             "suite's device channel, docs/conformance.md)")
         if role is Role.BACKEND:
-            p.add_argument("--domid", type=_domid, default=0, help="this driver domain (0)")
+            p.add_argument("--domid", type=_domid,
+                           help="this driver domain (default: read it; 0 where it cannot be)")
             p.add_argument("--device-pattern", type=_pattern(Role.BACKEND), metavar="PATTERN",
                            help="kernel device of a vif (default: the toolstack's vifname, "
                                 "else vif{domid}.{devid})")

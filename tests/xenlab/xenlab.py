@@ -84,6 +84,13 @@ TC_MODULES = ("sch_ingress", "cls_u32", "cls_matchall", "crc32c_generic", "act_c
 DOM0_MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs", "xen-netback",
                 "bridge", "veth", *TC_MODULES)
 GUEST_MODULES = ("xen-netfront", "veth", *TC_MODULES)
+# The network driver domain (scenario 10): netback and a bridge, xl's needs (privcmd, evtchn,
+# gntdev for `xl devd`), tc's modules for the backend agent's enforcement.
+NETDD_MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs",
+                 "xen-netback", "bridge", *TC_MODULES)
+NETDD_NAME = "xenlab-netdd"
+#: Scenarios that boot on their own (``--scenario 10``; tox -e xenlab-dd), left out of "all".
+OWN_BOOT_SCENARIOS = ("10",)
 XEN_DAEMONS = ("xenstored", "xl", "xenconsoled", "xen-init-dom0", "xenconsole",
                "libxl-save-helper")
 XENSTORE_TOOLS = ("xenstore", "xenstore-chmod", "xenstore-exists", "xenstore-list", "xenstore-ls",
@@ -114,6 +121,22 @@ if [ -n "$_pid" ] && kill -TERM "$_pid" 2>/dev/null; then
     while kill -0 "$_pid" 2>/dev/null && [ $_i -lt 25 ]; do sleep 0.2; _i=$((_i + 1)); done
 fi
 echo "@@XL [guest] {how}: guest agent stopped"
+sync
+exec /bin/busybox {how} -f
+"""
+
+
+# The driver domain's /sbin/poweroff and /sbin/reboot: stop its backend agent and `xl devd`
+# (SIGTERM, at most 5 s each), then go.
+NETDD_SHUTDOWN = """#!/bin/sh
+for _f in /run/xo-dd/backend.pid /run/xldevd.pid; do
+    _pid=$(cat "$_f" 2>/dev/null)
+    if [ -n "$_pid" ] && kill -TERM "$_pid" 2>/dev/null; then
+        _i=0
+        while kill -0 "$_pid" 2>/dev/null && [ $_i -lt 25 ]; do sleep 0.2; _i=$((_i + 1)); done
+    fi
+done
+echo "@@XL [netdd] {how}: backend agent and xl devd stopped"
 sync
 exec /bin/busybox {how} -f
 """
@@ -556,6 +579,9 @@ class Builder:
         image.copy(vmlinux, "boot/guest-vmlinux")
         image.copy(guest_cpio, "boot/guest.cpio")
         image.write("etc/xen/xenlab-guest.cfg", self.guest_cfg())
+        # Scenario 10's network driver domain: its image and its config (driver_domain=1).
+        image.copy(self.netdd(pytree), "boot/netdd.cpio")
+        image.write("etc/xen/xenlab-netdd.cfg", self.netdd_cfg())
         # Scenario 8 creates the guest again from this one: both vifs hotplugged by
         # xenoffload's wrapper, the private one named by vifname=.
         image.write("etc/xen/xenlab-guest-xo.cfg", self.guest_cfg(
@@ -563,6 +589,39 @@ class Builder:
         out = self.workdir / "dom0.cpio"
         self.facts["dom0_cpio_bytes"] = write_newc(image.root, out)
         return out
+
+    def netdd(self, pytree: Path) -> Path:
+        """Build the network driver domain's image (scenario 10): dom0's Xen tools minus the
+        daemons only dom0 runs (xl for `xl devd`, the stock hotplug scripts under bash, brctl),
+        netback, python and xenoffload; return its cpio path."""
+        image = Image(self.workdir / "netdd-root")
+        self.common(image, pytree)
+        image.copy(Path("/bin/bash"), "bin/bash", binary=True)
+        image.copy(self._find("sbin/brctl"), "usr/sbin/brctl", binary=True)
+        image.copy(self.xen_root / f"usr/lib/xen-{XEN}/bin/xl", f"usr/lib/xen-{XEN}/bin/xl",
+                   binary=True)
+        shutil.copytree(self.xen_root / "etc/xen/scripts", image.root / "etc/xen/scripts",
+                        symlinks=True)
+        image.copy(self.xen_root / "etc/xen/xl.conf", "etc/xen/xl.conf")
+        for d in ("var/lib/xen", "var/log/xen", "var/lock"):
+            image.path(d + "/.keep").touch()
+        image.modules(self.modroot, NETDD_MODULES)
+        image.lab_files("netdd-init")
+        for name, how in (("poweroff", "poweroff"), ("reboot", "reboot")):
+            image.write(f"sbin/{name}", NETDD_SHUTDOWN.format(how=how), mode=0o755)
+        image.libraries([self.xen_root / f"usr/lib/{MULTIARCH}"])
+        out = self.workdir / "netdd.cpio"
+        self.facts["netdd_cpio_bytes"] = write_newc(image.root, out)
+        return out
+
+    def netdd_cfg(self) -> str:
+        """Return the xl configuration of the network driver domain: PV, 1 vCPU, 256 MiB,
+        ``driver_domain=1``, no vif of its own (it serves the guest's)."""
+        return (f'name = "{NETDD_NAME}"\ntype = "pv"\nkernel = "/boot/guest-vmlinux"\n'
+                f'ramdisk = "/boot/netdd.cpio"\n'
+                f'extra = "console=hvc0 rdinit=/init quiet xo_deadline={self.deadline}"\n'
+                "memory = 256\nvcpus = 1\ndriver_domain = 1\n"
+                'on_crash = "preserve"\non_poweroff = "destroy"\non_reboot = "restart"\n')
 
     def guest_cfg(self, vifs: Sequence[str] = ("script=vif-bridge", "script=vif-bridge")) -> str:
         """Return an xl configuration of the guest: PV, 1 vCPU, 256 MiB, a vif on xenbr0 and
@@ -600,6 +659,11 @@ def boot(workdir: Path, xen_elf: Path, vmlinux: Path, dom0_cpio: Path, scenarios
     xen_args = ("console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=2 "
                 "bootscrub=0 loglvl=warning guest_loglvl=warning")
     scen = "+".join(s for s in re.split(r"[,+ ]+", scenarios) if s) or "all"
+    if scen == "all":  # every scenario script but those booting on their own
+        scen = "+".join(str(n) for n in sorted(
+            int(m.group(1)) for m in (re.match(r"0*(\d+)-.*\.sh$", f.name)
+                                      for f in (HERE / "scenarios").iterdir()) if m)
+            if str(n) not in OWN_BOOT_SCENARIOS)
     dom0_args = (f"console=hvc0 earlyprintk=xen rdinit=/init loglevel=4 xo_scen={scen} "
                  f"xo_deadline={deadline}")
     cmd = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "qemu64", "-m", "2048",
@@ -795,6 +859,35 @@ def probe_table(facts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+#: Scenario 10's packets (driver domain <-> guest): (flow, capture point, destination, base
+#: port of TCP; UDP is base + 2), step K on base + 4K.
+DD_FLOWS = (("to-guest", "tg", "10.3.0.2", 7000), ("from-guest", "fg", "10.3.0.1", 7100))
+
+
+def dd_table(facts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return scenario 10's packets as rows: per step (number, label), flow and proto, the
+    verdict counts (to-guest captured in the guest, from-guest in the driver domain)."""
+    counts: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
+    for fact in facts:
+        if fact.get("fact") == "csum-capture" and str(fact.get("mode", "")).startswith(
+                "probe-dd-"):
+            for key, protos in fact.get("counts", {}).items():
+                counts[(fact["point"], key)] = protos
+    rows = []
+    for fact in facts:
+        if fact.get("fact") != "dd-step":
+            continue
+        step = int(fact["step"])
+        for flow, point, dst, base in DD_FLOWS:
+            for proto, offset in (("tcp", 0), ("udp", 2)):
+                c = counts.get((point, f"{dst}:{base + offset + 4 * step}"), {}).get(
+                    proto, {"correct": 0, "incorrect": 0, "unverified": 0, "large": 0,
+                            "incorrect_large": 0})
+                rows.append({"scenario": fact["scenario"], "step": step, "label": fact["label"],
+                             "flow": flow, "proto": proto, **c})
+    return rows
+
+
 #: A text table's column: header, width, and how to get the cell from a row.
 Column = tuple[str, int, Callable[[dict[str, Any]], object]]
 
@@ -832,6 +925,13 @@ def format_guest_tx(rows: Sequence[dict[str, Any]]) -> str:
                               ("captured on", 12, _key("point")), ("dst", 11, _key("dst")),
                               ("proto", 6, _key("proto")), *VERDICTS,
                               ("of them >MTU", 13, _key("incorrect_large"))])
+
+
+def format_dd(rows: Sequence[dict[str, Any]]) -> str:
+    """Render scenario 10's packet rows as a text table."""
+    return render_rows(rows, [("step", 16, lambda r: f"{r['step']} {r['label']}"),
+                              ("flow", 12, _key("flow")), ("proto", 6, _key("proto")),
+                              *VERDICTS])
 
 
 def format_probes(rows: Sequence[dict[str, Any]]) -> str:

@@ -38,7 +38,7 @@ from xenoffload.endpoint import (
 from xenoffload.machine import Mode
 from xenoffload.override_store import refresh_overrides
 from xenoffload.overrides import OverrideSetting
-from xenoffload.paths import Route, RouteKind, domain_path
+from xenoffload.paths import XAPI_ROOT, Route, RouteKind, domain_path
 from xenoffload.policy import Policy, PolicyError, VifIdentity
 from xenoffload.schema import Role
 from xenoffload.store.base import Store, WatchEvent, XenStoreError
@@ -524,8 +524,7 @@ class Fleet:
     def _reload_xapi(self, which: set[VifKey | None], marks: _Marks) -> None:
         assert self.store is not None
         if None in which:
-            self._xapi_present = self.ends.reads_xapi and \
-                self.store.try_read("/xapi") is not None
+            self._xapi_present = self.ends.reads_xapi and self._xapi_readable()
             keys = list(self.endpoints)
         else:
             keys = [key for key in which if key is not None and key in self.endpoints]
@@ -538,6 +537,18 @@ class Fleet:
         changed = [key for key in keys if self.xapi.get(key) != before[key]]
         if changed:
             self._policy_marks(marks, changed)
+
+    def _xapi_readable(self) -> bool:
+        """Whether xapi's tree is there for this agent to read. A driver domain may not read
+        ``/xapi`` (EACCES: where it does not exist, its nearest existing parent is ``/``,
+        which only dom0 reads); xapi's settings are then not this agent's to read."""
+        assert self.store is not None
+        try:
+            return self.store.try_read(XAPI_ROOT) is not None
+        except XenStoreError as error:
+            if error.errno_name != "EACCES":
+                raise
+            return False
 
     def _read_xapi(self, keys: Sequence[VifKey]) -> None:
         assert self.store is not None

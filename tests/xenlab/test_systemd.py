@@ -25,7 +25,7 @@ from test_xenlab import STATUS, check_probe_step, facts, feature, one, probe, st
 Report = dict[str, Any]
 #: Bounds this boot (dom0's watchdog fires 45 s before): a guard, not a target. Idle it takes
 #: about half of it (docs/xenlab.md); beside another TCG guest on the same two cores, more.
-TIMEOUT = 1200.0
+TIMEOUT = 1500.0
 UNIT = "xenoffload-backend.service"
 #: The probe steps of scenario 9 and whether the public vif may carry blank checksums there
 #: (the private one always may). "stopped" is checked on its own.
@@ -109,6 +109,10 @@ def test_installed_as_the_readme_says(report: Report) -> None:
     # The unit runs this installation's own command (xenoffload units), not a guess.
     assert installed["exec_start"] == \
         "ExecStart=/opt/xenoffload/bin/xenoffload backend-agent -v"
+    # Documentation= names the copy the wheel installed, and it is there.
+    assert installed["documentation"] == \
+        "Documentation=file:///opt/xenoffload/share/doc/xenoffload/docs/agents.md"
+    assert str(installed["doc_present"]) == "1"
 
 
 # ------------------------------------------------------------------------ readiness and sandbox
@@ -183,7 +187,11 @@ def test_stop_mid_negotiation_is_clean(report: Report) -> None:
     assert str(one(report, "stopped", scenario="9")["pid_gone"]) == "1"
     stopped = state(report, "stopped")
     assert (stopped["ActiveState"], stopped["Result"]) == ("inactive", "success"), stopped
-    assert (stopped["ExecMainCode"], stopped["ExecMainStatus"]) == ("1", "0"), stopped
+    # Exited (CLD_EXITED 1) with status 0.
+    assert (str(stopped["ExecMainCode"]), str(stopped["ExecMainStatus"])) == ("1", "0"), stopped
+    # The status systemd keeps after the exit is the agent's last word, not "acting for".
+    assert stopped["StatusText"] == \
+        "stopped: no longer acting for the backend end of domain 0 on the system XenStore"
     values = step_xs(report, "9", "stopped")
     domid = one(report, "probe-step", scenario="9", label="stopped")["domid"]
     back = values[f"/local/domain/0/backend/vif/{domid}/0/xenoffload-csum-result"]

@@ -102,12 +102,19 @@ s9_dom0() {
         state "$(systemctl is-system-running 2>&1)" \
         journald "$(systemctl show -p ActiveState --value systemd-journald.service)"
     # Install as the README tells a user: a venv, its pip, units, enable --now.
+    _t0=$(xo_now)
     xo_run 9 venv 600 /usr/bin/python3 -m venv /opt/xenoffload
+    _t1=$(xo_now)
     xo_run 9 pip-install 600 /opt/xenoffload/bin/pip install --no-index \
         --find-links /root/wheels xenoffload
+    _t2=$(xo_now)
     xo_run 9 units 120 /opt/xenoffload/bin/xenoffload units --output /etc/systemd/system
+    xo_emit 9 install-times venv "$(awk "BEGIN{print $_t1 - $_t0}")" \
+        pip "$(awk "BEGIN{print $_t2 - $_t1}")" units "$(awk "BEGIN{print $(xo_now) - $_t2}")"
     xo_emit 9 installed xenoffload "$(ls /opt/xenoffload/bin/xenoffload)" \
-        exec_start "$(grep '^ExecStart=' /etc/systemd/system/$S9_UNIT)"
+        exec_start "$(grep '^ExecStart=' /etc/systemd/system/$S9_UNIT)" \
+        documentation "$(grep '^Documentation=' /etc/systemd/system/$S9_UNIT)" \
+        doc_present "$([ -f /opt/xenoffload/share/doc/xenoffload/docs/agents.md ] && echo 1 || echo 0)"
     cp "$XO_CONF/dom0.toml" "$S9_POLICY"
     xo_cap_setup
     gcall 60 g_probe_start 9 || return 1

@@ -369,7 +369,9 @@ def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
         log.info("xenoffload %s %s on %s (mode %s, toggles %s, policy %s)", __version__,
                  what, path, args.mode, args.toggles, source or "built-in")
         runner.run()
-        sdnotify.stopping()
+        # Else `systemctl status` of the stopped unit still reads "acting for ..." (systemd
+        # keeps a service's last STATUS= after it exits).
+        sdnotify.stopping(f"stopped: no longer acting for {end.describe()}")
     return _stopped_code(stop)
 
 

@@ -55,9 +55,14 @@ def ready(status_text: str | None = None, environ: Mapping[str, str] | None = No
     return notify(assignments, environ)
 
 
-def stopping(environ: Mapping[str, str] | None = None) -> bool:
-    """Report ``STOPPING=1``; return whether it was sent."""
-    return notify({"STOPPING": "1"}, environ)
+def stopping(status_text: str | None = None,
+             environ: Mapping[str, str] | None = None) -> bool:
+    """Report ``STOPPING=1`` (with a ``STATUS=`` line if given: systemd keeps the last one
+    after the process ended, and ``systemctl status`` shows it); return whether it was sent."""
+    assignments = {"STOPPING": "1"}
+    if status_text is not None:
+        assignments["STATUS"] = status_text
+    return notify(assignments, environ)
 
 
 def status(text: str, environ: Mapping[str, str] | None = None) -> bool:

@@ -22,6 +22,7 @@ import argparse
 import ast
 import base64
 import ctypes
+import functools
 import gzip
 import hashlib
 import json
@@ -89,8 +90,9 @@ GUEST_MODULES = ("xen-netfront", "veth", *TC_MODULES)
 NETDD_MODULES = ("xen-evtchn", "xen-gntdev", "xen-gntalloc", "xen-privcmd", "xenfs",
                  "xen-netback", "bridge", *TC_MODULES)
 NETDD_NAME = "xenlab-netdd"
-#: Scenarios that boot on their own (``--scenario 10``; tox -e xenlab-dd), left out of "all".
-OWN_BOOT_SCENARIOS = ("10",)
+#: Scenarios that boot on their own, left out of "all": 9 (``--init systemd --scenario 9``;
+#: tox -e xenlab-systemd) and 10 (``--scenario 10``; tox -e xenlab-dd).
+OWN_BOOT_SCENARIOS = ("9", "10")
 XEN_DAEMONS = ("xenstored", "xl", "xenconsoled", "xen-init-dom0", "xenconsole",
                "libxl-save-helper")
 XENSTORE_TOOLS = ("xenstore", "xenstore-chmod", "xenstore-exists", "xenstore-list", "xenstore-ls",
@@ -559,8 +561,10 @@ class Builder:
         self.facts["guest_cpio_bytes"] = write_newc(image.root, out)
         return out
 
-    def dom0(self, pytree: Path, guest_cpio: Path, vmlinux: Path) -> Path:
-        """Build the dom0 image (holding the guest's kernel and image); return its cpio path."""
+    def dom0(self, pytree: Path, guest_cpio: Path, vmlinux: Path,
+             extra: Callable[[Image], None] | None = None) -> Path:
+        """Build the dom0 image (holding the guest's kernel and image); return its cpio path.
+        ``extra`` adds to it before the libraries are copied (the systemd boot)."""
         image = Image(self.workdir / "dom0-root")
         self.common(image, pytree)
         image.copy(Path("/bin/bash"), "bin/bash", binary=True)
@@ -575,6 +579,8 @@ class Builder:
             image.path(d + "/.keep").touch()
         image.modules(self.modroot, DOM0_MODULES)
         image.lab_files("dom0-init")
+        if extra is not None:
+            extra(image)
         image.libraries([self.xen_root / f"usr/lib/{MULTIARCH}"])
         image.copy(vmlinux, "boot/guest-vmlinux")
         image.copy(guest_cpio, "boot/guest.cpio")
@@ -645,7 +651,7 @@ class Builder:
 # ---------------------------------------------------------------------------------------- boot
 
 def boot(workdir: Path, xen_elf: Path, vmlinux: Path, dom0_cpio: Path, scenarios: str,
-         deadline: int, timeout: float) -> dict[str, Any]:
+         deadline: int, timeout: float, init: str = "/init") -> dict[str, Any]:
     """Boot Xen + dom0 under QEMU/TCG until it powers off or ``timeout`` passes (then kill it).
 
     Returns the QEMU facts and the host wall time (seconds since QEMU started) at which each
@@ -664,7 +670,7 @@ def boot(workdir: Path, xen_elf: Path, vmlinux: Path, dom0_cpio: Path, scenarios
             int(m.group(1)) for m in (re.match(r"0*(\d+)-.*\.sh$", f.name)
                                       for f in (HERE / "scenarios").iterdir()) if m)
             if str(n) not in OWN_BOOT_SCENARIOS)
-    dom0_args = (f"console=hvc0 earlyprintk=xen rdinit=/init loglevel=4 xo_scen={scen} "
+    dom0_args = (f"console=hvc0 earlyprintk=xen rdinit={init} loglevel=4 xo_scen={scen} "
                  f"xo_deadline={deadline}")
     cmd = ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "qemu64", "-m", "2048",
            "-smp", "2", "-nodefaults", "-no-user-config", "-display", "none", "-nic", "none",
@@ -946,20 +952,26 @@ def format_probes(rows: Sequence[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------------------- run
 
 def run_lab(workdir: Path, cache: Path = DEFAULT_CACHE, scenarios: str = "all",
-            timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """Fetch, build, boot and parse one lab run; return the report (also in workdir)."""
+            timeout: float = DEFAULT_TIMEOUT, init: str = "sh") -> dict[str, Any]:
+    """Fetch, build, boot and parse one lab run; return the report (also in workdir).
+    ``init="systemd"``: dom0 boots with systemd as PID 1 (systemd_image.py, scenario 9)."""
     if os.geteuid() != 0:
         raise LabError("the Xen lab needs root (apt-get, dpkg, QEMU images)")
     t0 = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     wall: dict[str, float] = {}
-    report: dict[str, Any] = {"workdir": str(workdir), "scenarios": scenarios, "errors": []}
+    report: dict[str, Any] = {"workdir": str(workdir), "scenarios": scenarios, "init": init,
+                              "errors": []}
 
     log("fetch: host tools, Debian packages, wheels")
     fetcher = Fetcher(cache)
     fetcher.ensure_host_packages()
     kernel = fetcher.kernel_package()
-    debs = fetcher.download([*XEN_DEBS, kernel, *PY_DEBS])
+    sd_debs: tuple[str, ...] = ()
+    if init == "systemd":
+        import systemd_image  # beside this file
+        sd_debs = systemd_image.SYSTEMD_DEBS
+    debs = fetcher.download([*XEN_DEBS, kernel, *PY_DEBS, *sd_debs])
     xen_root = fetcher.extract("xen", [debs[p] for p in (*XEN_DEBS, kernel)])
     py_root = fetcher.extract("python", [debs[p] for p in PY_DEBS])
     wheels = fetcher.wheels()
@@ -984,13 +996,23 @@ def run_lab(workdir: Path, cache: Path = DEFAULT_CACHE, scenarios: str = "all",
     pytree = workdir / "python-tree"
     report["python"] = build_python(py_root, wheels, pytree)
     guest_cpio = builder.guest(pytree)
-    dom0_cpio = builder.dom0(pytree, guest_cpio, vmlinux)
+    extra: Callable[[Image], None] | None = None
+    if init == "systemd":
+        sd_root = fetcher.extract("systemd", [debs[p] for p in sd_debs])
+        own = systemd_image.build_wheel(REPO, workdir / "wheels")
+        report["python_systemd"] = systemd_image.python_tree(pytree, py_root, sd_root,
+                                                             workdir / "python-tree-sd", PY)
+        pytree = workdir / "python-tree-sd"
+        extra = functools.partial(systemd_image.install, sd_root=sd_root,
+                                  wheel_files=[own, *wheels])
+    dom0_cpio = builder.dom0(pytree, guest_cpio, vmlinux, extra)
     report["images"] = {**builder.facts, "python_tree_bytes": report["python"]["bytes"],
                         "vmlinux_bytes": vmlinux.stat().st_size}
     wall["build"] = time.monotonic() - t1
 
     log(f"boot: Xen + dom0 under QEMU/TCG (timeout {timeout:.0f}s)")
-    qemu = boot(workdir, xen_elf, vmlinux, dom0_cpio, scenarios, deadline, timeout)
+    qemu = boot(workdir, xen_elf, vmlinux, dom0_cpio, scenarios, deadline, timeout,
+                "/lib/systemd/systemd" if init == "systemd" else "/init")
     report["qemu"] = qemu
     marks = qemu["marks"]
 
@@ -1076,6 +1098,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
     run_p.add_argument("--json", type=Path, help="also write the report here")
     run_p.add_argument("--save-trace", type=Path, help="copy the xenstored trace here")
+    run_p.add_argument("--init", choices=("sh", "systemd"), default="sh",
+                       help="dom0's PID 1: the lab's /init, or systemd (scenario 9)")
     parse_p = sub.add_parser("parse", help="print the facts of an existing serial log")
     parse_p.add_argument("serial", type=Path)
     args = parser.parse_args(argv)
@@ -1085,7 +1109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(parsed, indent=1))
         return 0
     try:
-        report = run_lab(args.workdir, args.cache, args.scenario, args.timeout)
+        report = run_lab(args.workdir, args.cache, args.scenario, args.timeout, args.init)
     except LabError as exc:
         log(f"error: {exc}")
         return 2

@@ -42,6 +42,8 @@ def test_notify_sends_one_datagram_of_assignments(
     assert sock.recv(4096) == b"READY=1\nSTATUS=serving"
     assert sdnotify.stopping(environ={"NOTIFY_SOCKET": path})
     assert sock.recv(4096) == b"STOPPING=1"
+    assert sdnotify.stopping("stopped", environ={"NOTIFY_SOCKET": path})
+    assert sock.recv(4096) == b"STOPPING=1\nSTATUS=stopped"
     assert sdnotify.status("busy", environ={"NOTIFY_SOCKET": path})
     assert sock.recv(4096) == b"STATUS=busy"
 

@@ -10,9 +10,7 @@ earlier run's report instead of booting.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +20,7 @@ if os.environ.get("XENOFFLOAD_XENLAB_DD") != "1":
                 "(tox -e xenlab-dd)", allow_module_level=True)
 
 import xenlab  # tests/xenlab/xenlab.py, beside this file
+from labreport import module_report
 
 Report = dict[str, Any]
 S = "10"
@@ -39,29 +38,16 @@ FRONT_COMPUTE = "ok (enforced-by-tc: egress ipv4)"
 @pytest.fixture(scope="module")
 def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Report:
     """Run scenario 10 in a boot of its own and return the report; print its summary."""
-    saved = os.environ.get("XENOFFLOAD_XENLAB_DD_REPORT")
-    if saved:
-        result: Report = json.loads(Path(saved).read_text())
-        workdir = Path(result["workdir"])
-    else:
-        if os.geteuid() != 0:
-            pytest.fail("XENOFFLOAD_XENLAB_DD=1 but not root: the lab needs root")
-        workdir_env = os.environ.get("XENOFFLOAD_XENLAB_WORKDIR")
-        workdir = Path(workdir_env) if workdir_env else tmp_path_factory.mktemp("xenlab-dd")
-        cache = Path(os.environ.get("XENOFFLOAD_XENLAB_CACHE", str(xenlab.DEFAULT_CACHE)))
-        # A guard, not a target: alone on two cores the boot takes about 6 minutes; beside
-        # another QEMU lab the driver domain's steps ran 3-10 times slower.
-        result = xenlab.run_lab(workdir, cache=cache, scenarios=S, timeout=DD_TIMEOUT)
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    text = "\n".join(["", f"xenlab workdir: {workdir}", xenlab.summary(result),
-                      "scenario 10 packets (to-guest counted in the guest, from-guest in the "
-                      "driver domain):", xenlab.format_dd(dd_rows(result)), ""])
-    if capture is not None:
-        with capture.global_and_fixture_disabled():
-            print(text, flush=True)
-    else:
-        print(text, flush=True)
-    return result
+    # A guard, not a target: alone on two cores the boot takes about 6 minutes; beside
+    # another QEMU lab the driver domain's steps ran 3-10 times slower.
+    return module_report(
+        request, tmp_path_factory, saved_env="XENOFFLOAD_XENLAB_DD_REPORT",
+        workdir_env="XENOFFLOAD_XENLAB_WORKDIR", tmp_name="xenlab-dd",
+        opt_in="XENOFFLOAD_XENLAB_DD=1",
+        run=lambda workdir, cache: xenlab.run_lab(workdir, cache=cache, scenarios=S,
+                                                  timeout=DD_TIMEOUT),
+        lines=lambda result: ["scenario 10 packets (to-guest counted in the guest, from-guest "
+                              "in the driver domain):", xenlab.format_dd(dd_rows(result))])
 
 
 def facts(report: Report, fact: str, **where: Any) -> list[dict[str, Any]]:

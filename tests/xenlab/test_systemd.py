@@ -8,9 +8,7 @@ earlier run's report instead of booting; XENOFFLOAD_XENLAB_CACHE as for test_xen
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ if os.environ.get("XENOFFLOAD_XENLAB") != "1":
                 "XENOFFLOAD_XENLAB=1 (tox -e xenlab-systemd)", allow_module_level=True)
 
 import xenlab  # tests/xenlab/xenlab.py, beside this file
+from labreport import module_report
 from test_xenlab import STATUS, check_probe_step, facts, feature, one, probe, step_xs
 
 Report = dict[str, Any]
@@ -36,26 +35,12 @@ STEPS = {"start": False, "reload-allow": True, "reload-revoke": False, "killed":
 @pytest.fixture(scope="module")
 def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Report:
     """Boot the systemd lab once for this module and return its report."""
-    saved = os.environ.get("XENOFFLOAD_XENLAB_SYSTEMD_REPORT")
-    if saved:
-        result: Report = json.loads(Path(saved).read_text())
-        workdir = Path(result["workdir"])
-    else:
-        if os.geteuid() != 0:
-            pytest.fail("XENOFFLOAD_XENLAB=1 but not root: the lab needs root")
-        workdir_env = os.environ.get("XENOFFLOAD_XENLAB_SYSTEMD_WORKDIR")
-        workdir = Path(workdir_env) if workdir_env else tmp_path_factory.mktemp("xenlab-sd")
-        cache = Path(os.environ.get("XENOFFLOAD_XENLAB_CACHE", str(xenlab.DEFAULT_CACHE)))
-        result = xenlab.run_lab(workdir, cache=cache, scenarios="9", init="systemd",
-                                timeout=TIMEOUT)
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    text = "\n".join(["", f"xenlab (systemd) workdir: {workdir}", xenlab.summary(result), ""])
-    if capture is not None:
-        with capture.global_and_fixture_disabled():
-            print(text, flush=True)
-    else:
-        print(text, flush=True)
-    return result
+    return module_report(
+        request, tmp_path_factory, saved_env="XENOFFLOAD_XENLAB_SYSTEMD_REPORT",
+        workdir_env="XENOFFLOAD_XENLAB_SYSTEMD_WORKDIR", tmp_name="xenlab-sd",
+        opt_in="XENOFFLOAD_XENLAB=1", label="xenlab (systemd)",
+        run=lambda workdir, cache: xenlab.run_lab(workdir, cache=cache, scenarios="9",
+                                                  init="systemd", timeout=TIMEOUT))
 
 
 def state(report: Report, label: str) -> dict[str, Any]:

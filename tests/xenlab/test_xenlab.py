@@ -21,6 +21,7 @@ if os.environ.get("XENOFFLOAD_XENLAB") != "1":
                 "(tox -e xenlab)", allow_module_level=True)
 
 import xenlab  # tests/xenlab/xenlab.py, beside this file
+from labreport import module_report
 
 Report = dict[str, Any]
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "stock-linux-two-vifs.trace"
@@ -29,25 +30,10 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "stock-linux-two-vi
 @pytest.fixture(scope="module")
 def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Report:
     """Run the lab once for this module and return its report; print stage wall times."""
-    saved = os.environ.get("XENOFFLOAD_XENLAB_REPORT")
-    if saved:  # re-check the report of an earlier run (developing assertions)
-        result: Report = json.loads(Path(saved).read_text())
-        workdir = Path(result["workdir"])
-    else:
-        if os.geteuid() != 0:
-            pytest.fail("XENOFFLOAD_XENLAB=1 but not root: the lab needs root")
-        workdir_env = os.environ.get("XENOFFLOAD_XENLAB_WORKDIR")
-        workdir = Path(workdir_env) if workdir_env else tmp_path_factory.mktemp("xenlab")
-        cache = Path(os.environ.get("XENOFFLOAD_XENLAB_CACHE", str(xenlab.DEFAULT_CACHE)))
-        result = xenlab.run_lab(workdir, cache=cache, scenarios="all")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    text = "\n".join(["", f"xenlab workdir: {workdir}", xenlab.summary(result), ""])
-    if capture is not None:
-        with capture.global_and_fixture_disabled():
-            print(text, flush=True)
-    else:
-        print(text, flush=True)
-    return result
+    return module_report(
+        request, tmp_path_factory, saved_env="XENOFFLOAD_XENLAB_REPORT",
+        workdir_env="XENOFFLOAD_XENLAB_WORKDIR", tmp_name="xenlab", opt_in="XENOFFLOAD_XENLAB=1",
+        run=lambda workdir, cache: xenlab.run_lab(workdir, cache=cache, scenarios="all"))
 
 
 def facts(report: Report, fact: str, scenario: str | None = None,

@@ -34,3 +34,20 @@ def require_tool(name: str, package: str) -> str:
     require_system(path is not None, f"needs {name} (apt-get install {package})")
     assert path is not None
     return path
+
+
+#: A test's ``record_property(SUMMARY, text)`` line, printed at the end of the run: it reaches
+#: the terminal from a pytest-xdist worker too, where a print would not.
+SUMMARY = "summary"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = [str(value)
+             for outcome in ("passed", "failed")
+             for report in terminalreporter.stats.get(outcome, [])
+             for name, value in getattr(report, "user_properties", ())
+             if name == SUMMARY]
+    if lines:
+        terminalreporter.section("summaries")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import SUMMARY
 
 from xenoffload import endpoint
 
@@ -34,13 +35,14 @@ def quiet() -> Iterator[None]:
 
 
 def test_every_interleaving_within_the_bound_keeps_the_invariants(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        record_property: Callable[[str, object], None]) -> None:
     report = model.explore(policy_changes=POLICY_CHANGES, removals=REMOVALS)
-    with capsys.disabled():
-        print(f"\nexploration: {POLICY_CHANGES} policy changes, {REMOVALS} removal(s): "
-              f"{report.states} states, {report.transitions} transitions "
-              f"({report.races} with a race between reads and commit), {report.quiescent} "
-              f"quiescent, deepest path {report.depth}, {report.seconds:.1f} s")
+    record_property(SUMMARY,
+                    f"exploration: {POLICY_CHANGES} policy changes, {REMOVALS} removal(s): "
+                    f"{report.states} states, {report.transitions} transitions "
+                    f"({report.races} with a race between reads and commit), "
+                    f"{report.quiescent} quiescent, deepest path {report.depth}, "
+                    f"{report.seconds:.1f} s")
     if (POLICY_CHANGES, REMOVALS) == (2, 1):  # the search reaches what it reached when written
         assert report.states >= 16_000 and report.races >= 30_000, report
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 if os.environ.get("XENOFFLOAD_XENLAB") != "1":
-    pytest.skip("real Xen lab under QEMU (root, ~8 min): opt in with XENOFFLOAD_XENLAB=1 "
+    pytest.skip("real Xen lab under QEMU (root, ~14 min): opt in with XENOFFLOAD_XENLAB=1 "
                 "(tox -e xenlab)", allow_module_level=True)
 
 import xenlab  # tests/xenlab/xenlab.py, beside this file

@@ -45,7 +45,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     lines = [str(value)
              for outcome in ("passed", "failed")
              for report in terminalreporter.stats.get(outcome, [])
-             for name, value in getattr(report, "user_properties", ())
+             for name, value in report.user_properties
              if name == SUMMARY]
     if lines:
         terminalreporter.section("summaries")

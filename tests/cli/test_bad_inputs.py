@@ -42,6 +42,9 @@ BAD_SELECTORS = {
     "domid-20-digits": "domid = 12345678901234567890\nto-guest = true",
     "no-direction": 'bridge = "xenpriv0"',
 }
+#: PYTHONPATH of the start-up row: its sitecustomize holds start-up until the SIGINT.
+STARTUP_PROBE = Path(__file__).parent / "startup_probe"
+
 NESTED = b"[default]\nto-guest = " + b"[" * 2000 + b"]" * 2000 + b"\n"
 
 
@@ -59,8 +62,8 @@ class Expect:
     check: Callable[[Lab], None] | None = None
     env: Mapping[str, str] = attrs.field(factory=dict)
     stdin: str | None = None
-    #: SIGINT once this holds of (lab, test directory), or after this many seconds
-    interrupt: Callable[[Lab, Path], bool] | float | None = None
+    #: SIGINT once this holds of (lab, test directory)
+    interrupt: Callable[[Lab, Path], bool] | None = None
     #: the command's stdout piped into this shell command (``head -1``)
     pipe_to: str | None = None
 
@@ -346,8 +349,11 @@ ROWS: list[tuple[object, ...]] = [
     ("8: SIGINT to xenstored", ["xenstored", "--socket", "{tmp}/xs.sock"], EXIT_INTERRUPTED,
      "", Expect(one_line=False, interrupt=lambda _lab, tmp: (tmp / "xs.sock").exists(),
                 check=lambda lab: None)),
+    # (startup_probe/ holds the start-up inside the import of xenoffload.cli until the SIGINT)
     ("8: SIGINT at start-up", ["demo", "--dry-run"], EXIT_INTERRUPTED,
-     "xenoffload: interrupted", Expect(interrupt=0.12)),
+     "xenoffload: interrupted",
+     Expect(env={"PYTHONPATH": str(STARTUP_PROBE), "XENOFFLOAD_TEST_STARTED": "{tmp}/started"},
+            interrupt=lambda _lab, tmp: (tmp / "started").exists())),
     ("8: show --json | head -1", ["show", "--json", "--xenstore", "{sock}"], EXIT_PIPE, "",
      # (several times a pipe's 64 KiB and head's read of JSON: the write after head exits fails)
      Expect(one_line=None, pipe_to="head -1",
@@ -425,16 +431,13 @@ def test_bad_input_gets_one_line_and_its_exit_code(lab: Lab, world: dict[str, st
 
 
 def _interrupted(command: list[str], env: Mapping[str, str],
-                 when: Callable[[Lab, Path], bool] | float, lab: Lab,
+                 when: Callable[[Lab, Path], bool], lab: Lab,
                  tmp: Path) -> subprocess.CompletedProcess[str]:
-    """Run ``command``; SIGINT it once ``when`` holds (or after ``when`` seconds)."""
+    """Run ``command``; SIGINT it once ``when`` holds."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                stdin=subprocess.DEVNULL, text=True, env=env)
     try:
-        if callable(when):
-            wait_until(lambda: when(lab, tmp), 30, "the command under way")
-        else:
-            time.sleep(when)
+        wait_until(lambda: when(lab, tmp), 30, "the command under way")
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=30)
     finally:

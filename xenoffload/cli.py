@@ -1289,7 +1289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_OUTCOME
     except OSError as error:
-        print(f"xenoffload: {_one_line(str(error))}", file=sys.stderr)
+        what = f"{error.filename}: {error.strerror}" if error.filename and error.strerror \
+            else str(error)
+        print(f"xenoffload: {_one_line(what)}", file=sys.stderr)
         return EXIT_OUTCOME
 
 

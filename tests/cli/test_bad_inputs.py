@@ -138,6 +138,9 @@ ROWS: list[tuple[object, ...]] = [
      "--timeout"),
     ("timeout negative", ["guest-agent", "--once", "--settle", "-1"], EXIT_USAGE, "--settle"),
     ("demo timeout inf", ["demo", "--timeout", "inf"], EXIT_USAGE, "--timeout"),
+    # (a TMPDIR whose socket paths do not fit sun_path: the line names the socket)
+    ("demo TMPDIR too long", ["demo", "--dry-run"], EXIT_OUTCOME,
+     "/xenstored.sock: AF_UNIX path too long", Expect(env={"TMPDIR": "{tmp}/" + "d" * 100})),
     ("huge domid in set", ["set", "99999999999999999999999/0", "--tx", "on",
                            "--xenstore", "{sock}"], EXIT_USAGE, "not a domid"),
     ("huge devid in set", ["set", "1/99999999", "--tx", "on", "--xenstore", "{sock}"],
@@ -381,6 +384,7 @@ def world(lab: Lab, tmp_path: Path) -> dict[str, str]:
     root = override_root(3, Role.FRONTEND).rsplit("/", 1)[0]
     lab.toolstack.write(root, b"")
     lab.toolstack.set_perms(root, [Perm(Access.NONE, 0), Perm(Access.READ, 3)])
+    (tmp_path / ("d" * 100)).mkdir()
     (tmp_path / "latin1.toml").write_bytes(NOT_UTF8)
     (tmp_path / "nested.toml").write_bytes(NESTED)
     (tmp_path / "unknown.toml").write_text("[defaults]\nto-guest = true\n")

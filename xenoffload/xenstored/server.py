@@ -286,7 +286,11 @@ def _listening_socket(path: str) -> socket.socket:
         try:
             sock.bind(temporary)
         except OSError:  # the longer name does not fit sun_path: bind in place
-            sock.bind(path)
+            try:
+                sock.bind(path)
+            except OSError as error:  # name the path ("AF_UNIX path too long" does not)
+                raise OSError(error.errno or errno.ENAMETOOLONG, error.strerror or str(error),
+                              path) from None
             temporary = path
         try:
             sock.listen(128)

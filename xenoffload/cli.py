@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -307,11 +308,35 @@ def _once_reports(logic: BackendAgent | GuestAgent, path: str) -> list[VifReport
         store.close()
 
 
-def _run_agent(args: argparse.Namespace, role: Role, path: str, domid: int,
-               make_logic: Callable[[Policy], BackendAgent | GuestAgent],
-               stop: threading.Event) -> int:
-    """Run an agent as the CLI options say, as the one writer of its end. SIGHUP reloads the
-    policy file (keeping the running policy when it does not load)."""
+def _run_agent(args: argparse.Namespace, role: Role,
+               own_domid: Callable[[str, threading.Event | None], int | None],
+               make_logic: Callable[[Policy, int, Enforcers | None],
+                                    BackendAgent | GuestAgent]) -> int:
+    """Run the agent of ``role`` as the CLI options say: for ``--domid``, else for what
+    ``own_domid`` answers (a daemon waits for XenStore to answer), with the kernel mechanisms
+    of ``--toggles``, closed when it ends."""
+    _once_options(args)
+    path = resolve_xenstore(args.xenstore)
+    stop = None if args.once else _stop_on_signals()
+    domid = args.domid if args.domid is not None else own_domid(path, stop)
+    if domid is None:
+        assert stop is not None
+        return _stopped_code(stop)  # stopped while waiting for XenStore
+    enforcers = _make_enforcers(args.toggles, args.tc)
+    try:
+        return _run_end(args, role, path, domid,
+                        lambda policy: make_logic(policy, domid, enforcers),
+                        stop or threading.Event())
+    finally:
+        if enforcers is not None:
+            enforcers.close()
+
+
+def _run_end(args: argparse.Namespace, role: Role, path: str, domid: int,
+             make_logic: Callable[[Policy], BackendAgent | GuestAgent],
+             stop: threading.Event) -> int:
+    """Run an agent for its end as the one writer of it. SIGHUP reloads the policy file
+    (keeping the running policy when it does not load)."""
     from xenoffload.agents.runner import Runner
 
     source = _policy_source(args, role)
@@ -462,18 +487,7 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
     from xenoffload.machine import Mode
     from xenoffload.policy import VifIdentity
 
-    _once_options(args)
-    path = resolve_xenstore(args.xenstore)
-    stop = None if args.once else _stop_on_signals()
-    # This domain's own domid unless told: dom0's 0, a driver domain's its own (the unit's
-    # command line is the same in both).
-    domid = args.domid if args.domid is not None else _backend_domid(path, stop)
-    if domid is None:
-        assert stop is not None
-        return _stopped_code(stop)  # stopped while waiting for XenStore
-    enforcers = _make_enforcers(args.toggles, args.tc)
-
-    def enforcer(vif: VifIdentity) -> Enforcer | None:
+    def enforcer(enforcers: Enforcers | None, vif: VifIdentity) -> Enforcer | None:
         if enforcers is None:
             return NothingApplied()  # --toggles none: no status says ok
         try:
@@ -485,15 +499,11 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
                                     args.netns)
         return enforcers.for_device(device)
 
-    try:
-        return _run_agent(
-            args, Role.BACKEND, path, domid,
-            lambda policy: BackendAgent(policy, domid, Mode(args.mode),
-                                        device_logged(enforcer, args.device_log)),
-            stop or threading.Event())
-    finally:
-        if enforcers is not None:
-            enforcers.close()
+    # Without --domid: this domain's own, dom0's 0 or a driver domain's (the unit's command
+    # line is the same in both).
+    return _run_agent(args, Role.BACKEND, _backend_domid, lambda policy, domid, enforcers:
+                      BackendAgent(policy, domid, Mode(args.mode), device_logged(
+                          functools.partial(enforcer, enforcers), args.device_log)))
 
 
 def _own_domid(path: str, stop: threading.Event | None, fallback: int | None = None
@@ -564,36 +574,22 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
     from xenoffload.policy import VifIdentity
     from xenoffload.toggles.base import DeviceRef
 
-    _once_options(args)
-    path = resolve_xenstore(args.xenstore)
-    stop = None if args.once else _stop_on_signals()
-    domid = args.domid if args.domid is not None else _own_domid(path, stop)
-    if domid is None:
-        assert stop is not None
-        return _stopped_code(stop)  # stopped while waiting for XenStore
-    enforcers = _make_enforcers(args.toggles, args.tc)
     pattern: DevicePattern | None = args.device_pattern
     if pattern is None and args.toggles == "dry-run":
         # Simulated devices touch nothing: name them as netfront would.
         pattern = DevicePattern(Role.FRONTEND, "eth{devid}")
 
-    def enforcer(vif: VifIdentity) -> Enforcer | None:
+    def enforcer(enforcers: Enforcers | None, vif: VifIdentity) -> Enforcer | None:
         if enforcers is None:
             return NothingApplied()  # --toggles none: no status says ok
         if pattern is not None:
             return enforcers.for_device(DeviceRef(pattern.name(vif), args.netns))
         return GuestDeviceEnforcer(enforcers, vif.devid, args.netns)
 
-    try:
-        return _run_agent(
-            args, Role.FRONTEND, path, domid,
-            lambda policy: GuestAgent(policy, domid, Mode(args.mode),
-                                      device_logged(enforcer, args.device_log),
-                                      follows=args.domid is None),
-            stop or threading.Event())
-    finally:
-        if enforcers is not None:
-            enforcers.close()
+    return _run_agent(args, Role.FRONTEND, _own_domid, lambda policy, domid, enforcers:
+                      GuestAgent(policy, domid, Mode(args.mode), device_logged(
+                          functools.partial(enforcer, enforcers), args.device_log),
+                          follows=args.domid is None))
 
 
 def _make_enforcers(kind: str, tc: bool) -> Enforcers | None:

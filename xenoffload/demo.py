@@ -26,6 +26,7 @@ from typing import TextIO
 from xenoffload.agents.backend import BackendAgent
 from xenoffload.agents.guest import GuestAgent
 from xenoffload.agents.runner import Runner
+from xenoffload.devices import netback_name
 from xenoffload.enforce import TogglesEnforcer
 from xenoffload.machine import Mode
 from xenoffload.negotiation import LinkResult
@@ -75,7 +76,7 @@ def _devices(use_netns: bool) -> Iterator[tuple[Toggles, TcChecksum, dict[str, D
             dom0, guest = spaces.add("dom0"), spaces.add("dom1")
             devices: dict[str, DeviceRef] = {}
             for devid, ifname, _bridge in DEMO_VIFS:
-                vif = f"vif{GUEST}.{devid}"
+                vif = netback_name(GUEST, devid)
                 spaces.veth(dom0, vif, guest, ifname)
                 devices[vif] = DeviceRef(vif, dom0)
                 devices[ifname] = DeviceRef(ifname, guest)
@@ -88,7 +89,7 @@ def _devices(use_netns: bool) -> Iterator[tuple[Toggles, TcChecksum, dict[str, D
     recording = SimulatedKernel()
     devices = {}
     for devid, ifname, _bridge in DEMO_VIFS:
-        vif = f"vif{GUEST}.{devid}"
+        vif = netback_name(GUEST, devid)
         devices[vif] = DeviceRef(vif, "dom0")
         devices[ifname] = DeviceRef(ifname, f"dom{GUEST}")
         recording.add_device(devices[vif], NETBACK_VIF)
@@ -119,7 +120,7 @@ def run_demo(out: TextIO = sys.stdout, dry_run: bool | None = None,
 
         backend = BackendAgent(
             DEMO_BACKEND_POLICY, 0, Mode.FULL,
-            lambda vif: TogglesEnforcer(toggles, devices[f"vif{vif.domid}.{vif.devid}"], tc))
+            lambda vif: TogglesEnforcer(toggles, devices[netback_name(vif.domid, vif.devid)], tc))
         guest = GuestAgent(
             DEMO_GUEST_POLICY, GUEST, Mode.FULL,
             lambda vif: TogglesEnforcer(toggles, devices[DEMO_VIFS[vif.devid][1]], tc))
@@ -140,7 +141,7 @@ def run_demo(out: TextIO = sys.stdout, dry_run: bool | None = None,
         reports = collect(toolstack, list_vifs(toolstack, 0, GUEST))
         say("\n" + render_table(reports, full_status=True) + "\n\n")
         for devid, ifname, _bridge in DEMO_VIFS:
-            for name in (f"vif{GUEST}.{devid}", ifname):
+            for name in (netback_name(GUEST, devid), ifname):
                 features = toggles.read(devices[name])
                 shown = " ".join(f"{f}={'on' if features[f].active else 'off'}"
                                  f"{' [fixed]' if features[f].fixed else ''}"

@@ -24,7 +24,7 @@ from xenoffload.toggles.base import DeviceRef
 if TYPE_CHECKING:
     from xenoffload.enforce import Enforcers
 
-__all__ = ["DevicePattern", "PatternError", "backend_device", "sysfs_netfront",
+__all__ = ["DevicePattern", "PatternError", "backend_device", "netback_name", "sysfs_netfront",
            "GuestDeviceEnforcer", "SYSFS_XEN_DEVICES"]
 
 SYSFS_XEN_DEVICES = Path("/sys/bus/xen/devices")
@@ -76,7 +76,12 @@ def backend_device(vif: VifIdentity, pattern: DevicePattern | None,
         return DeviceRef(pattern.name(vif), netns)
     if vif.vifname:
         return DeviceRef(vif.vifname, netns)
-    return DeviceRef(f"vif{vif.domid}.{vif.devid}", netns)
+    return DeviceRef(netback_name(vif.domid, vif.devid), netns)
+
+
+def netback_name(domid: int, devid: int) -> str:
+    """The name netback gives the device of guest ``domid``'s vif ``devid``."""
+    return f"vif{domid}.{devid}"
 
 
 def sysfs_netfront(devid: int, root: Path = SYSFS_XEN_DEVICES) -> str | None:

@@ -22,7 +22,6 @@ __all__ = [
     "domain_name_path",
     "backend_vif_root",
     "frontend_vif_root",
-    "backend_device_name",
     "override_root",
     "domain_vm_path",
     "vm_dir",
@@ -86,11 +85,6 @@ def backend_vif_root(backend_domid: int) -> str:
 def frontend_vif_root(guest_domid: int) -> str:
     """The directory holding a guest's vif frontends, one per devid."""
     return f"{domain_path(guest_domid)}/device/vif"
-
-
-def backend_device_name(guest_domid: int, devid: int) -> str:
-    """The name netback gives the vif's kernel device in the driver domain."""
-    return f"vif{guest_domid}.{devid}"
 
 
 def override_root(home_domid: int, role: Role) -> str:

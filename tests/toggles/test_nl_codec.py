@@ -32,7 +32,6 @@ from xenoffload.toggles.nl_codec import (
     decode_error,
     decode_messages,
     decode_string,
-    decode_u8,
     decode_u16,
     decode_u32,
     encode_attribute,
@@ -106,7 +105,6 @@ def test_garbage_datagrams_raise_only_the_codec_error(data: bytes) -> None:
 def test_garbage_attribute_streams_raise_only_the_codec_error(data: bytes) -> None:
     try:
         for _kind, payload in decode_attributes(data):
-            decode_u8(payload)
             decode_u16(payload)
             decode_u32(payload)
             decode_string(payload)

@@ -41,7 +41,7 @@ from xenoffload.overrides import OverrideSetting
 from xenoffload.paths import XAPI_ROOT, Route, RouteKind, domain_path
 from xenoffload.policy import Policy, PolicyError, VifIdentity
 from xenoffload.schema import Role
-from xenoffload.store.base import Store, WatchEvent, XenStoreError
+from xenoffload.store.base import Store, WatchEvent, XenStoreError, ensure_watch
 from xenoffload.vifends import VifEnds, VifKey, effective_policy, read_fields
 from xenoffload.xapi import XapiSetting
 
@@ -391,13 +391,7 @@ class Fleet:
     def _watch(self, path: str) -> bool:
         """Watch ``path``; return False if this connection already watched it."""
         assert self.store is not None
-        try:
-            self.store.watch(path, self.token)
-        except XenStoreError as error:
-            if error.errno_name != "EEXIST":
-                raise
-            return False
-        return True
+        return ensure_watch(self.store, path, self.token)
 
     def _await_registrations(self, watches: set[str], marks: _Marks) -> None:
         """Take the events XenStore sends when ``watches`` are registered (one each, naming

@@ -177,13 +177,16 @@ class Store(StoreOps, Protocol):
         ...
 
 
-def ensure_watch(store: Store, path: str, token: str) -> None:
-    """Register a watch; one already registered on this connection (EEXIST) is kept."""
+def ensure_watch(store: Store, path: str, token: str) -> bool:
+    """Register a watch; return False when this connection already had it (EEXIST: it is
+    kept)."""
     try:
         store.watch(path, token)
     except XenStoreError as error:
         if error.errno_name != "EEXIST":
             raise
+        return False
+    return True
 
 
 def read_own_domid(store: StoreOps) -> int | None:

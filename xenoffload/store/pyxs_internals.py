@@ -30,7 +30,6 @@ __all__ = [
     "pending_replies",
     "reply_condition",
     "reply_packet",
-    "new_reply_var",
     "router_connection",
     "router_monitors",
     "router_terminator",
@@ -112,11 +111,6 @@ def send_lock(router: Any) -> threading.Lock:
     """The lock the router holds while it registers a reply variable and writes a packet."""
     lock: threading.Lock = router.send_lock
     return lock
-
-
-def new_reply_var() -> Any:
-    """A new reply variable, as the router registers for each request it sends."""
-    return pyxs.client.RVar()
 
 
 def router_terminator(router: Any) -> Any:

@@ -37,14 +37,12 @@ __all__ = [
     "decode_messages",
     "encode_attribute",
     "nested",
-    "u8",
     "u16",
     "u32",
     "string",
     "flag",
     "decode_attributes",
     "attribute_map",
-    "decode_u8",
     "decode_u16",
     "decode_u32",
     "decode_string",
@@ -90,7 +88,6 @@ NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 NLATTR = struct.Struct("=HH")  # length, type
 _GENLMSGHDR = struct.Struct("=BBH")  # command, version, reserved
 _S32 = struct.Struct("=i")
-_U8 = struct.Struct("=B")
 _U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 
@@ -183,11 +180,6 @@ def nested(kind: int, *children: bytes, flagged: bool = True) -> bytes:
     return encode_attribute(kind | (NLA_F_NESTED if flagged else 0), b"".join(children))
 
 
-def u8(kind: int, value: int) -> bytes:
-    """Return a u8 attribute."""
-    return encode_attribute(kind, _U8.pack(value))
-
-
 def u16(kind: int, value: int) -> bytes:
     """Return a u16 attribute (host order)."""
     return encode_attribute(kind, _U16.pack(value))
@@ -242,11 +234,6 @@ def _fixed(payload: bytes, layout: struct.Struct, what: str) -> int:
         raise NetlinkDecodeError(f"{what} attribute of {len(payload)} bytes")
     value: int = layout.unpack_from(payload)[0]
     return value
-
-
-def decode_u8(payload: bytes) -> int:
-    """Return a u8 attribute's value. Raises NetlinkDecodeError if it is empty."""
-    return _fixed(payload, _U8, "u8")
 
 
 def decode_u16(payload: bytes) -> int:

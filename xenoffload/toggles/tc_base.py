@@ -33,7 +33,6 @@ __all__ = [
     "CSUM_UDP",
     "CSUM_SCTP",
     "CSUM_TCP_UDP",
-    "describe_protocols",
 ]
 
 # include/uapi/linux/tc_act/tc_csum.h, enum tca_csum_update_flag.
@@ -42,17 +41,6 @@ CSUM_TCP = 8
 CSUM_UDP = 16
 CSUM_SCTP = 64
 CSUM_TCP_UDP = CSUM_TCP | CSUM_UDP
-_PROTOCOL_NAMES = ((CSUM_IPV4HDR, "iphdr"), (CSUM_TCP, "tcp"), (CSUM_UDP, "udp"),
-                   (CSUM_SCTP, "sctp"))
-
-
-def describe_protocols(update_flags: int) -> str:
-    """Return e.g. ``tcp+udp`` for act_csum update flags (unknown bits as hex)."""
-    names = [name for bit, name in _PROTOCOL_NAMES if update_flags & bit]
-    rest = update_flags & ~sum(bit for bit, _ in _PROTOCOL_NAMES)
-    if rest:
-        names.append(hex(rest))
-    return "+".join(names) or "none"
 
 
 class Hook(enum.Enum):

@@ -622,6 +622,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         reports = _with_kernel(reports, args, own)
     print(render_json(reports) if args.json else
           render_table(reports, full_status=_verbosity(args) > 0))
+    if not reports and not args.json:  # a bare header would not say where it looked
+        backend = args.backend_domid if args.backend_domid is not None else (own or 0)
+        ends = "a backend" if own is None else "a backend or frontend" if own == backend \
+            else f"a frontend in domain {own} or a backend"
+        print(f"(no vifs with {ends} in domain {backend})")
     return EXIT_OK
 
 

@@ -195,3 +195,19 @@ def test_set_keys_a_vifs_override_by_its_vm_and_takes_a_vm_that_does_not_run(
     assert done.returncode == EXIT_OK, done.stderr
     done = run_cli("set", "nfs/0", "--clear", "--xenstore", settled.socket)
     assert done.stdout.strip() == f"cleared /local/domain/0/xenoffload/policy/vif/{uuid}/0"
+
+
+def test_show_with_no_vifs_says_where_it_looked(lab: Lab) -> None:
+    lab.add_guest(1, [], name="novifs")
+    table = run_cli("show", "--xenstore", lab.socket)
+    assert table.returncode == EXIT_OK, table.stderr
+    assert table.stdout.splitlines()[1:] == [
+        "(no vifs with a backend or frontend in domain 0)"], table.stdout
+    guest = run_cli("show", "--xenstore", lab.guest_socket(1))
+    assert guest.stdout.splitlines()[1:] == [
+        "(no vifs with a backend or frontend in domain 1)"], guest.stdout
+    driver = run_cli("show", "--backend-domid", "1", "--xenstore", lab.socket)
+    assert driver.stdout.splitlines()[1:] == [
+        "(no vifs with a frontend in domain 0 or a backend in domain 1)"], driver.stdout
+    done = run_cli("show", "--json", "--xenstore", lab.socket)
+    assert (done.returncode, validated(done.stdout)) == (EXIT_OK, [])

@@ -255,8 +255,10 @@ def _cell(text: str | None, limit: int = 24) -> str:
 def render_table(reports: list[VifReport], full_status: bool = False) -> str:
     """Return a fixed-width table: one line per vif (its domain's name and MAC, as xl names
     a vif). In the result columns ``4+6`` means blank checksums may cross for both families,
-    ``-`` that every checksum is computed. Statuses are abbreviated (:func:`short_status`)
-    unless ``full_status`` (a line after the table says so when one is).
+    ``-`` that every checksum is computed; in parentheses while the ends are not both
+    Connected (what their advertisements would decide: nothing is negotiated yet). Statuses
+    are abbreviated (:func:`short_status`) unless ``full_status`` (a line after the table
+    says so when one is).
     A vif's kernel device, when read, follows on lines of its own, one feature a line as
     ethtool prints it."""
     header = ("VIF", "DOMAIN", "MAC", "BRIDGE", "STATE B/F", "BACKEND ADVERTISES",
@@ -265,16 +267,21 @@ def render_table(reports: list[VifReport], full_status: bool = False) -> str:
     rows = [header]
     status = (lambda text: text or "-") if full_status else short_status
     for r in reports:
+        result = (_flags(r.result.to_guest), _flags(r.result.from_guest))
+        if not r.connected:
+            result = (f"({result[0]})", f"({result[1]})")
         rows.append((
             f"{r.guest_domid}/{r.devid}", _cell(r.domain), _cell(r.mac), _cell(r.bridge),
             f"{r.backend_state or '?'}/{r.frontend_state or '?'}",
-            _adv(r.backend), _adv(r.frontend),
-            _flags(r.result.to_guest), _flags(r.result.from_guest),
+            _adv(r.backend), _adv(r.frontend), *result,
             status(r.backend_status), status(r.frontend_status),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
              for row in rows]
+    if not all(r.connected for r in reports):
+        lines.append("(results in parentheses: the ends are not both Connected; what their "
+                     "advertisements would decide)")
     if any(text is not None and status(text) != text
            for r in reports for text in (r.backend_status, r.frontend_status)):
         lines.append("(statuses abbreviated: -v or --json for the full text)")

@@ -138,6 +138,7 @@ def test_show_in_a_guest_lists_the_guests_own_vifs(settled: Lab) -> None:
     assert re.search(r"^1/1  web +00:16:3e:00:01:01  xenpriv0  Connected/Connected",
                      table.stdout, re.MULTILINE), table.stdout
     assert "2/0" not in table.stdout  # another guest's vif is not this guest's to see
+    assert "parentheses" not in table.stdout  # Connected: the results are in force
     own = run_cli("show", "web/1", "--json", "--xenstore", settled.guest_socket(1))
     assert [(v["domid"], v["devid"]) for v in validated(own.stdout)] == [(1, 1)]
 
@@ -211,3 +212,14 @@ def test_show_with_no_vifs_says_where_it_looked(lab: Lab) -> None:
         "(no vifs with a frontend in domain 0 or a backend in domain 1)"], driver.stdout
     done = run_cli("show", "--json", "--xenstore", lab.socket)
     assert (done.returncode, validated(done.stdout)) == (EXIT_OK, [])
+
+
+def test_show_marks_a_result_nothing_negotiated_yet(lab: Lab) -> None:
+    """A vif whose ends are not both Connected shows what its advertisements would decide,
+    in parentheses and said so: not a result in force."""
+    lab.add_guest(1, ["xenbr0"], name="web")
+    table = run_cli("show", "--xenstore", lab.socket)
+    assert table.returncode == EXIT_OK, table.stderr
+    row, note = table.stdout.splitlines()[1:]
+    assert re.search(r"^1/0  web .* \(4\) +\(4\) ", row), row
+    assert note.startswith("(results in parentheses: the ends are not both Connected"), note

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -46,8 +45,11 @@ from xenoffload.store.location import daemon_socket_path, default_xenstore_path
 
 if TYPE_CHECKING:  # the agents are imported only by the commands that run them
     from xenoffload.agents.backend import BackendAgent
+    from xenoffload.agents.fleet import EnforcerFactory
     from xenoffload.agents.guest import GuestAgent
+    from xenoffload.endpoint import Enforcer
     from xenoffload.enforce import Enforcers
+    from xenoffload.policy import VifIdentity
     from xenoffload.show import VifReport
 
 __all__ = ["main", "build_parser", "resolve_xenstore", "CliError", "EXIT_OK", "EXIT_OUTCOME",
@@ -310,11 +312,16 @@ def _once_reports(logic: BackendAgent | GuestAgent, path: str) -> list[VifReport
 
 def _run_agent(args: argparse.Namespace, role: Role,
                own_domid: Callable[[str, threading.Event | None], int | None],
-               make_logic: Callable[[Policy, int, Enforcers | None],
+               device_enforcer: Callable[[Enforcers, VifIdentity], Enforcer | None],
+               make_logic: Callable[[Policy, int, EnforcerFactory],
                                     BackendAgent | GuestAgent]) -> int:
     """Run the agent of ``role`` as the CLI options say: for ``--domid``, else for what
     ``own_domid`` answers (a daemon waits for XenStore to answer), with the kernel mechanisms
-    of ``--toggles``, closed when it ends."""
+    of ``--toggles`` (closed when it ends): ``device_enforcer`` says which device of them
+    enforces a vif, and every enforcer also writes ``--device-log``."""
+    from xenoffload.devicelog import device_logged
+    from xenoffload.enforce import NothingApplied
+
     _once_options(args)
     path = resolve_xenstore(args.xenstore)
     stop = None if args.once else _stop_on_signals()
@@ -323,9 +330,16 @@ def _run_agent(args: argparse.Namespace, role: Role,
         assert stop is not None
         return _stopped_code(stop)  # stopped while waiting for XenStore
     enforcers = _make_enforcers(args.toggles, args.tc)
+
+    def enforcer(vif: VifIdentity) -> Enforcer | None:
+        if enforcers is None:
+            return NothingApplied()  # --toggles none: no status says ok
+        return device_enforcer(enforcers, vif)
+
+    factory = device_logged(enforcer, args.device_log)
     try:
         return _run_end(args, role, path, domid,
-                        lambda policy: make_logic(policy, domid, enforcers),
+                        lambda policy: make_logic(policy, domid, factory),
                         stop or threading.Event())
     finally:
         if enforcers is not None:
@@ -480,16 +494,11 @@ def _once_options(args: argparse.Namespace) -> None:
 
 def cmd_backend_agent(args: argparse.Namespace) -> int:
     from xenoffload.agents.backend import BackendAgent
-    from xenoffload.devicelog import device_logged
     from xenoffload.devices import backend_device
-    from xenoffload.endpoint import Enforcer
-    from xenoffload.enforce import NothingApplied
     from xenoffload.machine import Mode
     from xenoffload.policy import VifIdentity
 
-    def enforcer(enforcers: Enforcers | None, vif: VifIdentity) -> Enforcer | None:
-        if enforcers is None:
-            return NothingApplied()  # --toggles none: no status says ok
+    def device_enforcer(enforcers: Enforcers, vif: VifIdentity) -> Enforcer:
         try:
             device = backend_device(vif, args.device_pattern, args.netns)
         except ValueError:
@@ -501,9 +510,9 @@ def cmd_backend_agent(args: argparse.Namespace) -> int:
 
     # Without --domid: this domain's own, dom0's 0 or a driver domain's (the unit's command
     # line is the same in both).
-    return _run_agent(args, Role.BACKEND, _backend_domid, lambda policy, domid, enforcers:
-                      BackendAgent(policy, domid, Mode(args.mode), device_logged(
-                          functools.partial(enforcer, enforcers), args.device_log)))
+    return _run_agent(args, Role.BACKEND, _backend_domid, device_enforcer,
+                      lambda policy, domid, enforcer:
+                      BackendAgent(policy, domid, Mode(args.mode), enforcer))
 
 
 def _own_domid(path: str, stop: threading.Event | None, fallback: int | None = None
@@ -566,12 +575,8 @@ def _backend_domid(path: str, stop: threading.Event | None) -> int | None:
 
 def cmd_guest_agent(args: argparse.Namespace) -> int:
     from xenoffload.agents.guest import GuestAgent
-    from xenoffload.devicelog import device_logged
     from xenoffload.devices import GuestDeviceEnforcer
-    from xenoffload.endpoint import Enforcer
-    from xenoffload.enforce import NothingApplied
     from xenoffload.machine import Mode
-    from xenoffload.policy import VifIdentity
     from xenoffload.toggles.base import DeviceRef
 
     pattern: DevicePattern | None = args.device_pattern
@@ -579,17 +584,15 @@ def cmd_guest_agent(args: argparse.Namespace) -> int:
         # Simulated devices touch nothing: name them as netfront would.
         pattern = DevicePattern(Role.FRONTEND, "eth{devid}")
 
-    def enforcer(enforcers: Enforcers | None, vif: VifIdentity) -> Enforcer | None:
-        if enforcers is None:
-            return NothingApplied()  # --toggles none: no status says ok
+    def device_enforcer(enforcers: Enforcers, vif: VifIdentity) -> Enforcer:
         if pattern is not None:
             return enforcers.for_device(DeviceRef(pattern.name(vif), args.netns))
         return GuestDeviceEnforcer(enforcers, vif.devid, args.netns)
 
-    return _run_agent(args, Role.FRONTEND, _own_domid, lambda policy, domid, enforcers:
-                      GuestAgent(policy, domid, Mode(args.mode), device_logged(
-                          functools.partial(enforcer, enforcers), args.device_log),
-                          follows=args.domid is None))
+    return _run_agent(args, Role.FRONTEND, _own_domid, device_enforcer,
+                      lambda policy, domid, enforcer:
+                      GuestAgent(policy, domid, Mode(args.mode), enforcer,
+                                 follows=args.domid is None))
 
 
 def _make_enforcers(kind: str, tc: bool) -> Enforcers | None:
@@ -615,7 +618,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     store = _connect(resolve_xenstore(args.xenstore))
     try:
-        reports, own = _selected_reports(store, args)
+        reports, own, backend = _selected_reports(store, args)
     finally:
         store.close()
     if args.kernel != "none":
@@ -623,18 +626,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(render_json(reports) if args.json else
           render_table(reports, full_status=_verbosity(args) > 0))
     if not reports and not args.json:  # a bare header would not say where it looked
-        backend = args.backend_domid if args.backend_domid is not None else (own or 0)
         ends = "a backend" if own is None else "a backend or frontend" if own == backend \
             else f"a frontend in domain {own} or a backend"
         print(f"(no vifs with {ends} in domain {backend})")
     return EXIT_OK
 
 
-def _selected_reports(store: Store, args: argparse.Namespace) -> tuple[list[VifReport],
-                                                                      int | None]:
-    """Return the reports ``show`` prints and this connection's own domid: the vifs whose
-    backend is in ``--backend-domid`` (default: this domain, else 0) and, when this domain is
-    a guest, its own vifs seen from its side."""
+def _selected_reports(store: Store, args: argparse.Namespace
+                      ) -> tuple[list[VifReport], int | None, int]:
+    """Return the reports ``show`` prints, this connection's own domid and the backend domain
+    looked in: the vifs whose backend is in ``--backend-domid`` (default: this domain, else 0)
+    and, when this domain is a guest, its own vifs seen from its side."""
     from xenoffload.names import resolve_domain, resolve_vif
     from xenoffload.paths import VifPaths
     from xenoffload.show import collect, list_own_frontends, list_vifs
@@ -664,7 +666,7 @@ def _selected_reports(store: Store, args: argparse.Namespace) -> tuple[list[VifR
         raise NotFound(f"no vif of domain {spec} (backend domain {backend_domid})")
     vifs.sort(key=lambda v: (v.guest_domid, v.devid, v.backend_domid))
     return collect(store, [VifPaths(v.backend_domid, v.guest_domid, v.devid)
-                           for v in vifs]), own
+                           for v in vifs]), own, backend_domid
 
 
 def _with_kernel(reports: list[VifReport], args: argparse.Namespace,
